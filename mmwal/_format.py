@@ -1,0 +1,363 @@
+"""Pure byte codec of the log, the manifest and the tail record.
+
+No I/O, no locks: every function takes and returns bytes (or buffers), so the
+format can be tested byte for byte.  ``docs/format.md`` is the normative
+description of everything here; change both together.
+
+All integers are little-endian.  Every decoder bounds lengths before it
+allocates and raises :class:`~mmwal.errors.CorruptionError` (never
+``KeyError``/``struct.error``/``UnicodeError``) on bad bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import CorruptionError, FormatVersionError
+
+FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------- segment header
+SEGMENT_MAGIC = b"MMWALSEG"
+SEGMENT_HEADER = struct.Struct("<8sIIQQQd12sI")  # 64 bytes
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size
+assert SEGMENT_HEADER_SIZE == 64
+
+# ---------------------------------------------------------------- frame
+FRAME_MAGIC = 0x5246574D  # the bytes b"MWFR" read as a little-endian u32
+# magic, kind, flags, reserved, payload length, count, first seq | crc, reserved
+FRAME_PREFIX = struct.Struct("<IBBHIIQ")  # the 24 bytes the CRC covers
+FRAME_HEADER = struct.Struct("<IBBHIIQII")  # 32 bytes
+FRAME_HEADER_SIZE = FRAME_HEADER.size
+assert FRAME_HEADER_SIZE == 32 and FRAME_PREFIX.size == 24
+FRAME_ALIGN = 8
+#: Largest payload a frame may carry; checked before anything is allocated.
+MAX_PAYLOAD = 1 << 30
+#: Largest id, in UTF-8 bytes.
+MAX_ID_BYTES = 4096
+
+KIND_ADD = 1
+KIND_REMOVE = 2
+KIND_CLEAR = 3
+KIND_NAMES = {KIND_ADD: "add", KIND_REMOVE: "remove", KIND_CLEAR: "clear"}
+
+# ---------------------------------------------------------------- manifest
+MANIFEST_MAGIC = b"MMWALMAN"
+MANIFEST_HEADER = struct.Struct("<8sIII")  # magic, version, body length, crc
+MAX_MANIFEST_BODY = 1 << 20
+
+# ---------------------------------------------------------------- tail record
+TAIL_MAGIC = b"MMWALTL1"
+TAIL = struct.Struct("<8s16sQQQQQQI")  # magic, boot id, seg, end, last seq, pending,
+TAIL_SIZE = TAIL.size  # synced seg, synced end, crc
+TAIL_FILE_SIZE = 4096
+#: The pending word: non-zero while a writer is between announcing a write and
+#: publishing the new record.  Outside the checksum, written on its own.
+PENDING_OFFSET = 80
+TAIL_AREA = PENDING_OFFSET + 8  # record, 4 zero bytes, pending word
+
+_unpack_frame_header = FRAME_HEADER.unpack_from
+_pack_prefix = FRAME_PREFIX.pack
+_PADS = tuple(b"\0" * i for i in range(FRAME_ALIGN))
+_crc32 = zlib.crc32
+
+
+def salt_seed(salt: int) -> int:
+    """The CRC seed of a segment: CRC-32 of its 8-byte little-endian salt."""
+    return _crc32(salt.to_bytes(8, "little"))
+
+
+def padded(n: int) -> int:
+    """``n`` rounded up to the frame alignment."""
+    return (n + FRAME_ALIGN - 1) & ~(FRAME_ALIGN - 1)
+
+
+# ================================================================ segment header
+@dataclass(frozen=True)
+class SegmentHeader:
+    segment_id: int
+    salt: int
+    first_seq: int
+    created: float
+
+    @property
+    def seed(self) -> int:
+        return salt_seed(self.salt)
+
+
+def encode_segment_header(h: SegmentHeader) -> bytes:
+    body = SEGMENT_HEADER.pack(
+        SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, h.segment_id, h.salt, h.first_seq,
+        h.created, b"\0" * 12, 0,
+    )
+    crc = _crc32(body[:-4])
+    return body[:-4] + crc.to_bytes(4, "little")
+
+
+def decode_segment_header(buf: bytes | memoryview, path: str = "<segment>") -> SegmentHeader:
+    """Decode and check a segment header; raise CorruptionError/FormatVersionError."""
+    if len(buf) < SEGMENT_HEADER_SIZE:
+        raise CorruptionError(
+            f"{path}: segment header truncated at offset {len(buf)}: expected "
+            f"{SEGMENT_HEADER_SIZE} bytes; the file was cut short",
+            path=path, offset=len(buf),
+        )
+    magic, version, size, seg_id, salt, first_seq, created, _res, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+    if magic != SEGMENT_MAGIC:
+        raise CorruptionError(
+            f"{path}: offset 0: expected segment magic {SEGMENT_MAGIC!r}, got {bytes(magic)!r}; "
+            "this is not an mmwal log segment", path=path, offset=0,
+        )
+    if _crc32(bytes(buf[: SEGMENT_HEADER_SIZE - 4])) != crc:
+        raise CorruptionError(
+            f"{path}: offset 0: segment header checksum mismatch; run `mmwal verify`",
+            path=path, offset=0,
+        )
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: written by format version {version}, this mmwal reads up to "
+            f"{FORMAT_VERSION}; upgrade mmwal", path=path, version=version,
+        )
+    if size != SEGMENT_HEADER_SIZE or first_seq < 1 or not math.isfinite(created):
+        raise CorruptionError(
+            f"{path}: offset 0: segment header fields out of range (size {size}, "
+            f"first seq {first_seq})", path=path, offset=0,
+        )
+    return SegmentHeader(seg_id, salt, first_seq, created)
+
+
+# ================================================================ frames
+def encode_frame(kind: int, first_seq: int, count: int, payload: bytes, seed: int) -> bytes:
+    """Build one complete frame (header, payload, zero padding) ready for one write."""
+    n = len(payload)
+    prefix = _pack_prefix(FRAME_MAGIC, kind, 0, 0, n, count, first_seq)
+    crc = _crc32(payload, _crc32(prefix, seed))
+    return b"".join((prefix, crc.to_bytes(4, "little"), b"\0\0\0\0", payload, _PADS[-n & 7]))
+
+
+# Outcome of looking at one position of a segment.
+FRAME_OK = 0
+FRAME_END = 1  # nothing (or zeros, or a partial header) here: end of the log for now
+FRAME_BAD = 2  # something is here but it is not a valid continuing frame
+
+
+def check_frame(
+    buf: Any, off: int, limit: int, seed: int, expect_seq: int
+) -> tuple[int, int, int, int, int, str]:
+    """Validate the frame at ``off`` of ``buf`` (valid bytes end at ``limit``).
+
+    Returns ``(status, kind, count, payload_len, next_off, why)``.  ``status`` is
+    :data:`FRAME_OK` for a valid frame carrying ``expect_seq`` first,
+    :data:`FRAME_END` when the bytes there are all zero or too short to hold a
+    header, :data:`FRAME_BAD` otherwise, with ``why`` saying what was wrong.
+    The payload is ``buf[off + 32 : off + 32 + payload_len]``.
+    """
+    if off + FRAME_HEADER_SIZE > limit:
+        return FRAME_END, 0, 0, 0, off, "partial frame header"
+    magic, kind, flags, res, n, count, first_seq, crc, res2 = _unpack_frame_header(buf, off)
+    if magic != FRAME_MAGIC:
+        if magic == 0 and first_seq == 0 and crc == 0 and n == 0:
+            return FRAME_END, 0, 0, 0, off, "zeros"
+        return FRAME_BAD, 0, 0, 0, off, f"expected frame magic 0x{FRAME_MAGIC:08x}, got 0x{magic:08x}"
+    if kind not in KIND_NAMES or flags or res or res2:
+        return FRAME_BAD, 0, 0, 0, off, f"unknown frame kind {kind} or flags {flags}"
+    if n > MAX_PAYLOAD:
+        return FRAME_BAD, 0, 0, 0, off, f"payload length {n} exceeds the maximum {MAX_PAYLOAD}"
+    end = off + FRAME_HEADER_SIZE + n
+    if end > limit:
+        return FRAME_BAD, 0, 0, 0, off, f"payload length {n} runs past the end of the file"
+    if count < 1 or count > max(n, 1) or (kind != KIND_ADD and count != 1):
+        return FRAME_BAD, 0, 0, 0, off, f"record count {count} impossible for kind {kind}"
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if _crc32(mv[off + FRAME_HEADER_SIZE : end], _crc32(mv[off : off + 24], seed)) != crc:
+        return FRAME_BAD, 0, 0, 0, off, "checksum mismatch"
+    if first_seq != expect_seq:
+        return FRAME_BAD, 0, 0, 0, off, f"sequence {first_seq} where {expect_seq} was expected"
+    return FRAME_OK, kind, count, n, padded(end), ""
+
+
+# ---------------------------------------------------------------- payloads
+# add:    [timestamp: float, dim: int, ids: [str], contents: [str], metadatas: [map|nil],
+#          embeddings: bin (count*dim little-endian float32)]
+# remove: [timestamp: float, id: str]
+# clear:  [timestamp: float]
+
+
+def _default(obj: Any) -> Any:
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} in metadata")
+
+
+_local = threading.local()
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode ``obj`` (no custom types; raises TypeError/ValueError/OverflowError)."""
+    # A Packer is not thread-safe and costs a little to build: one per thread.
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    except BaseException:
+        packer.reset()  # a failed pack may leave partial bytes in the buffer
+        raise
+
+
+def _unpack(payload: Any, path: str, offset: int) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, use_list=True,
+            ext_hook=_no_ext,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            UnicodeDecodeError, OverflowError) as exc:
+        raise CorruptionError(
+            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+            path=path, offset=offset,
+        ) from None
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"unexpected msgpack extension type {code}")
+
+
+@dataclass(frozen=True)
+class AddBatch:
+    """The decoded payload of an add frame."""
+
+    timestamp: float
+    ids: list[str]
+    contents: list[str]
+    metadatas: list[dict[str, Any] | None]
+    embeddings: np.ndarray  # (count, dim) float32, read-only view of the payload bytes
+
+
+def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int) -> Any:
+    """Decode a CRC-valid payload; returns AddBatch, (ts, id) or (ts,)."""
+    obj = _unpack(payload, path, offset)
+
+    def bad(what: str) -> CorruptionError:
+        return CorruptionError(
+            f"{path}: offset {offset}: {KIND_NAMES[kind]} frame payload malformed: {what}",
+            path=path, offset=offset,
+        )
+
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], float):
+        raise bad("expected an array starting with a float timestamp")
+    ts = obj[0]
+    if kind == KIND_ADD:
+        if len(obj) != 6:
+            raise bad(f"expected 6 fields, got {len(obj)}")
+        _, fdim, ids, contents, metas, emb = obj
+        if fdim != dim:
+            raise bad(f"dimension {fdim!r}, the store has {dim}")
+        if not (isinstance(ids, list) and isinstance(contents, list) and isinstance(metas, list)):
+            raise bad("ids, contents and metadatas must be arrays")
+        if not (len(ids) == len(contents) == len(metas) == count):
+            raise bad(f"array lengths differ from the record count {count}")
+        if not isinstance(emb, bytes) or len(emb) != count * dim * 4:
+            raise bad(f"embedding block must be {count * dim * 4} bytes")
+        for i in range(count):
+            if type(ids[i]) is not str or type(contents[i]) is not str or not (
+                metas[i] is None or type(metas[i]) is dict
+            ):
+                raise bad(f"document {i} has fields of the wrong type")
+        vecs = np.frombuffer(emb, dtype="<f4").reshape(count, dim)
+        return AddBatch(ts, ids, contents, metas, vecs)
+    if kind == KIND_REMOVE:
+        if len(obj) != 2 or type(obj[1]) is not str:
+            raise bad("expected [timestamp, id]")
+        return (ts, obj[1])
+    if len(obj) != 1:
+        raise bad("expected [timestamp]")
+    return (ts,)
+
+
+# ================================================================ manifest
+def encode_manifest(body: dict[str, Any]) -> bytes:
+    data = pack(body)
+    hdr = MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, len(data), 0)
+    crc = _crc32(data, _crc32(hdr))
+    return MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, len(data), crc) + data
+
+
+MANIFEST_FIELDS: dict[str, type] = {
+    "dim": int,
+    "created": float,
+    "checkpoint": int,
+    "checkpoint_seq": int,
+    "replay_segment": int,
+}
+
+
+def decode_manifest(buf: bytes, path: str = "MANIFEST") -> dict[str, Any]:
+    """Decode and check a manifest; raise CorruptionError/FormatVersionError."""
+    if len(buf) < MANIFEST_HEADER.size:
+        raise CorruptionError(f"{path}: truncated at offset {len(buf)}: expected a "
+                              f"{MANIFEST_HEADER.size}-byte header", path=path, offset=len(buf))
+    magic, version, n, crc = MANIFEST_HEADER.unpack_from(buf, 0)
+    if magic != MANIFEST_MAGIC:
+        raise CorruptionError(f"{path}: offset 0: expected manifest magic {MANIFEST_MAGIC!r}, "
+                              f"got {bytes(magic)!r}", path=path, offset=0)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: store written by format version {version}, this mmwal reads up to "
+            f"{FORMAT_VERSION}; upgrade mmwal to open it", path=path, version=version)
+    if n > MAX_MANIFEST_BODY or MANIFEST_HEADER.size + n != len(buf):
+        raise CorruptionError(f"{path}: offset 12: body length {n} does not match the file "
+                              f"size {len(buf)}", path=path, offset=12)
+    data = buf[MANIFEST_HEADER.size :]
+    hdr = MANIFEST_HEADER.pack(magic, version, n, 0)
+    if _crc32(data, _crc32(hdr)) != crc:
+        raise CorruptionError(f"{path}: offset 0: manifest checksum mismatch", path=path, offset=0)
+    body = _unpack(data, path, MANIFEST_HEADER.size)
+    if not isinstance(body, dict):
+        raise CorruptionError(f"{path}: manifest body is not a map", path=path, offset=16)
+    for key, typ in MANIFEST_FIELDS.items():
+        if type(body.get(key)) is not typ:
+            raise CorruptionError(f"{path}: manifest field {key!r} missing or not {typ.__name__}",
+                                  path=path, offset=16)
+    if body["dim"] < 1 or body["checkpoint"] < 0 or body["checkpoint_seq"] < 0:
+        raise CorruptionError(f"{path}: manifest fields out of range", path=path, offset=16)
+    return body
+
+
+# ================================================================ tail record
+@dataclass
+class Tail:
+    """The shared tail hint (see docs/format.md): trusted only when valid for this boot."""
+
+    segment: int
+    end: int
+    last_seq: int
+    pending: int
+    synced_segment: int
+    synced_end: int
+
+
+_TAIL_BODY = struct.Struct("<8s16sQQQQQQ")
+_TAIL_PAD = bytes(TAIL_AREA - TAIL_SIZE)
+
+
+def encode_tail(boot: bytes, t: Tail) -> bytes:
+    """The record plus zero padding and a clear pending word (``TAIL_AREA`` bytes)."""
+    body = _TAIL_BODY.pack(TAIL_MAGIC, boot, t.segment, t.end, t.last_seq, t.pending,
+                           t.synced_segment, t.synced_end)
+    return body + _crc32(body).to_bytes(4, "little") + _TAIL_PAD
+
+
+def decode_tail(buf: Any, boot: bytes) -> Tail | None:
+    """The tail record in ``buf``, or None when it is absent, torn or from another boot."""
+    magic, b, seg, end, last, pending, sseg, send, crc = TAIL.unpack_from(buf, 0)
+    if magic != TAIL_MAGIC or b != boot or _crc32(buf[: TAIL_SIZE - 4]) != crc:
+        return None
+    return Tail(seg, end, last, pending, sseg, send)

@@ -1,0 +1,168 @@
+"""Paths of a store and the helpers that publish files durably.
+
+Everything that creates, renames or deletes a file goes through here, and each
+of those is followed by an fsync of the directory (RULES.md 9: a created,
+renamed or unlinked entry is not durable until its directory is synced).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from . import _io
+from .errors import StorageIOError
+
+__all__ = ["Paths", "atomic_write", "boot_id", "read_file"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class Paths:
+    """The file names of a store rooted at ``root`` (see docs/format.md)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.manifest = os.path.join(self.root, "MANIFEST")
+        self.locks = os.path.join(self.root, "locks")
+        self.append_lock = os.path.join(self.locks, "append.lock")
+        self.checkpoint_lock = os.path.join(self.locks, "checkpoint.lock")
+        self.tail = os.path.join(self.root, "tail")
+        self.wal = os.path.join(self.root, "wal")
+        self.checkpoints = os.path.join(self.root, "checkpoints")
+
+    def segment(self, seg_id: int) -> str:
+        return os.path.join(self.wal, f"{seg_id:020d}.seg")
+
+    def checkpoint(self, ckpt_id: int) -> str:
+        return os.path.join(self.checkpoints, f"{ckpt_id:08d}")
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The segment id of a file name in ``wal/``, or None for anything else."""
+    if len(name) == 24 and name.endswith(".seg") and name[:20].isdigit():
+        return int(name[:20])
+    return None
+
+
+def list_segments(paths: Paths) -> list[int]:
+    """Ids of the segments present, ascending (temp files ignored)."""
+    io = _io.layer
+    try:
+        names = io.listdir(paths.wal)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _io.io_error(exc, "listdir", paths.wal) from None
+    return sorted(i for i in map(parse_segment_name, names) if i is not None)
+
+
+def tmp_name(path: str) -> str:
+    d, base = os.path.split(path)
+    return os.path.join(d, f".tmp-{base}-{secrets.token_hex(4)}")
+
+
+def write_all(fd: int, data: Any, offset: int, path: str) -> None:
+    """pwrite all of ``data`` at ``offset``; a short write is continued, an error raised."""
+    io = _io.layer
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            n = io.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise _io.io_error(exc, "write", path) from None
+        if n <= 0:
+            raise StorageIOError(f"write to {path} made no progress at offset {offset + done}",
+                                 err=None, path=path, op="write")
+        done += n
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        _io.layer.fsync_dir(path)
+    except OSError as exc:
+        raise _io.io_error(exc, "fsync", path) from None
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Publish ``data`` at ``path``: temp file, fsync, ``os.replace``, fsync directory."""
+    io = _io.layer
+    tmp = tmp_name(path)
+    try:
+        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", tmp) from None
+    try:
+        try:
+            write_all(fd, data, 0, tmp)
+            io.fsync(fd)
+        except OSError as exc:
+            raise _io.io_error(exc, "fsync", tmp) from None
+        finally:
+            io.close(fd)
+        try:
+            io.replace(tmp, path)
+        except OSError as exc:
+            raise _io.io_error(exc, "rename", path) from None
+    except BaseException:
+        try:
+            io.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path))
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """Read a whole small file, refusing one larger than ``limit`` bytes."""
+    io = _io.layer
+    fd = io.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        size = io.fstat(fd).st_size
+        if size > limit:
+            from .errors import CorruptionError
+
+            raise CorruptionError(f"{path}: {size} bytes, at most {limit} expected",
+                                  path=path, offset=limit)
+        return io.pread(fd, size, 0)
+    finally:
+        io.close(fd)
+
+
+def makedirs(path: str) -> None:
+    """Create ``path`` (and parents) if missing; fsync each parent whose entry was added."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    makedirs(parent)
+    try:
+        _io.layer.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    except OSError as exc:
+        raise _io.io_error(exc, "mkdir", path) from None
+    fsync_dir(parent)
+
+
+_boot: bytes | None = None
+
+
+def boot_id() -> bytes:
+    """16 bytes that change at every boot (the tail record is trusted only within one)."""
+    global _boot
+    if _boot is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                _boot = bytes.fromhex(f.read().decode().strip().replace("-", ""))[:16].ljust(16, b"\0")
+        except (OSError, ValueError):
+            # No /proc (macOS): the boot time, coarsened; a changed value only
+            # makes writers rebuild the tail record, which is always safe.
+            import time
+
+            t = int((time.time() - time.monotonic()) // 64)
+            _boot = t.to_bytes(16, "little", signed=True)
+    return _boot

@@ -1,0 +1,165 @@
+"""``mmwal.replay`` and the log half of ``mmwal.verify``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from . import _format as F
+from ._fsutil import Paths, list_segments
+from ._lock import FileLock
+from ._types import Op, Problem
+from ._wal import LogCursor, Retired, read_segment_header
+from .errors import CorruptionError, MmwalError
+
+__all__ = ["iter_ops", "replay", "scan_log"]
+
+def reader_lock(paths: Paths) -> FileLock | None:
+    """A read-only lock object on append.lock for shared re-checks (None if missing)."""
+    return FileLock.for_reader(paths.append_lock)
+
+
+def iter_ops(frame: Any, dim: int) -> Iterator[Op]:
+    """The Ops of one raw frame (one per document of an add batch)."""
+    body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path, frame.offset)
+    seq = frame.first_seq
+    if frame.kind == F.KIND_ADD:
+        ts = body.timestamp
+        for i in range(frame.count):
+            yield Op(seq + i, "add", body.ids[i], body.embeddings[i], body.contents[i],
+                     body.metadatas[i], ts)
+    elif frame.kind == F.KIND_REMOVE:
+        yield Op(seq, "remove", body[1], None, None, None, body[0])
+    else:
+        yield Op(seq, "clear", None, None, None, None, body[0])
+
+
+def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
+           mode: str = "strict") -> Iterator[Op]:
+    """Yield every logged operation with seq > ``after_seq``, in seq order.
+
+    Covers what the log still holds: operations folded into a checkpoint whose
+    segments were retired are not in the log any more (start a Reader for the
+    state).  One :class:`mmwal.Op` per document of an ``add_many``.  ``mode``
+    is the recovery policy: ``"strict"`` (a torn tail ends the log quietly,
+    damage followed by valid records raises CorruptionError),
+    ``"point-in-time"`` (stop at the first damage) or ``"skip-bad"``.
+
+    Examples
+    --------
+    >>> import numpy as np, mmwal, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with mmwal.Store(d, dim=2, durability="os") as s:
+    ...     _ = s.add_many(["a", "b"], np.eye(2, dtype=np.float32))
+    ...     _ = s.remove("a")
+    >>> [(op.seq, op.kind, op.id) for op in mmwal.replay(d)]
+    [(1, 'add', 'a'), (2, 'add', 'b'), (3, 'remove', 'a')]
+    """
+    from ._store import open_manifest
+
+    if type(after_seq) is not int or after_seq < 0:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"after_seq must be an int >= 0, got {after_seq!r}")
+    paths = Paths(os.fspath(path))
+    manifest = open_manifest(paths)
+    dim = manifest["dim"]
+    while True:
+        segs = list_segments(paths)
+        if not segs:
+            raise CorruptionError(f"{paths.wal}: no log segment", path=paths.wal, offset=0)
+        start = _start_segment(paths, segs, after_seq)
+        h = read_segment_header(paths.segment(start))
+        cur = LogCursor(paths, start, h.first_seq, mode=mode, lock=reader_lock(paths))
+        try:
+            for frame in cur.frames():
+                if frame.first_seq + frame.count - 1 <= after_seq:
+                    continue
+                for op in iter_ops(frame, dim):
+                    if op.seq > after_seq:
+                        yield op
+                        after_seq = op.seq
+            return
+        except Retired:
+            continue  # a checkpoint retired segments under us: start again after after_seq
+        finally:
+            cur.close()
+            if cur.lock is not None:
+                cur.lock.close()
+
+
+def _start_segment(paths: Paths, segs: list[int], after_seq: int) -> int:
+    """The newest segment whose first seq is <= after_seq + 1 (else the oldest)."""
+    start = segs[0]
+    for s in segs:
+        try:
+            h = read_segment_header(paths.segment(s))
+        except (MmwalError, FileNotFoundError):
+            continue
+        if h.first_seq <= after_seq + 1:
+            start = s
+        else:
+            break
+    return start
+
+
+def scan_log(paths: Paths, dim: int, start_segment: int, problems: list[Problem],
+             notes: list[str], decode: bool = True) -> tuple[int, int, int, int]:
+    """Check every segment from ``start_segment``: (segments, records, first seq, last seq)."""
+    segs = [s for s in list_segments(paths) if s >= start_segment]
+    if not segs:
+        problems.append(Problem(paths.wal, 0, f"no log segment from {start_segment} on"))
+        return 0, 0, 0, 0
+    if segs[0] != start_segment:
+        problems.append(Problem(paths.segment(start_segment), 0,
+                                "the segment the manifest starts replay from is missing"))
+    for a, b in zip(segs, segs[1:]):
+        if b != a + 1:
+            problems.append(Problem(paths.segment(a + 1), 0, "segment missing from the sequence"))
+    try:
+        first = read_segment_header(paths.segment(segs[0])).first_seq
+    except MmwalError as exc:
+        problems.append(Problem(paths.segment(segs[0]), getattr(exc, "offset", 0), str(exc)))
+        return len(segs), 0, 0, 0
+    cur = LogCursor(paths, segs[0], first, mode="skip-bad", lock=reader_lock(paths))
+    records = 0
+    try:
+        while True:
+            try:
+                for frame in cur.frames():
+                    records += frame.count
+                    if decode:
+                        try:
+                            for _ in iter_ops(frame, dim):
+                                pass
+                        except CorruptionError as exc:
+                            problems.append(Problem(frame.path, frame.offset, str(exc)))
+                break
+            except CorruptionError as exc:
+                problems.append(Problem(getattr(exc, "path", paths.wal),
+                                        getattr(exc, "offset", 0), str(exc)))
+                # A broken segment header or gap: continue with the next segment.
+                if cur.seg_id + 1 > segs[-1]:
+                    break
+                cur.seg_id += 1
+                cur.offset = F.SEGMENT_HEADER_SIZE
+                try:
+                    cur.next_seq = read_segment_header(paths.segment(cur.seg_id)).first_seq
+                except MmwalError:
+                    continue
+            except Retired:
+                problems.append(Problem(paths.segment(cur.seg_id), 0,
+                                        "segment vanished during the scan (a checkpoint "
+                                        "retired it?); run verify again"))
+                break
+    finally:
+        cur.close()
+        if cur.lock is not None:
+            cur.lock.close()
+    for path, off, why in cur.problems:
+        if why.startswith("torn tail"):
+            notes.append(f"{path}: offset {off}: {why} (harmless)")
+        else:
+            problems.append(Problem(path, off, why))
+    return len(segs), records, first, cur.next_seq - 1

@@ -1,0 +1,494 @@
+"""``mmwal.Store``: the writer.  Any number of processes, each with its own Store."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import _format as F
+from . import _io
+from ._fsutil import Paths, atomic_write, list_segments, makedirs, read_file
+from ._lock import FileLock
+from ._types import DURABILITY_MODES, Config, StoreStats
+from ._validate import as_vectors, check_id, check_metadata, check_sequence, check_text
+from ._wal import Appender, create_segment
+from .errors import (
+    ClosedError,
+    DimensionError,
+    InvalidInputError,
+    MmwalError,
+    PoisonedError,
+    StorageIOError,
+    StoreNotFoundError,
+)
+
+__all__ = ["Store", "open_manifest"]
+
+_pack = F.pack
+_time = time.time
+_ADD = F.KIND_ADD
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+# Fork safety (RULES.md 16): a child must never use the parent's descriptors
+# for locking.  The hook bumps a generation; each Store compares it on use.
+_fork_generation = 0
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def open_manifest(paths: Paths) -> dict[str, Any]:
+    """Read and check MANIFEST; StoreNotFoundError when there is no store."""
+    try:
+        data = read_file(paths.manifest, F.MAX_MANIFEST_BODY + 64)
+    except FileNotFoundError:
+        if os.path.exists(paths.root) and not os.path.isdir(paths.root):
+            raise StoreNotFoundError(f"{paths.root} is a file, not an mmwal store directory",
+                                     path=paths.root) from None
+        raise StoreNotFoundError(
+            f"no mmwal store at {paths.root} (no MANIFEST); create one with "
+            "mmwal.Store(path, dim=...)", path=paths.root) from None
+    except OSError as exc:
+        raise _io.io_error(exc, "read", paths.manifest) from None
+    return F.decode_manifest(data, paths.manifest)
+
+
+def _check_path(root: str) -> None:
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise InvalidInputError(f"{root} exists and is not a directory; an mmwal store is a "
+                                "directory: pass a new or existing store directory",
+                                path=root)
+
+
+def _create(paths: Paths, dim: int, lock: FileLock) -> None:
+    """Create the store's files under the append lock; MANIFEST last (the commit point)."""
+    lock.acquire_exclusive_slow()
+    try:
+        if os.path.exists(paths.manifest):
+            return  # another process won the race
+        io = _io.layer
+        try:
+            fd = io.open(paths.tail, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", paths.tail) from None
+        try:
+            if io.fstat(fd).st_size < F.TAIL_FILE_SIZE:
+                io.ftruncate(fd, F.TAIL_FILE_SIZE)  # grows only; nobody maps it yet
+        finally:
+            io.close(fd)
+        if 1 not in list_segments(paths):
+            create_segment(paths, 1, 1)
+        body = {"format": F.FORMAT_VERSION, "dim": dim, "created": time.time(),
+                "checkpoint": 0, "checkpoint_seq": 0, "replay_segment": 1,
+                "checkpoint_documents": 0}
+        atomic_write(paths.manifest, F.encode_manifest(body))
+    finally:
+        lock.release_slow()
+
+
+class Store:
+    """A writer of an mmwal store; creates the store if it is missing.
+
+    Parameters
+    ----------
+    path
+        The store directory.
+    dim
+        Vector dimension; required to create a store, checked when given for an
+        existing one, and may be omitted to open an existing store.
+    durability
+        ``"fsync"`` (default): a call returns only after its record is on stable
+        storage; concurrent writers share fsyncs.  ``"os"``: the record is in
+        the OS page cache on return (survives a kill of any process, not a power
+        loss).  ``"interval"``: fdatasync every ``Config.sync_every_records``
+        records or ``Config.sync_every_ms`` milliseconds.
+    config
+        A :class:`mmwal.Config`.
+
+    Examples
+    --------
+    >>> import numpy as np, mmwal, tempfile
+    >>> with mmwal.Store(tempfile.mkdtemp(), dim=4, durability="os") as store:
+    ...     store.add("doc-1", np.ones(4, dtype=np.float32), content="hello")
+    ...     store.add_many(["a", "b"], np.zeros((2, 4), dtype=np.float32))
+    ...     store.remove("doc-1")
+    1
+    range(2, 4)
+    4
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dim: int | None = None,
+                 durability: str = "fsync", config: Config | None = None) -> None:
+        self._closed = True
+        if durability not in DURABILITY_MODES:
+            raise InvalidInputError(f"durability must be one of {DURABILITY_MODES}, got "
+                                    f"{durability!r}", got=durability)
+        if dim is not None and (type(dim) is not int or dim < 1):
+            raise InvalidInputError(f"dim must be a positive int, got {dim!r}", got=dim)
+        if config is None:
+            config = Config()
+        elif not isinstance(config, Config):
+            raise InvalidInputError(f"config must be an mmwal.Config, got {type(config).__name__}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.config = config
+        self.durability = durability
+        self._paths = Paths(self.path)
+        _check_path(self.path)
+        self._open(dim)
+        self._poisoned: StorageIOError | None = None
+        self._written: tuple[int, int] = (0, 0)  # (segment, end) of our newest frame
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self._flusher: threading.Thread | None = None
+        self._flush_wake = threading.Event()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        _stores.add(self)
+
+    def _open(self, dim: int | None) -> None:
+        p = self._paths
+        for d in (p.root, p.locks, p.wal, p.checkpoints):
+            makedirs(d)
+        self._lock = FileLock(p.append_lock, self.config.lock_timeout)
+        self._ckpt_lock = FileLock(p.checkpoint_lock, self.config.lock_timeout)
+        try:
+            if not os.path.exists(p.manifest):
+                if dim is None:
+                    raise InvalidInputError(
+                        f"no store at {p.root} yet: pass dim=... to create one", path=p.root)
+                _create(p, dim, self._lock)
+            manifest = open_manifest(p)
+            if dim is not None and dim != manifest["dim"]:
+                raise DimensionError(
+                    f"the store at {p.root} was created with dim={manifest['dim']}, not {dim}; "
+                    "open it without dim or with the same dim",
+                    expected=manifest["dim"], got=dim)
+            self.dim: int = manifest["dim"]
+            self._manifest = manifest
+            self._log = Appender(p, self._lock, self.config.segment_bytes)
+        except BaseException:
+            self._lock.close()
+            self._ckpt_lock.close()
+            raise
+        self._generation = _fork_generation
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"dim={self.dim}, durability={self.durability!r}"
+        return f"Store({self.path!r}, {state})"
+
+    def close(self) -> None:
+        """Flush (for ``"interval"``), release every descriptor; idempotent."""
+        if self._closed:
+            return
+        if self._generation != _fork_generation:
+            self._after_fork()
+        try:
+            if self.durability == "interval" and self._unsynced and self._poisoned is None:
+                self._durable(*self._written)
+        finally:
+            self._closed = True
+            self._flush_wake.set()
+            t = self._flusher
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=5)
+            self._log.close()
+            self._lock.close()
+            self._ckpt_lock.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed and self._generation == _fork_generation:
+                self.close()
+        except Exception:
+            pass
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: new descriptors, never the parent's locks."""
+        self._lock.after_fork()
+        self._ckpt_lock.after_fork()
+        old = self._log
+        self._log = Appender(self._paths, self._lock, self.config.segment_bytes)
+        # Our copies of the parent's descriptors can be closed: closing never
+        # releases a flock the parent holds through its own descriptor.
+        old.close()
+        self._state_lock = threading.Lock()
+        self._flusher = None
+        self._flush_wake = threading.Event()
+        self._written = (0, 0)
+        self._unsynced = 0
+        self._generation = _fork_generation
+        self._pid = os.getpid()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"Store({self.path!r}) is closed", path=self.path)
+        if self._generation != _fork_generation:
+            self._after_fork()
+        if self._poisoned is not None:
+            raise PoisonedError(
+                f"Store({self.path!r}) refuses writes after a failed fsync "
+                f"({self._poisoned}); records acknowledged before it are safe: close this "
+                "Store and open a new one", err=self._poisoned.errno, path=self.path, op="fsync")
+
+    # ------------------------------------------------------------------ writes
+    def _write(self, kind: int, count: int, payload: bytes) -> int:
+        first, seg, end = self._log.append(kind, count, payload)
+        mode = self.durability
+        if mode == "os":
+            pass
+        elif mode == "fsync":
+            self._durable(seg, end)
+        else:
+            self._interval(seg, end, count)
+        if self.config.auto_checkpoint:
+            self._maybe_checkpoint(first + count - 1)
+        return first
+
+    def _durable(self, seg: int, end: int) -> None:
+        try:
+            self._log.sync(seg, end)
+        except OSError as exc:
+            err = _io.io_error(exc, "fsync", self._paths.segment(seg))
+            self._poisoned = err
+            raise PoisonedError(
+                f"fsync of {self._paths.segment(seg)} failed ({os.strerror(exc.errno or 0)}): "
+                "the last write is not durable and this Store refuses further writes; "
+                "close it and open a new one", err=exc.errno,
+                path=self._paths.segment(seg), op="fsync") from None
+
+    def _interval(self, seg: int, end: int, count: int) -> None:
+        with self._state_lock:
+            if (seg, end) > self._written:
+                self._written = (seg, end)
+            self._unsynced += count
+            due = (self._unsynced >= self.config.sync_every_records
+                   or (time.monotonic() - self._last_sync) * 1000 >= self.config.sync_every_ms)
+            if due:
+                self._unsynced = 0
+                self._last_sync = time.monotonic()
+            elif self._flusher is None:
+                self._start_flusher()
+        if due:
+            self._durable(seg, end)
+        else:
+            self._flush_wake.set()
+
+    def _start_flusher(self) -> None:
+        ref = weakref.ref(self)
+        wake = self._flush_wake
+        period = self.config.sync_every_ms / 1000
+
+        def run() -> None:
+            while True:
+                wake.wait()
+                time.sleep(period)
+                wake.clear()
+                s = ref()
+                if s is None or s._closed or s._generation != _fork_generation:
+                    return
+                with s._state_lock:
+                    pending, target = s._unsynced, s._written
+                    s._unsynced = 0
+                    s._last_sync = time.monotonic()
+                if pending and s._poisoned is None:
+                    try:
+                        s._durable(*target)
+                    except MmwalError:
+                        return  # poisoned: the next write raises
+                del s
+
+        t = threading.Thread(target=run, name="mmwal-interval-sync", daemon=True)
+        self._flusher = t
+        t.start()
+
+    def add(self, id: str, embedding: Any, content: str = "",
+            metadata: dict[str, Any] | None = None) -> int:
+        """Add (or replace) one document; return its sequence number.
+
+        Raises
+        ------
+        InvalidInputError, DimensionError
+            For a bad id, vector, content or metadata; nothing is written.
+        """
+        if self._closed or self._poisoned is not None or self._generation != _fork_generation:
+            self._check()
+        check_id(id)
+        vec = as_vectors(embedding, self.dim, None, "embedding")
+        if type(content) is not str:
+            check_text(content, "content")
+        if metadata is not None:
+            check_metadata(metadata)
+        try:
+            payload = _pack([_time(), self.dim, [id], [content], [metadata], vec.tobytes()])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._unpackable(exc) from None
+        if self.durability == "os" and not self.config.auto_checkpoint:
+            return self._log.append(_ADD, 1, payload)[0]  # the hot path, nothing to wait for
+        return self._write(_ADD, 1, payload)
+
+    def add_many(self, ids: Any, embeddings: Any, contents: Any = None,
+                 metadatas: Any = None) -> range:
+        """Add (or replace) many documents as ONE atomic record; return their seqs.
+
+        After any crash a reader sees the whole batch or none of it.  Within a
+        batch, a repeated id keeps its last occurrence.  An empty batch writes
+        nothing and returns an empty range.
+        """
+        self._check()
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+            raise InvalidInputError(f"ids must be a sequence of str, got {type(ids).__name__}")
+        ids = list(ids)
+        n = len(ids)
+        for i, x in enumerate(ids):
+            check_id(x, f"ids[{i}]")
+        if n == 0:
+            return range(0)
+        vecs = as_vectors(embeddings, self.dim, n, "embeddings")
+        if contents is None:
+            contents = [""] * n
+        else:
+            contents = list(check_sequence(contents, n, "contents"))
+            for i, c in enumerate(contents):
+                check_text(c, f"contents[{i}]")
+        if metadatas is None:
+            metadatas = [None] * n
+        else:
+            metadatas = list(check_sequence(metadatas, n, "metadatas"))
+            for i, m in enumerate(metadatas):
+                check_metadata(m, f"metadatas[{i}]")
+        payload = self._pack([time.time(), self.dim, ids, contents, metadatas, vecs.tobytes()])
+        if len(payload) > F.MAX_PAYLOAD:
+            raise InvalidInputError(
+                f"this batch encodes to {len(payload)} bytes, more than one record may hold "
+                f"({F.MAX_PAYLOAD}); split it into smaller add_many calls", size=len(payload))
+        first = self._write(F.KIND_ADD, n, payload)
+        return range(first, first + n)
+
+    def remove(self, id: str) -> int:
+        """Remove a document (removing an absent id is not an error); return the seq."""
+        self._check()
+        check_id(id)
+        return self._write(F.KIND_REMOVE, 1, self._pack([time.time(), id]))
+
+    def clear(self) -> int:
+        """Remove every document; return the seq."""
+        self._check()
+        return self._write(F.KIND_CLEAR, 1, self._pack([time.time()]))
+
+    @staticmethod
+    def _unpackable(exc: BaseException) -> InvalidInputError:
+        # UnicodeEncodeError (lone surrogates) is a ValueError.
+        return InvalidInputError(
+            f"cannot encode this document: {exc}; metadata must be JSON-like (str keys; "
+            "None, bool, int (64-bit), float, str, bytes, list, dict values)")
+
+    @classmethod
+    def _pack(cls, obj: Any) -> bytes:
+        try:
+            return _pack(obj)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise cls._unpackable(exc) from None
+
+    def sync(self) -> None:
+        """Return once everything this Store appended is on stable storage."""
+        self._check()
+        with self._state_lock:
+            target = self._written
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+        # The current tail covers every frame this process wrote: frames in
+        # older segments were made durable by the roll that sealed them.
+        t = self._log.tail()
+        self._durable(*max(target, (t.segment, t.end)))
+
+    # ------------------------------------------------------------------ info
+    def _refresh_manifest(self) -> dict[str, Any]:
+        self._manifest = open_manifest(self._paths)
+        return self._manifest
+
+    def needs_checkpoint(self) -> bool:
+        """True when the log since the last checkpoint exceeds a Config threshold."""
+        self._check()
+        m = self._refresh_manifest()
+        t = self._log.tail()
+        if t.last_seq - m["checkpoint_seq"] >= self.config.checkpoint_threshold:
+            return True
+        return self._log_bytes(m["replay_segment"]) >= self.config.max_wal_bytes
+
+    def _log_bytes(self, since: int) -> int:
+        total = 0
+        for s in list_segments(self._paths):
+            if s >= since:
+                try:
+                    total += os.stat(self._paths.segment(s)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def stats(self) -> StoreStats:
+        """Counters of the store: seq, checkpoint, log and checkpoint sizes."""
+        self._check()
+        m = self._refresh_manifest()
+        t = self._log.tail()
+        segs = list_segments(self._paths)
+        ckpt_bytes = 0
+        if m["checkpoint"]:
+            d = self._paths.checkpoint(m["checkpoint"])
+            try:
+                ckpt_bytes = sum(e.stat().st_size for e in os.scandir(d) if e.is_file())
+            except FileNotFoundError:
+                pass
+        return StoreStats(
+            path=self.path, dim=self.dim, durability=self.durability, seq=t.last_seq,
+            checkpoint_id=m["checkpoint"], checkpoint_seq=m["checkpoint_seq"],
+            checkpoint_documents=int(m.get("checkpoint_documents", 0)),
+            records_since_checkpoint=t.last_seq - m["checkpoint_seq"],
+            log_segments=len(segs), log_bytes=self._log_bytes(0),
+            log_bytes_since_checkpoint=self._log_bytes(m["replay_segment"]),
+            checkpoint_bytes=ckpt_bytes,
+        )
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number in the log (any process's)."""
+        self._check()
+        return self._log.tail().last_seq
+
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_checkpoint(self, seq: int) -> None:
+        if seq - self._manifest["checkpoint_seq"] < self.config.checkpoint_threshold:
+            return
+        if self.needs_checkpoint() and self._ckpt_lock.try_exclusive():
+            self._ckpt_lock.release_slow()
+            self.checkpoint()
+
+    def checkpoint(self) -> Any:
+        """Fold the log into a new checkpoint (see docs/concepts.md)."""
+        self._check()
+        from ._checkpoint import run_checkpoint
+
+        info = run_checkpoint(self._paths, self._log, self._ckpt_lock, self.config)
+        self._refresh_manifest()
+        return info
+

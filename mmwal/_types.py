@@ -1,0 +1,234 @@
+"""The small value types of the public API."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["CheckpointInfo", "Config", "Document", "Hit", "Op", "Problem", "StoreStats",
+           "VerifyReport"]
+
+DURABILITY_MODES = ("fsync", "os", "interval")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Keyword knobs of a Store (frozen; build a new one to change a value).
+
+    Parameters
+    ----------
+    checkpoint_threshold
+        Records appended since the last checkpoint at which ``needs_checkpoint()``
+        turns true (and, with ``auto_checkpoint``, a checkpoint runs).
+    max_wal_bytes
+        Log bytes since the last checkpoint at which ``needs_checkpoint()`` turns true.
+    segment_bytes
+        Size at which the active log segment is sealed and the next one started.
+        A single record larger than this gets a segment of its own.
+    sync_every_records, sync_every_ms
+        For ``durability="interval"``: fdatasync after this many records or this
+        many milliseconds, whichever comes first.
+    keep_checkpoints
+        Checkpoints kept in total, the current one included (0 and 1 both keep
+        only the current one).
+    metadata_compression_level
+        lz4 frame compression level of checkpoint metadata chunks (0 = fast).
+    lock_timeout
+        Seconds to wait for a lock before raising :class:`mmwal.errors.LockTimeout`;
+        ``None`` waits forever.
+    auto_checkpoint
+        Run a checkpoint from ``add``/``add_many``/``remove``/``clear`` when
+        ``needs_checkpoint()`` (off by default).
+    chunk_documents
+        Documents per compressed content/metadata chunk of a checkpoint.
+    recovery
+        ``"strict"`` (default), ``"point-in-time"`` or ``"skip-bad"``: what
+        readers do with a damaged frame that has valid frames after it.
+
+    Examples
+    --------
+    >>> import mmwal
+    >>> cfg = mmwal.Config(checkpoint_threshold=50_000, keep_checkpoints=2)
+    >>> cfg.segment_bytes
+    67108864
+    """
+
+    checkpoint_threshold: int = 10_000
+    max_wal_bytes: int = 256 << 20
+    segment_bytes: int = 64 << 20
+    sync_every_records: int = 1000
+    sync_every_ms: float = 100.0
+    keep_checkpoints: int = 2
+    metadata_compression_level: int = 0
+    lock_timeout: float | None = 30.0
+    auto_checkpoint: bool = False
+    chunk_documents: int = 256
+    recovery: str = "strict"
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> InvalidInputError:
+            got = getattr(self, name)
+            return InvalidInputError(f"Config.{name} must be {want}, got {got!r}",
+                                     field=name, value=got)
+
+        for name, lo in (("checkpoint_threshold", 1), ("max_wal_bytes", 1),
+                         ("segment_bytes", 4096), ("sync_every_records", 1),
+                         ("keep_checkpoints", 0), ("chunk_documents", 1)):
+            v = getattr(self, name)
+            if type(v) is not int or v < lo:
+                raise bad(name, f"an int >= {lo}")
+        if not isinstance(self.sync_every_ms, (int, float)) or not self.sync_every_ms > 0:
+            raise bad("sync_every_ms", "a number > 0")
+        lvl = self.metadata_compression_level
+        if type(lvl) is not int or not 0 <= lvl <= 16:
+            raise bad("metadata_compression_level", "an int from 0 to 16")
+        lt = self.lock_timeout
+        if lt is not None and (not isinstance(lt, (int, float)) or not lt >= 0):
+            raise bad("lock_timeout", "None or a number >= 0")
+        if type(self.auto_checkpoint) is not bool:
+            raise bad("auto_checkpoint", "a bool")
+        if self.recovery not in ("strict", "point-in-time", "skip-bad"):
+            raise bad("recovery", "'strict', 'point-in-time' or 'skip-bad'")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+class Hit(NamedTuple):
+    """One search result: the document id and its score.
+
+    ``score`` is a similarity for ``"cosine"`` and ``"dot"`` (higher is better)
+    and the Euclidean distance for ``"l2"`` (lower is better).
+    """
+
+    id: str
+    score: float
+
+
+class Document:
+    """One stored document.
+
+    Examples
+    --------
+    >>> import numpy as np, mmwal
+    >>> d = mmwal.Document("a", np.zeros(3, dtype=np.float32), content="hi")
+    >>> d.id, d.content, d.metadata
+    ('a', 'hi', None)
+    """
+
+    __slots__ = ("content", "embedding", "id", "metadata")
+
+    def __init__(self, id: str, embedding: np.ndarray, content: str = "",
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.embedding = embedding
+        self.content = content
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        return (f"Document(id={self.id!r}, embedding=<{self.embedding.shape[0]} floats>, "
+                f"content={self.content[:40]!r}, metadata={self.metadata!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Document):
+            return NotImplemented
+        return (self.id == other.id and self.content == other.content
+                and self.metadata == other.metadata
+                and np.array_equal(self.embedding, other.embedding))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One logged operation, as :func:`mmwal.replay` yields it.
+
+    ``kind`` is ``"add"``, ``"remove"`` or ``"clear"``; ``id`` is None for a
+    clear, ``embedding``/``content``/``metadata`` are None except for an add.
+    ``timestamp`` is the writer's wall clock (seconds since the epoch).
+    """
+
+    seq: int
+    kind: str
+    id: str | None
+    embedding: np.ndarray | None
+    content: str | None
+    metadata: dict[str, Any] | None
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``Store.checkpoint()`` published: its id, the last seq folded in, live documents."""
+
+    id: int
+    seq: int
+    documents: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem :func:`mmwal.verify` found: the file, the byte offset, what is wrong."""
+
+    file: str
+    offset: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: offset {self.offset}: {self.what}"
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`mmwal.verify`: ``ok`` is true when ``problems`` is empty.
+
+    ``notes`` lists harmless findings (a torn, unacknowledged tail; leftover
+    files a later checkpoint will clean up).
+    """
+
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    segments: int = 0
+    records: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    checkpoint: int = 0
+    documents: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ok"] = self.ok
+        d["problems"] = [dataclasses.asdict(p) for p in self.problems]
+        return d
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """A snapshot of a store's counters (``Store.stats()``)."""
+
+    path: str
+    dim: int
+    durability: str
+    seq: int
+    checkpoint_id: int
+    checkpoint_seq: int
+    checkpoint_documents: int
+    records_since_checkpoint: int
+    log_segments: int
+    log_bytes: int
+    log_bytes_since_checkpoint: int
+    checkpoint_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

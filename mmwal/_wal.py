@@ -1,0 +1,600 @@
+"""The write-ahead log: segments, the appender and the cursor that reads frames.
+
+Protocol (docs/concepts.md has the full story and the crash table):
+
+* One appender at a time holds ``locks/append.lock`` exclusively across
+  "learn the tail -> write one frame with one pwrite -> publish the new tail".
+* The tail (segment, end offset, last seq) lives in the shared ``tail`` file,
+  mapped by every writer: O(1) to learn, checksummed, tied to the boot id, and
+  never trusted over the log: when it is torn, from another boot, or a writer
+  died between announcing a write and publishing it (the *pending* word), the
+  next writer rebuilds it by scanning the newest segment.
+* Bytes past the last valid frame are garbage no reader ever accepted; the next
+  frame is written over them.  Nothing is ever truncated or rewritten.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import _format as F
+from . import _io
+from ._fsutil import Paths, boot_id, fsync_dir, list_segments, tmp_name, write_all
+from ._lock import FileLock
+from .errors import CorruptionError, StorageIOError
+
+__all__ = ["Appender", "LogCursor", "create_segment", "read_segment_header"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_PENDING = struct.Struct("<Q")
+PENDING_OFFSET = F.PENDING_OFFSET
+_AREA = F.TAIL_AREA
+_SET_PENDING = slice(PENDING_OFFSET, PENDING_OFFSET + 8)
+_ONE = (1).to_bytes(8, "little")
+
+
+def create_segment(paths: Paths, seg_id: int, first_seq: int) -> None:
+    """Create segment ``seg_id`` complete and durable before any frame goes in.
+
+    temp name -> header -> fsync -> rename -> fsync ``wal/`` (RULES.md 9).
+    """
+    io = _io.layer
+    path = paths.segment(seg_id)
+    header = F.encode_segment_header(
+        F.SegmentHeader(seg_id, secrets.randbits(64), first_seq, time.time())
+    )
+    tmp = tmp_name(path)
+    try:
+        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", tmp) from None
+    try:
+        try:
+            write_all(fd, header, 0, tmp)
+            io.fsync(fd)
+        except OSError as exc:
+            raise _io.io_error(exc, "fsync", tmp) from None
+        finally:
+            io.close(fd)
+        try:
+            # rename, not replace: an existing segment must never be clobbered.
+            if os.path.exists(path):
+                raise FileExistsError(path)
+            io.rename(tmp, path)
+        except OSError as exc:
+            raise _io.io_error(exc, "rename", path) from None
+    except BaseException:
+        try:
+            io.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(paths.wal)
+
+
+def read_segment_header(path: str) -> F.SegmentHeader:
+    io = _io.layer
+    try:
+        fd = io.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", path) from None
+    try:
+        return F.decode_segment_header(io.pread(fd, F.SEGMENT_HEADER_SIZE, 0), path)
+    finally:
+        io.close(fd)
+
+
+# ====================================================================== reading
+class Retired(Exception):
+    """Internal: the segment the cursor needs is gone (a checkpoint retired it)."""
+
+
+class _Mapped:
+    """A read-only mapping of one segment, re-mapped when the file has grown."""
+
+    __slots__ = ("seg_id", "path", "fd", "mm", "size", "header", "seed")
+
+    def __init__(self, paths: Paths, seg_id: int) -> None:
+        io = _io.layer
+        self.seg_id = seg_id
+        self.path = paths.segment(seg_id)
+        try:
+            self.fd = io.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            raise Retired(seg_id) from None
+        except OSError as exc:
+            raise _io.io_error(exc, "open", self.path) from None
+        self.mm: mmap.mmap | None = None
+        self.size = 0
+        try:
+            self.grow()
+            if self.mm is None:
+                raise CorruptionError(f"{self.path}: empty segment file: expected a "
+                                      f"{F.SEGMENT_HEADER_SIZE}-byte header",
+                                      path=self.path, offset=0)
+            self.header = F.decode_segment_header(self.mm[: F.SEGMENT_HEADER_SIZE], self.path)
+        except BaseException:
+            self.close()
+            raise
+        if self.header.segment_id != seg_id:
+            self.close()
+            raise CorruptionError(f"{self.path}: offset 16: header names segment "
+                                  f"{self.header.segment_id}", path=self.path, offset=16)
+        self.seed = self.header.seed
+
+    def grow(self) -> bool:
+        """Re-map if the file grew; return whether the mapping changed."""
+        io = _io.layer
+        try:
+            size = io.fstat(self.fd).st_size
+        except OSError as exc:
+            raise _io.io_error(exc, "fstat", self.path) from None
+        if size <= self.size:
+            return False
+        try:
+            mm = io.mmap(self.fd, size)
+        except OSError as exc:
+            raise _io.io_error(exc, "mmap", self.path) from None
+        # The old map may still be referenced by views handed out (memoryviews of
+        # payloads); dropping our reference is enough, it closes when unused.
+        self.mm = mm
+        self.size = size
+        return True
+
+    def close(self) -> None:
+        self.mm = None
+        if self.fd >= 0:
+            try:
+                _io.layer.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+@dataclass
+class RawFrame:
+    """One valid frame as the cursor found it (payload is a view into the map)."""
+
+    kind: int
+    first_seq: int
+    count: int
+    payload: memoryview
+    path: str
+    offset: int
+
+
+RECOVERY_MODES = ("strict", "point-in-time", "skip-bad")
+
+
+class LogCursor:
+    """Reads valid frames in seq order from a starting segment, lock-free.
+
+    ``mode`` is the recovery policy (RocksDB's WAL recovery modes): ``"strict"``
+    (default) stops quietly at a torn tail and raises CorruptionError for a bad
+    frame that has valid frames after it; ``"point-in-time"`` stops at the first
+    bad frame whatever follows; ``"skip-bad"`` skips bad frames and continues
+    with the next valid one (sequence numbers may then have gaps).
+    ``problems`` collects what was skipped or tolerated, as (path, offset, why).
+    """
+
+    def __init__(self, paths: Paths, seg_id: int, next_seq: int, *, mode: str = "strict",
+                 lock: FileLock | None = None, offset: int | None = None) -> None:
+        if mode not in RECOVERY_MODES:
+            from .errors import InvalidInputError
+
+            raise InvalidInputError(f"unknown recovery mode {mode!r}; use one of {RECOVERY_MODES}",
+                                    mode=mode)
+        self.paths = paths
+        self.mode = mode
+        self.lock = lock
+        self.seg_id = seg_id
+        self.offset = F.SEGMENT_HEADER_SIZE if offset is None else offset
+        self.next_seq = next_seq
+        self.problems: list[tuple[str, int, str]] = []
+        self._map: _Mapped | None = None
+        self.done = False  # point-in-time stopped for good
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def _mapped(self) -> _Mapped:
+        m = self._map
+        if m is None or m.seg_id != self.seg_id:
+            if m is not None:
+                m.close()
+            self._map = None
+            m = _Mapped(self.paths, self.seg_id)
+            if m.header.first_seq != self.next_seq and self.offset == F.SEGMENT_HEADER_SIZE:
+                if self.mode == "skip-bad" and m.header.first_seq > self.next_seq:
+                    self.problems.append((m.path, 0, f"sequence gap: segment starts at "
+                                          f"{m.header.first_seq}, expected {self.next_seq}"))
+                    self.next_seq = m.header.first_seq
+                else:
+                    m.close()
+                    raise CorruptionError(
+                        f"{m.path}: offset 32: segment starts at seq {m.header.first_seq}, "
+                        f"expected {self.next_seq}; the log has a gap", path=m.path, offset=32)
+            self._map = m
+        return m
+
+    def frames(self) -> Iterator[RawFrame]:
+        """Yield every valid frame from the position on; stop at the end for now.
+
+        Raises :class:`Retired` when the current segment no longer exists.
+        """
+        if self.done:
+            return
+        while True:
+            m = self._mapped()
+            m.grow()
+            mm = m.mm
+            assert mm is not None
+            mv = memoryview(mm)
+            limit = m.size
+            off = self.offset
+            check = F.check_frame
+            seed = m.seed
+            while True:
+                status, kind, count, n, nxt, why = check(mv, off, limit, seed, self.next_seq)
+                if status != F.FRAME_OK:
+                    break
+                yield RawFrame(kind, self.next_seq, count, mv[off + 32 : off + 32 + n], m.path, off)
+                self.next_seq += count
+                off = nxt
+                self.offset = off
+            # Not a valid continuing frame at ``off``: move on, wait, or complain.
+            if self._next_segment_continues():
+                if status == F.FRAME_BAD or off < limit:
+                    self.problems.append((m.path, off, "torn tail before the next segment"))
+                self.seg_id += 1
+                self.offset = F.SEGMENT_HEADER_SIZE
+                continue
+            if status == F.FRAME_END and off >= limit:
+                return  # nothing written here yet
+            if not self._settle(m, off, why):
+                return
+            # _settle found the bytes valid now (a writer just finished): go on.
+
+    def _next_segment_continues(self) -> bool:
+        path = self.paths.segment(self.seg_id + 1)
+        if not os.path.exists(path):
+            return False
+        try:
+            h = read_segment_header(path)
+        except (CorruptionError, StorageIOError):
+            return False
+        return h.first_seq == self.next_seq
+
+    def _settle(self, m: _Mapped, off: int, why: str) -> bool:
+        """Decide what invalid bytes at ``off`` are; True if a valid frame is there now.
+
+        Lock-free readers see half-written frames (RULES.md 20): look again
+        under a shared append lock, when no writer is mid-write.
+        """
+        lock = self.lock
+        if lock is not None:
+            lock.acquire_shared()
+        try:
+            m.grow()
+            assert m.mm is not None
+            mv = memoryview(m.mm)
+            status, _k, _c, _n, _nxt, why = F.check_frame(mv, off, m.size, m.seed, self.next_seq)
+            if status == F.FRAME_OK:
+                return True
+            if self._next_segment_continues():
+                return True  # frames() moves to it
+            committed = self._committed_beyond(m, mv, off)
+        finally:
+            if lock is not None:
+                lock.release_slow()
+        if committed is None:
+            return False  # torn, unacknowledged tail: the end for now
+        if self.mode == "strict":
+            raise CorruptionError(
+                f"{m.path}: offset {off}: invalid frame ({why}) followed by committed data "
+                f"({committed}); run `mmwal verify` and see `mmwal repair`",
+                path=m.path, offset=off)
+        self.problems.append((m.path, off, f"{why}; {committed}"))
+        if self.mode == "point-in-time":
+            self.done = True
+            return False
+        # skip-bad: continue at the next valid frame in this segment, if any.
+        nxt = _find_valid_frame(mv, off + F.FRAME_ALIGN, m.size, m.seed)
+        if nxt is None:
+            if os.path.exists(self.paths.segment(self.seg_id + 1)):
+                h = read_segment_header(self.paths.segment(self.seg_id + 1))
+                self.seg_id += 1
+                self.offset = F.SEGMENT_HEADER_SIZE
+                self.next_seq = h.first_seq
+                return True
+            return False
+        self.offset, self.next_seq = nxt
+        return True
+
+    def _committed_beyond(self, m: _Mapped, mv: memoryview, off: int) -> str | None:
+        """Evidence that acknowledged data follows ``off``, or None."""
+        try:
+            fd = os.open(self.paths.tail, os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            t = None
+        else:
+            try:
+                raw = os.pread(fd, F.TAIL_SIZE, 0)
+            finally:
+                os.close(fd)
+            t = F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
+        if t is not None:
+            if t.segment > m.seg_id:
+                return f"the tail record is in segment {t.segment}"
+            if t.segment == m.seg_id and t.end > off:
+                return f"the tail record ends at offset {t.end}"
+            if t.segment == m.seg_id:
+                return None  # the writers' own record says the log ends here
+        found = _find_valid_frame(mv, off + F.FRAME_ALIGN, m.size, m.seed)
+        if found is not None:
+            return f"a valid frame at offset {found[0]}"
+        if os.path.exists(self.paths.segment(m.seg_id + 1)):
+            return f"segment {m.seg_id + 1} exists but does not continue the sequence"
+        return None
+
+
+def _find_valid_frame(mv: Any, start: int, limit: int, seed: int) -> tuple[int, int] | None:
+    """The first (offset, first_seq) of a frame with a valid checksum at or after ``start``."""
+    magic = F.FRAME_MAGIC.to_bytes(4, "little")
+    data = mv.obj if isinstance(mv, memoryview) else mv
+    pos = start
+    while True:
+        pos = data.find(magic, pos, limit)
+        if pos < 0:
+            return None
+        if pos % F.FRAME_ALIGN == 0 and pos + F.FRAME_HEADER_SIZE <= limit:
+            seq = F.FRAME_HEADER.unpack_from(mv, pos)[6]
+            if F.check_frame(mv, pos, limit, seed, seq)[0] == F.FRAME_OK:
+                return pos, seq
+        pos += 1
+
+
+# ====================================================================== writing
+class Appender:
+    """The writing side of the log for one Store object in one process."""
+
+    def __init__(self, paths: Paths, lock: FileLock, segment_bytes: int) -> None:
+        self.paths = paths
+        self.lock = lock
+        self.segment_bytes = segment_bytes
+        self.boot = boot_id()
+        io = _io.layer
+        self._io = io
+        try:
+            self._tail_fd = io.open(paths.tail, os.O_RDWR | _O_CLOEXEC)
+            self._tail = io.mmap(self._tail_fd, F.TAIL_FILE_SIZE, write=True)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", paths.tail) from None
+        self._seg_id = -1
+        self._seg_fd = -1
+        self._seed = 0
+        self._old_fds: list[tuple[int, int]] = []
+        self._raw = b""  # the tail area this appender last wrote or read and trusted
+        self._cur: F.Tail | None = None
+
+    # -------------------------------------------------------------- tail record
+    def _read_tail(self) -> F.Tail:
+        """The trusted tail, rebuilding it if needed.  Caller holds the append lock."""
+        raw = self._tail[:_AREA]
+        if raw == self._raw:  # what we last published, pending clear: still true
+            return self._cur  # type: ignore[return-value]
+        pending = _PENDING.unpack_from(raw, PENDING_OFFSET)[0]
+        t = F.decode_tail(raw, self.boot)
+        if t is None or pending or t.pending:
+            t = self._rebuild(t)
+            self._publish(t)
+        else:
+            self._raw = raw
+            self._cur = t
+        return t
+
+    def _publish(self, t: F.Tail) -> None:
+        raw = F.encode_tail(self.boot, t)  # includes a cleared pending word
+        self._tail[:_AREA] = raw
+        self._raw = raw
+        self._cur = t
+
+    def _rebuild(self, old: F.Tail | None) -> F.Tail:
+        """Find the true end of the log by scanning the newest segment (bounded)."""
+        segs = list_segments(self.paths)
+        if not segs:
+            raise CorruptionError(f"{self.paths.wal}: no log segment; the store is damaged "
+                                  "(run `mmwal verify`)", path=self.paths.wal, offset=0)
+        newest = segs[-1]
+        if old is not None and old.segment == newest:
+            # The record was right up to its end; a writer may have added one
+            # frame after it (adopted here) before dying.
+            start, next_seq = old.end, old.last_seq + 1
+            synced = (old.synced_segment, old.synced_end)
+        else:
+            h = read_segment_header(self.paths.segment(newest))
+            start, next_seq = F.SEGMENT_HEADER_SIZE, h.first_seq
+            synced = (newest, 0)  # unknown: the next durable writer fsyncs
+        cur = LogCursor(self.paths, newest, next_seq, offset=start, mode="point-in-time")
+        try:
+            for _ in cur.frames():
+                pass
+        finally:
+            cur.close()
+        return F.Tail(newest, cur.offset, cur.next_seq - 1, 0, *synced)
+
+    # -------------------------------------------------------------- segment fds
+    def _use_segment(self, seg_id: int) -> None:
+        io = self._io
+        path = self.paths.segment(seg_id)
+        try:
+            fd = io.open(path, os.O_WRONLY | _O_CLOEXEC)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", path) from None
+        if self._seg_fd >= 0:
+            # Kept open a while: a thread of this process may be about to
+            # fdatasync it (outside the lock).
+            self._old_fds.append((self._seg_id, self._seg_fd))
+            while len(self._old_fds) > 4:
+                _sid, old = self._old_fds.pop(0)
+                try:
+                    io.close(old)
+                except OSError:
+                    pass
+        self._seg_id = seg_id
+        self._seg_fd = fd
+        self._seed = read_segment_header(path).seed
+
+    def fd_for(self, seg_id: int) -> int | None:
+        if seg_id == self._seg_id:
+            return self._seg_fd
+        for sid, fd in self._old_fds:
+            if sid == seg_id:
+                return fd
+        return None
+
+    def _roll(self, t: F.Tail) -> F.Tail:
+        """Seal segment t.segment and start the next.  Caller holds the append lock."""
+        # The sealed segment's frames must be durable before the next segment
+        # exists: N+1 with a continuing first_seq declares N complete, and a
+        # torn N followed by N+1 would look like a gap after power loss.
+        try:
+            self._io.fdatasync(self._seg_fd)
+        except OSError as exc:
+            raise _io.io_error(exc, "fsync", self.paths.segment(t.segment)) from None
+        self._tail[_SET_PENDING] = _ONE
+        nxt = t.segment + 1
+        create_segment(self.paths, nxt, t.last_seq + 1)
+        t = F.Tail(nxt, F.SEGMENT_HEADER_SIZE, t.last_seq, 0, nxt, F.SEGMENT_HEADER_SIZE)
+        self._publish(t)
+        self._use_segment(nxt)
+        return t
+
+    def roll(self) -> tuple[int, int]:
+        """Seal the active segment (if it holds frames); return (new segment id, last seq)."""
+        self.lock.acquire_exclusive()
+        try:
+            t = self._read_tail()
+            if t.segment != self._seg_id:
+                self._use_segment(t.segment)
+            if t.end > F.SEGMENT_HEADER_SIZE:
+                t = self._roll(t)
+            return t.segment, t.last_seq
+        finally:
+            self.lock.release()
+
+    def tail(self) -> F.Tail:
+        """The current trusted tail (takes the append lock briefly)."""
+        self.lock.acquire_exclusive()
+        try:
+            return self._read_tail()
+        finally:
+            self.lock.release()
+
+    # -------------------------------------------------------------- append
+    def append(self, kind: int, count: int, payload: bytes) -> tuple[int, int, int]:
+        """Write one frame; return (first seq, segment id, end offset after it)."""
+        lock = self.lock
+        lock.acquire_exclusive()
+        try:
+            t = self._read_tail()
+            if t.segment != self._seg_id:
+                self._use_segment(t.segment)
+            size = F.FRAME_HEADER_SIZE + F.padded(len(payload))
+            if t.end + size > self.segment_bytes and t.end > F.SEGMENT_HEADER_SIZE:
+                t = self._roll(t)
+            first = t.last_seq + 1
+            frame = F.encode_frame(kind, first, count, payload, self._seed)
+            # Announce the write: a writer killed from here until _publish
+            # leaves pending=1, and the next writer rebuilds the tail.
+            self._tail[_SET_PENDING] = _ONE
+            end = t.end
+            try:
+                n = self._io.pwrite(self._seg_fd, frame, end)
+            except OSError as exc:
+                raise _io.io_error(exc, "write", self.paths.segment(t.segment)) from None
+            if n != size:
+                write_all(self._seg_fd, memoryview(frame)[n:], end + n, self.paths.segment(t.segment))
+            new = F.Tail(t.segment, end + size, first + count - 1, 0, t.synced_segment, t.synced_end)
+            self._publish(new)
+            return first, t.segment, end + size
+        finally:
+            lock.release()
+
+    # -------------------------------------------------------------- durability
+    def covered(self, seg_id: int, end: int) -> tuple[bool, int]:
+        """Whether the shared synced mark covers (seg_id, end); else the end to sync to."""
+        t = F.decode_tail(self._tail[: F.TAIL_SIZE], self.boot)
+        if t is None:
+            return False, end
+        if t.synced_segment > seg_id or (t.synced_segment == seg_id and t.synced_end >= end):
+            return True, end
+        if t.segment > seg_id:
+            return True, end  # a roll fdatasynced seg_id completely before moving on
+        return False, max(end, t.end) if t.segment == seg_id else end
+
+    def sync(self, seg_id: int, end: int) -> None:
+        """Make the log durable up to (seg_id, end): group commit, outside the lock.
+
+        fdatasync flushes every dirty page of the file, so frames of other
+        writers before ``end`` are durable too; afterwards the shared synced mark
+        is raised to the end read *before* the fdatasync began (frames written
+        during it are not covered).  OSError propagates: the caller poisons.
+        """
+        ok, target = self.covered(seg_id, end)
+        if ok:
+            return
+        fd = self.fd_for(seg_id)
+        if fd is None:
+            # Written by other processes only (sync() of a fresh Store): open it.
+            try:
+                fd = self._io.open(self.paths.segment(seg_id), os.O_WRONLY | _O_CLOEXEC)
+            except FileNotFoundError:
+                return  # retired by a checkpoint, which made it durable first
+            try:
+                self._io.fdatasync(fd)
+            finally:
+                self._io.close(fd)
+        else:
+            self._io.fdatasync(fd)
+        self.lock.acquire_exclusive()
+        try:
+            t = F.decode_tail(self._tail[: F.TAIL_SIZE], self.boot)
+            if t is not None and not _PENDING.unpack_from(self._tail, PENDING_OFFSET)[0]:
+                if (t.synced_segment, t.synced_end) < (seg_id, target):
+                    t.synced_segment, t.synced_end = seg_id, target
+                    self._publish(t)
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        io = self._io
+        for _sid, fd in self._old_fds:
+            try:
+                io.close(fd)
+            except OSError:
+                pass
+        self._old_fds.clear()
+        if self._seg_fd >= 0:
+            try:
+                io.close(self._seg_fd)
+            except OSError:
+                pass
+            self._seg_fd = -1
+        try:
+            self._tail.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            io.close(self._tail_fd)
+        except OSError:
+            pass
