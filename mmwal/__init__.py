@@ -9,6 +9,7 @@ This module is the public contract: it only re-exports.
 
 from __future__ import annotations
 
+from ._reader import Reader
 from ._replay import replay
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
@@ -27,6 +28,7 @@ __all__ = [
     "MmwalError",
     "Op",
     "Problem",
+    "Reader",
     "Store",
     "StoreStats",
     "VerifyReport",

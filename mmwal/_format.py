@@ -110,7 +110,8 @@ def decode_segment_header(buf: bytes | memoryview, path: str = "<segment>") -> S
             f"{SEGMENT_HEADER_SIZE} bytes; the file was cut short",
             path=path, offset=len(buf),
         )
-    magic, version, size, seg_id, salt, first_seq, created, _res, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+    fields = SEGMENT_HEADER.unpack_from(buf, 0)
+    magic, version, size, seg_id, salt, first_seq, created, _res, crc = fields
     if magic != SEGMENT_MAGIC:
         raise CorruptionError(
             f"{path}: offset 0: expected segment magic {SEGMENT_MAGIC!r}, got {bytes(magic)!r}; "
@@ -166,7 +167,8 @@ def check_frame(
     if magic != FRAME_MAGIC:
         if magic == 0 and first_seq == 0 and crc == 0 and n == 0:
             return FRAME_END, 0, 0, 0, off, "zeros"
-        return FRAME_BAD, 0, 0, 0, off, f"expected frame magic 0x{FRAME_MAGIC:08x}, got 0x{magic:08x}"
+        why = f"expected frame magic 0x{FRAME_MAGIC:08x}, got 0x{magic:08x}"
+        return FRAME_BAD, 0, 0, 0, off, why
     if kind not in KIND_NAMES or flags or res or res2:
         return FRAME_BAD, 0, 0, 0, off, f"unknown frame kind {kind} or flags {flags}"
     if n > MAX_PAYLOAD:
@@ -283,11 +285,15 @@ def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, off
 
 
 # ================================================================ manifest
-def encode_manifest(body: dict[str, Any]) -> bytes:
+DESCRIPTOR_MAGIC = b"MMWALCKD"
+
+
+def encode_manifest(body: dict[str, Any], magic: bytes = MANIFEST_MAGIC) -> bytes:
+    """A MANIFEST (or, with ``DESCRIPTOR_MAGIC``, a checkpoint DESCRIPTOR)."""
     data = pack(body)
-    hdr = MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, len(data), 0)
+    hdr = MANIFEST_HEADER.pack(magic, FORMAT_VERSION, len(data), 0)
     crc = _crc32(data, _crc32(hdr))
-    return MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, len(data), crc) + data
+    return MANIFEST_HEADER.pack(magic, FORMAT_VERSION, len(data), crc) + data
 
 
 MANIFEST_FIELDS: dict[str, type] = {
@@ -299,14 +305,16 @@ MANIFEST_FIELDS: dict[str, type] = {
 }
 
 
-def decode_manifest(buf: bytes, path: str = "MANIFEST") -> dict[str, Any]:
-    """Decode and check a manifest; raise CorruptionError/FormatVersionError."""
+def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = MANIFEST_MAGIC,
+                    fields: dict[str, type] | None = None) -> dict[str, Any]:
+    """Decode and check a manifest (or descriptor); raise CorruptionError/FormatVersionError."""
+    fields = MANIFEST_FIELDS if fields is None else fields
     if len(buf) < MANIFEST_HEADER.size:
         raise CorruptionError(f"{path}: truncated at offset {len(buf)}: expected a "
                               f"{MANIFEST_HEADER.size}-byte header", path=path, offset=len(buf))
     magic, version, n, crc = MANIFEST_HEADER.unpack_from(buf, 0)
-    if magic != MANIFEST_MAGIC:
-        raise CorruptionError(f"{path}: offset 0: expected manifest magic {MANIFEST_MAGIC!r}, "
+    if magic != magic_expected:
+        raise CorruptionError(f"{path}: offset 0: expected magic {magic_expected!r}, "
                               f"got {bytes(magic)!r}", path=path, offset=0)
     if version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -322,13 +330,31 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST") -> dict[str, Any]:
     body = _unpack(data, path, MANIFEST_HEADER.size)
     if not isinstance(body, dict):
         raise CorruptionError(f"{path}: manifest body is not a map", path=path, offset=16)
-    for key, typ in MANIFEST_FIELDS.items():
+    for key, typ in fields.items():
         if type(body.get(key)) is not typ:
-            raise CorruptionError(f"{path}: manifest field {key!r} missing or not {typ.__name__}",
+            raise CorruptionError(f"{path}: field {key!r} missing or not {typ.__name__}",
                                   path=path, offset=16)
-    if body["dim"] < 1 or body["checkpoint"] < 0 or body["checkpoint_seq"] < 0:
-        raise CorruptionError(f"{path}: manifest fields out of range", path=path, offset=16)
+        if typ is int and body[key] < 0:
+            raise CorruptionError(f"{path}: field {key!r} is negative", path=path, offset=16)
+    if body.get("dim", 1) < 1:
+        raise CorruptionError(f"{path}: dimension {body['dim']} out of range", path=path,
+                              offset=16)
     return body
+
+
+DESCRIPTOR_FIELDS: dict[str, type] = {
+    "id": int,
+    "seq": int,
+    "dim": int,
+    "count": int,
+    "created": float,
+    "chunk_documents": int,
+    "chunks": int,
+    "max_chunk_bytes": int,
+    "index_capacity": int,
+    "index_partitions": int,
+    "files": dict,
+}
 
 
 # ================================================================ tail record

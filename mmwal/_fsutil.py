@@ -157,7 +157,8 @@ def boot_id() -> bytes:
     if _boot is None:
         try:
             with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-                _boot = bytes.fromhex(f.read().decode().strip().replace("-", ""))[:16].ljust(16, b"\0")
+                text = f.read().decode().strip().replace("-", "")
+            _boot = bytes.fromhex(text)[:16].ljust(16, b"\0")
         except (OSError, ValueError):
             # No /proc (macOS): the boot time, coarsened; a changed value only
             # makes writers rebuild the tail record, which is always safe.

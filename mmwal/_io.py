@@ -104,4 +104,5 @@ def io_error(exc: OSError, op: str, path: str) -> StorageIOError:
         13: "check the permissions of the store directory",
         30: "the filesystem is read-only",
     }.get(exc.errno or 0, "see the errno for the cause")
-    return StorageIOError(f"{op} failed on {path}: {what} ({hint})", err=exc.errno, path=path, op=op)
+    return StorageIOError(f"{op} failed on {path}: {what} ({hint})", err=exc.errno, path=path,
+                          op=op)

@@ -160,7 +160,8 @@ class FileLock:
         if not self.thread_lock.acquire(blocking=False):
             return False
         try:
-            portalocker.lock(self._fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+            flags = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+            portalocker.lock(self._fd, flags)
             return True
         except portalocker.LockException:
             self.thread_lock.release()

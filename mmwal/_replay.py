@@ -114,7 +114,7 @@ def scan_log(paths: Paths, dim: int, start_segment: int, problems: list[Problem]
     if segs[0] != start_segment:
         problems.append(Problem(paths.segment(start_segment), 0,
                                 "the segment the manifest starts replay from is missing"))
-    for a, b in zip(segs, segs[1:]):
+    for a, b in zip(segs, segs[1:]):  # noqa: RUF007 (pairwise needs 3.10+, kept simple)
         if b != a + 1:
             problems.append(Problem(paths.segment(a + 1), 0, "segment missing from the sequence"))
     try:

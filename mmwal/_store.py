@@ -8,8 +8,6 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
-
 from . import _format as F
 from . import _io
 from ._fsutil import Paths, atomic_write, list_segments, makedirs, read_file
@@ -279,8 +277,7 @@ class Store:
 
     def _interval(self, seg: int, end: int, count: int) -> None:
         with self._state_lock:
-            if (seg, end) > self._written:
-                self._written = (seg, end)
+            self._written = max(self._written, (seg, end))
             self._unsynced += count
             due = (self._unsynced >= self.config.sync_every_records
                    or (time.monotonic() - self._last_sync) * 1000 >= self.config.sync_every_ms)

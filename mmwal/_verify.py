@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import zlib
+from typing import Any
 
-from ._fsutil import Paths
-from ._replay import scan_log
+import numpy as np
+
+from ._checkpoint import FILES, CheckpointView, list_checkpoints
+from ._fsutil import Paths, list_segments
+from ._replay import iter_ops, reader_lock, scan_log
 from ._types import Problem, VerifyReport
+from ._wal import LogCursor, Retired, read_segment_header
 from .errors import MmwalError
 
 __all__ = ["verify"]
@@ -15,10 +21,12 @@ __all__ = ["verify"]
 def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """Scan the whole store and report every problem found (never raises for damage).
 
-    Checks the manifest, every log segment header, every frame's checksum and
-    sequence continuity, every payload's structure, and (when there is one)
-    the checkpoint files against their descriptor.  A torn, unacknowledged
-    tail is not a problem; it is listed in ``report.notes``.
+    Checks the manifest; every log segment header, frame checksum, sequence
+    continuity and payload; the current checkpoint's files against the sizes
+    and CRC-32s in its descriptor, its id index against its ids, every content
+    and metadata chunk; and, where the log still holds the operations a
+    checkpoint folded in, that the checkpoint equals their replay.  A torn,
+    unacknowledged tail is not a problem: it is listed in ``report.notes``.
 
     Examples
     --------
@@ -39,12 +47,161 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     except MmwalError as exc:
         report.problems.append(Problem(paths.manifest, getattr(exc, "offset", 0), str(exc)))
         return report
+    dim = manifest["dim"]
     report.checkpoint = manifest["checkpoint"]
     report.segments, report.records, report.first_seq, report.last_seq = scan_log(
-        paths, manifest["dim"], manifest["replay_segment"], report.problems, report.notes)
-    if report.records and report.first_seq != manifest["checkpoint_seq"] + 1:
+        paths, dim, manifest["replay_segment"], report.problems, report.notes)
+    if report.first_seq and report.first_seq != manifest["checkpoint_seq"] + 1:
         report.problems.append(Problem(
             paths.segment(manifest["replay_segment"]), 32,
             f"the log starts at seq {report.first_seq}, the checkpoint ends at "
             f"{manifest['checkpoint_seq']}"))
+    if manifest["checkpoint"]:
+        view = _check_checkpoint(paths, manifest, report)
+        if view is not None:
+            report.documents = view.count
+            _compare_with_log(paths, manifest, view, report)
+    _note_leftovers(paths, manifest, report)
     return report
+
+
+def _check_checkpoint(paths: Paths, manifest: dict[str, Any],
+                      report: VerifyReport) -> CheckpointView | None:
+    cid, dim = manifest["checkpoint"], manifest["dim"]
+    try:
+        view = CheckpointView(paths, cid, dim)
+    except MmwalError as exc:
+        report.problems.append(Problem(getattr(exc, "path", paths.checkpoint(cid)),
+                                       getattr(exc, "offset", 0), str(exc)))
+        return None
+    bad = report.problems.append
+    if view.seq != manifest["checkpoint_seq"]:
+        bad(Problem(paths.manifest, 16, f"checkpoint seq {manifest['checkpoint_seq']} in the "
+                    f"manifest, {view.seq} in the descriptor"))
+    files = view.descriptor["files"]
+    ok = True
+    for name in FILES:
+        fpath = os.path.join(view.dir, name)
+        crc = 0
+        try:
+            with open(fpath, "rb") as f:
+                while block := f.read(1 << 20):
+                    crc = zlib.crc32(block, crc)
+        except OSError as exc:
+            bad(Problem(fpath, 0, f"unreadable: {exc}"))
+            ok = False
+            continue
+        if crc != files[name][1]:
+            bad(Problem(fpath, 0, f"CRC-32 {crc:#010x}, the descriptor says "
+                        f"{files[name][1]:#010x}: the file is damaged"))
+            ok = False
+    if not ok:
+        return None
+    try:
+        offs = np.asarray(view.id_offsets)
+        if offs[0] != 0 or np.any(np.diff(offs.astype(np.int64)) < 0) or \
+                int(offs[-1]) != len(view.ids_bin):
+            bad(Problem(os.path.join(view.dir, "ids_offsets.npy"), 128,
+                        "id offsets are not increasing from 0 to the size of ids.bin"))
+            return None
+        seen: set[bytes] = set()
+        for row in range(view.count):
+            key = view.id_bytes(row)
+            if key in seen:
+                bad(Problem(os.path.join(view.dir, "ids.bin"), int(offs[row]),
+                            f"id {key!r} appears twice"))
+            seen.add(key)
+            if view.lookup(key) != row:
+                bad(Problem(os.path.join(view.dir, "index.npy"), 128,
+                            f"the index does not map id {key!r} to its row {row}"))
+                break
+        used = int(np.count_nonzero(np.asarray(view.index) >= 0)) if view.count else 0
+        if used != view.count:
+            bad(Problem(os.path.join(view.dir, "index.npy"), 128,
+                        f"the index holds {used} entries for {view.count} rows"))
+        for k in range(view.nchunks):
+            view.chunk(k)
+        norms = np.linalg.norm(np.asarray(view.embeddings), axis=1) if view.count else \
+            np.empty(0)
+        if not np.allclose(norms, view.norms, rtol=1e-5, atol=1e-6):
+            bad(Problem(os.path.join(view.dir, "norms.npy"), 128,
+                        "norms do not match the embeddings"))
+        if view.count and not np.isfinite(np.asarray(view.embeddings)).all():
+            bad(Problem(os.path.join(view.dir, "embeddings.npy"), 128,
+                        "embeddings hold non-finite values"))
+    except MmwalError as exc:
+        bad(Problem(getattr(exc, "path", view.dir), getattr(exc, "offset", 0), str(exc)))
+        return None
+    return view
+
+
+def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointView,
+                      report: VerifyReport) -> None:
+    """Where the log still starts at seq 1, replay it and compare with the checkpoint."""
+    segs = list_segments(paths)
+    if not segs:
+        return
+    try:
+        first = read_segment_header(paths.segment(segs[0])).first_seq
+    except MmwalError:
+        return
+    if first != 1:
+        report.notes.append("the log no longer holds the operations the checkpoint folded in; "
+                            "the checkpoint was checked against its descriptor only")
+        return
+    state: dict[str, tuple[Any, str, Any]] = {}
+    cur = LogCursor(paths, segs[0], 1, mode="strict", lock=reader_lock(paths))
+    try:
+        for frame in cur.frames():
+            if frame.first_seq > view.seq:
+                break
+            for op in iter_ops(frame, manifest["dim"]):
+                if op.seq > view.seq:
+                    break
+                if op.kind == "add":
+                    state.pop(op.id, None)  # type: ignore[arg-type]
+                    state[op.id] = (op.embedding, op.content, op.metadata)  # type: ignore[index]
+                elif op.kind == "remove":
+                    state.pop(op.id, None)  # type: ignore[arg-type]
+                else:
+                    state.clear()
+    except (MmwalError, Retired):
+        return  # the log's own problems were reported by scan_log
+    finally:
+        cur.close()
+        if cur.lock is not None:
+            cur.lock.close()
+    where = os.path.join(view.dir, "DESCRIPTOR")
+    if len(state) != view.count:
+        report.problems.append(Problem(where, 0, f"the checkpoint holds {view.count} documents, "
+                                       f"replaying the log up to seq {view.seq} gives "
+                                       f"{len(state)}"))
+        return
+    for row in range(view.count):
+        key = view.id_at(row)
+        want = state.get(key)
+        content, meta = view.doc(row)
+        if want is None or not np.array_equal(want[0], view.embeddings[row]) or \
+                want[1] != content or want[2] != meta:
+            report.problems.append(Problem(where, 0, f"document {key!r} (row {row}) differs "
+                                           "from the replay of the log"))
+            return
+
+
+def _note_leftovers(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
+    current = manifest["checkpoint"]
+    for c in list_checkpoints(paths):
+        if c > current:
+            report.notes.append(f"checkpoint {c} was never published (a crashed checkpoint); "
+                                "the next checkpoint removes it")
+    for s in list_segments(paths):
+        if s < manifest["replay_segment"]:
+            report.notes.append(f"segment {s} is already folded into checkpoint {current}; "
+                                "the next checkpoint retires it")
+    try:
+        tmps = [n for n in os.listdir(paths.checkpoints) if n.startswith(".tmp-")]
+    except OSError:
+        tmps = []
+    if tmps:
+        report.notes.append(f"{len(tmps)} temporary checkpoint director"
+                            f"{'y' if len(tmps) == 1 else 'ies'} left by a crash")

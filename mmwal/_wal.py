@@ -99,7 +99,7 @@ class Retired(Exception):
 class _Mapped:
     """A read-only mapping of one segment, re-mapped when the file has grown."""
 
-    __slots__ = ("seg_id", "path", "fd", "mm", "size", "header", "seed")
+    __slots__ = ("fd", "header", "mm", "path", "seed", "seg_id", "size")
 
     def __init__(self, paths: Paths, seg_id: int) -> None:
         io = _io.layer
@@ -523,9 +523,11 @@ class Appender:
             except OSError as exc:
                 raise _io.io_error(exc, "write", self.paths.segment(t.segment)) from None
             if n != size:
-                write_all(self._seg_fd, memoryview(frame)[n:], end + n, self.paths.segment(t.segment))
-            new = F.Tail(t.segment, end + size, first + count - 1, 0, t.synced_segment, t.synced_end)
-            self._publish(new)
+                # A short write (rare on regular files): continue it, or raise.
+                write_all(self._seg_fd, memoryview(frame)[n:], end + n,
+                          self.paths.segment(t.segment))
+            self._publish(F.Tail(t.segment, end + size, first + count - 1, 0,
+                                 t.synced_segment, t.synced_end))
             return first, t.segment, end + size
         finally:
             lock.release()
@@ -569,10 +571,10 @@ class Appender:
         self.lock.acquire_exclusive()
         try:
             t = F.decode_tail(self._tail[: F.TAIL_SIZE], self.boot)
-            if t is not None and not _PENDING.unpack_from(self._tail, PENDING_OFFSET)[0]:
-                if (t.synced_segment, t.synced_end) < (seg_id, target):
-                    t.synced_segment, t.synced_end = seg_id, target
-                    self._publish(t)
+            if (t is not None and not _PENDING.unpack_from(self._tail, PENDING_OFFSET)[0]
+                    and (t.synced_segment, t.synced_end) < (seg_id, target)):
+                t.synced_segment, t.synced_end = seg_id, target
+                self._publish(t)
         finally:
             self.lock.release()
 

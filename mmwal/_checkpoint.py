@@ -1,0 +1,729 @@
+"""Checkpoints: immutable, memory-mappable snapshots folded from the log.
+
+A checkpoint directory ``checkpoints/<id>/`` holds (docs/format.md):
+
+* ``embeddings.npy`` (n, dim) ``<f4``, data 64-byte aligned: any process maps it
+  read-only and shares one copy in the page cache;
+* ``norms.npy`` (n,) ``<f4``: L2 norm of each row (cosine and l2 search);
+* ``ids.bin`` + ``ids_offsets.npy`` (n+1,) ``<u8``: row i's id is
+  ``ids.bin[off[i]:off[i+1]]`` in UTF-8;
+* ``index.npy`` (capacity,) ``<i8``: an open-addressing hash table id -> row,
+  mapped, never rebuilt into a dict (open cost does not grow with n);
+* ``docs.lz4`` + ``docs_offsets.npy``: content and metadata as msgpack, in
+  lz4 frames (content checksums on) of ``chunk_documents`` rows, so one document
+  is read by decompressing one chunk;
+* ``DESCRIPTOR``: every file with its size and CRC-32, plus the counts.
+
+Building is streaming: previous checkpoint rows are copied in bounded chunks
+with ``pread``/``write`` (not through a writable map, so resident memory stays
+bounded whatever the store size); only the ids touched since the previous
+checkpoint are held in memory, and those are bounded by the checkpoint
+thresholds.
+"""
+
+from __future__ import annotations
+
+import io as _stdio
+import mmap
+import os
+import secrets
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lz4.frame
+import numpy as np
+
+from . import _format as F
+from . import _io
+from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
+from ._lock import FileLock
+from ._types import CheckpointInfo, Config
+from ._wal import Appender, LogCursor, read_segment_header
+from .errors import CorruptionError, StorageIOError
+
+__all__ = ["CheckpointView", "list_checkpoints", "retire", "run_checkpoint"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_EMPTY = -1
+#: Rows copied per step when streaming the previous checkpoint.
+COPY_ROWS = 16384
+#: Largest index partition (slots); bounds the memory of the index build.
+PARTITION_SLOTS = 1 << 20
+
+FILES = ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "index.npy",
+         "docs.lz4", "docs_offsets.npy")
+
+
+def hash_id(b: bytes) -> int:
+    """The 32-bit hash of an id's UTF-8 bytes used by the index (CRC-32)."""
+    return zlib.crc32(b)
+
+
+def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The exact ``.npy`` v1.0 header numpy writes (data 64-byte aligned)."""
+    buf = _stdio.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def list_checkpoints(paths: Paths) -> list[int]:
+    try:
+        names = _io.layer.listdir(paths.checkpoints)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n) for n in names if len(n) == 8 and n.isdigit())
+
+
+# ============================================================================ reading
+class CheckpointView:
+    """One checkpoint, mapped read-only.  Open cost is independent of its size."""
+
+    def __init__(self, paths: Paths, ckpt_id: int, dim: int) -> None:
+        self.id = ckpt_id
+        self.dir = paths.checkpoint(ckpt_id)
+        dpath = os.path.join(self.dir, "DESCRIPTOR")
+        try:
+            raw = read_file(dpath, F.MAX_MANIFEST_BODY + 64)
+        except FileNotFoundError:
+            raise CorruptionError(
+                f"{dpath}: missing; the manifest names checkpoint {ckpt_id}, whose directory "
+                "is incomplete (run `mmwal verify`)", path=dpath, offset=0) from None
+        except OSError as exc:
+            raise _io.io_error(exc, "read", dpath) from None
+        d = F.decode_manifest(raw, dpath, F.DESCRIPTOR_MAGIC, F.DESCRIPTOR_FIELDS)
+        self.descriptor = d
+        n = self.count = d["count"]
+        self.seq: int = d["seq"]
+        self.chunk_docs: int = d["chunk_documents"]
+        self.max_chunk: int = d["max_chunk_bytes"]
+        self.capacity: int = d["index_capacity"]
+        self.partitions: int = d["index_partitions"]
+        if d["dim"] != dim or d["id"] != ckpt_id or self.chunk_docs < 1:
+            raise CorruptionError(f"{dpath}: describes checkpoint {d['id']} of dim {d['dim']}, "
+                                  f"expected {ckpt_id} of dim {dim}", path=dpath, offset=16)
+        cap, parts = self.capacity, self.partitions
+        if (n and (cap < n or cap & (cap - 1) or parts < 1 or parts & (parts - 1)
+                   or cap % parts or cap > 1 << 32)):
+            raise CorruptionError(f"{dpath}: index geometry {cap}/{parts} impossible for "
+                                  f"{n} rows", path=dpath, offset=16)
+        self.part_slots = cap // parts if n else 1
+        self._shift = 32 - (parts.bit_length() - 1)
+        files = d["files"]
+        for name in FILES:
+            meta = files.get(name)
+            if (not isinstance(meta, list) or len(meta) != 2
+                    or not all(type(x) is int for x in meta)):
+                raise CorruptionError(f"{dpath}: no valid entry for {name}", path=dpath,
+                                      offset=16)
+            size = self._size(name)
+            if size != meta[0]:
+                raise CorruptionError(
+                    f"{os.path.join(self.dir, name)}: {size} bytes, the descriptor says "
+                    f"{meta[0]}; the checkpoint is damaged (run `mmwal verify`)",
+                    path=os.path.join(self.dir, name), offset=min(size, meta[0]))
+        self.nchunks = d["chunks"]
+        if self.nchunks != (n + self.chunk_docs - 1) // self.chunk_docs:
+            raise CorruptionError(f"{dpath}: {self.nchunks} chunks for {n} rows", path=dpath,
+                                  offset=16)
+        self.embeddings = self._npy("embeddings.npy", "<f4", (n, dim))
+        self.norms = self._npy("norms.npy", "<f4", (n,))
+        self.id_offsets = self._npy("ids_offsets.npy", "<u8", (n + 1,))
+        self.index = self._npy("index.npy", "<i8", (cap if n else 0,))
+        self.doc_offsets = self._npy("docs_offsets.npy", "<u8", (self.nchunks + 1,))
+        self.ids_bin = self._map("ids.bin")
+        self.docs = self._map("docs.lz4")
+        self._chunk_cache: dict[int, list[Any]] = {}
+
+    def _size(self, name: str) -> int:
+        path = os.path.join(self.dir, name)
+        try:
+            return _io.layer.stat(path).st_size
+        except FileNotFoundError:
+            raise CorruptionError(f"{path}: missing from checkpoint {self.id}", path=path,
+                                  offset=0) from None
+
+    def _npy(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = os.path.join(self.dir, name)
+        header = npy_header(dtype, shape)
+        want = len(header) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._size(name) != want:
+            raise CorruptionError(f"{path}: {self._size(name)} bytes, expected {want} for "
+                                  f"{dtype}{list(shape)}", path=path, offset=0)
+        fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            got = _io.layer.pread(fd, len(header), 0)
+            if got != header:
+                raise CorruptionError(f"{path}: offset 0: .npy header is not the expected "
+                                      f"{dtype}{list(shape)} header", path=path, offset=0)
+            if want == len(header):
+                arr = np.empty(shape, dtype=dtype)
+            else:
+                # Map the whole file and view past the header (64-byte aligned):
+                # the same np.memmap np.load(mmap_mode="r") gives, built on our
+                # own (fault-injectable) mapping.
+                mm = _io.layer.mmap(fd, want)
+                arr = np.ndarray.__new__(np.memmap, shape, dtype=np.dtype(dtype), buffer=mm,
+                                         offset=len(header), order="C")
+                arr._mmap = mm
+                arr.filename = path
+                arr.offset = len(header)
+                arr.mode = "r"
+        except OSError as exc:
+            raise _io.io_error(exc, "mmap", path) from None
+        finally:
+            _io.layer.close(fd)
+        arr.flags.writeable = False
+        return arr
+
+    def _map(self, name: str) -> Any:
+        path = os.path.join(self.dir, name)
+        size = self._size(name)
+        if size == 0:
+            return b""
+        fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            return _io.layer.mmap(fd, size)
+        except OSError as exc:
+            raise _io.io_error(exc, "mmap", path) from None
+        finally:
+            _io.layer.close(fd)
+
+    # ------------------------------------------------------------------ lookups
+    def _corrupt(self, name: str, what: str, offset: int = 0) -> CorruptionError:
+        path = os.path.join(self.dir, name)
+        return CorruptionError(f"{path}: offset {offset}: {what}; run `mmwal verify`",
+                               path=path, offset=offset)
+
+    def id_bytes(self, row: int) -> bytes:
+        off = self.id_offsets
+        a, b = int(off[row]), int(off[row + 1])
+        if not a <= b <= len(self.ids_bin) or b - a > F.MAX_ID_BYTES:
+            raise self._corrupt("ids_offsets.npy", f"id {row} spans {a}..{b}", 128 + 8 * row)
+        return bytes(self.ids_bin[a:b])
+
+    def id_at(self, row: int) -> str:
+        try:
+            return self.id_bytes(row).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._corrupt("ids.bin", f"id of row {row} is not UTF-8") from None
+
+    def lookup(self, key: bytes) -> int:
+        """The row of the id with UTF-8 bytes ``key``, or -1."""
+        n = self.count
+        if not n:
+            return -1
+        h = hash_id(key)
+        slots = self.part_slots
+        base = (h >> self._shift) * slots if self.partitions > 1 else 0
+        mask = slots - 1
+        slot = h & mask
+        index = self.index
+        for _ in range(slots):
+            row = int(index[base + slot])
+            if row == _EMPTY:
+                return -1
+            if not 0 <= row < n:
+                raise self._corrupt("index.npy", f"slot {base + slot} holds row {row}",
+                                    128 + 8 * (base + slot))
+            if self.id_bytes(row) == key:
+                return row
+            slot = (slot + 1) & mask
+        return -1
+
+    def chunk(self, k: int) -> list[Any]:
+        """The decoded [content, metadata] pairs of chunk ``k`` (cached, small LRU)."""
+        cache = self._chunk_cache
+        got = cache.get(k)
+        if got is not None:
+            return got
+        a, b = int(self.doc_offsets[k]), int(self.doc_offsets[k + 1])
+        if not a <= b <= len(self.docs):
+            raise self._corrupt("docs_offsets.npy", f"chunk {k} spans {a}..{b}", 128 + 8 * k)
+        rows = min(self.chunk_docs, self.count - k * self.chunk_docs)
+        got = decode_chunk(bytes(self.docs[a:b]), self.max_chunk, rows,
+                           os.path.join(self.dir, "docs.lz4"), a)
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[k] = got
+        return got
+
+    def doc(self, row: int) -> tuple[str, dict[str, Any] | None]:
+        content, meta = self.chunk(row // self.chunk_docs)[row % self.chunk_docs]
+        return content, meta
+
+
+def decode_chunk(data: bytes, limit: int, rows: int, path: str, offset: int) -> list[Any]:
+    """Decompress and decode one docs chunk, allocating at most ``limit`` bytes."""
+    try:
+        d = lz4.frame.LZ4FrameDecompressor()
+        raw = d.decompress(data, max_length=limit + 1)
+        if not d.eof or len(raw) > limit or d.unused_data:
+            raise ValueError("chunk larger than recorded, truncated or followed by junk")
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise CorruptionError(f"{path}: offset {offset}: docs chunk does not decompress "
+                              f"({exc}); run `mmwal verify`", path=path, offset=offset) from None
+    obj = F._unpack(raw, path, offset)
+    if not isinstance(obj, list) or len(obj) != rows or not all(
+        isinstance(x, list) and len(x) == 2 and type(x[0]) is str
+        and (x[1] is None or type(x[1]) is dict) for x in obj
+    ):
+        raise CorruptionError(f"{path}: offset {offset}: docs chunk does not hold {rows} "
+                              "[content, metadata] pairs", path=path, offset=offset)
+    return obj
+
+
+# ============================================================================ building
+class _Stream:
+    """A file written sequentially, with its running size and CRC-32."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size = 0
+        self.crc = 0
+        try:
+            self.fd = _io.layer.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC,
+                                     0o644)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", path) from None
+
+    def write(self, data: Any) -> None:
+        from ._fsutil import write_all
+
+        mv = memoryview(data).cast("B")
+        write_all(self.fd, mv, self.size, self.path)
+        self.crc = zlib.crc32(mv, self.crc)
+        self.size += len(mv)
+
+    def finish(self) -> list[int]:
+        try:
+            _io.layer.fsync(self.fd)
+        except OSError as exc:
+            raise _io.io_error(exc, "fsync", self.path) from None
+        finally:
+            _io.layer.close(self.fd)
+            self.fd = -1
+        return [self.size, self.crc]
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            try:
+                _io.layer.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+class _Builder:
+    """Streams rows into the files of a new checkpoint in ``tmpdir``."""
+
+    def __init__(self, tmpdir: str, n: int, dim: int, chunk_docs: int, level: int) -> None:
+        self.dir = tmpdir
+        self.n, self.dim, self.chunk_docs, self.level = n, dim, chunk_docs, level
+        self.streams: dict[str, _Stream] = {}
+        for name in ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "docs.lz4",
+                     "docs_offsets.npy"):
+            self.streams[name] = _Stream(os.path.join(tmpdir, name))
+        self.nchunks = (n + chunk_docs - 1) // chunk_docs
+        s = self.streams
+        s["embeddings.npy"].write(npy_header("<f4", (n, dim)))
+        s["norms.npy"].write(npy_header("<f4", (n,)))
+        s["ids_offsets.npy"].write(npy_header("<u8", (n + 1,)))
+        s["docs_offsets.npy"].write(npy_header("<u8", (self.nchunks + 1,)))
+        s["ids_offsets.npy"].write(np.zeros(1, "<u8"))
+        s["docs_offsets.npy"].write(np.zeros(1, "<u8"))
+        self.rows = 0
+        self.id_pos = 0
+        self.pending: list[list[Any]] = []
+        self.max_chunk = 0
+
+    def add(self, ids: list[bytes], vecs: np.ndarray, docs: list[list[Any]]) -> None:
+        """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs."""
+        if not ids:
+            return
+        s = self.streams
+        vecs = np.ascontiguousarray(vecs, dtype="<f4")
+        s["embeddings.npy"].write(vecs)
+        s["norms.npy"].write(np.linalg.norm(vecs, axis=1).astype("<f4"))
+        lens = np.fromiter((len(b) for b in ids), dtype="<u8", count=len(ids))
+        s["ids_offsets.npy"].write(np.cumsum(lens, dtype="<u8") + np.uint64(self.id_pos))
+        joined = b"".join(ids)
+        s["ids.bin"].write(joined)
+        self.id_pos += len(joined)
+        self.rows += len(ids)
+        self.pending.extend(docs)
+        while len(self.pending) >= self.chunk_docs:
+            self._flush_chunk(self.pending[: self.chunk_docs])
+            del self.pending[: self.chunk_docs]
+
+    def _flush_chunk(self, docs: list[Any]) -> None:
+        raw = F.pack(docs)
+        self.max_chunk = max(self.max_chunk, len(raw))
+        comp = lz4.frame.compress(raw, compression_level=self.level, content_checksum=True,
+                                  store_size=True)
+        s = self.streams
+        s["docs.lz4"].write(comp)
+        s["docs_offsets.npy"].write(np.array([s["docs.lz4"].size], dtype="<u8"))
+
+    def finish(self, ckpt_id: int, seq: int) -> dict[str, Any]:
+        if self.pending:
+            self._flush_chunk(self.pending)
+            self.pending = []
+        if self.rows != self.n:
+            raise AssertionError(f"checkpoint build wrote {self.rows} rows, planned {self.n}")
+        files = {name: st.finish() for name, st in self.streams.items()}
+        cap, parts, meta = build_index(self.dir, self.n)
+        files["index.npy"] = meta
+        body = {
+            "format": F.FORMAT_VERSION, "id": ckpt_id, "seq": seq, "dim": self.dim,
+            "count": self.n, "created": time.time(), "chunk_documents": self.chunk_docs,
+            "chunks": self.nchunks, "max_chunk_bytes": self.max_chunk,
+            "index_capacity": cap, "index_partitions": parts, "hash": "crc32",
+            "files": files,
+        }
+        dpath = os.path.join(self.dir, "DESCRIPTOR")
+        st = _Stream(dpath)
+        st.write(F.encode_manifest(body, F.DESCRIPTOR_MAGIC))
+        st.finish()
+        return body
+
+    def abort(self) -> None:
+        for st in self.streams.values():
+            st.abort()
+
+
+def index_geometry(n: int) -> tuple[int, int]:
+    """(capacity, partitions) of the id index for ``n`` rows: load factor <= 1/2."""
+    cap = 8
+    while cap < 2 * n:
+        cap <<= 1
+    parts = max(1, cap // PARTITION_SLOTS)
+    return cap, parts
+
+
+def _iter_ids(dirpath: str, n: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(first row, ids) in chunks, read back from a checkpoint being built."""
+    with open(os.path.join(dirpath, "ids_offsets.npy"), "rb") as fo, \
+            open(os.path.join(dirpath, "ids.bin"), "rb") as fb:
+        hdr = len(npy_header("<u8", (n + 1,)))
+        for start in range(0, n, COPY_ROWS):
+            k = min(COPY_ROWS, n - start)
+            fo.seek(hdr + 8 * start)
+            offs = np.frombuffer(fo.read(8 * (k + 1)), dtype="<u8")
+            base = int(offs[0])
+            fb.seek(base)
+            blob = fb.read(int(offs[-1]) - base)
+            rel = (offs - base).tolist()
+            yield start, [blob[rel[i]:rel[i + 1]] for i in range(k)]
+
+
+def build_index(dirpath: str, n: int) -> tuple[int, int, list[int]]:
+    """Write ``index.npy``: one partition at a time, each in bounded memory."""
+    st = _Stream(os.path.join(dirpath, "index.npy"))
+    try:
+        if n == 0:
+            st.write(npy_header("<i8", (0,)))
+            return 0, 1, st.finish()
+        cap, parts = index_geometry(n)
+        slots = cap // parts
+        shift = 32 - (parts.bit_length() - 1)
+        mask = slots - 1
+        st.write(npy_header("<i8", (cap,)))
+        for p in range(parts):
+            table = np.full(slots, _EMPTY, dtype="<i8")
+            tl = table.tolist()  # Python list: faster per-slot access than numpy
+            for start, ids in _iter_ids(dirpath, n):
+                for j, b in enumerate(ids):
+                    h = hash_id(b)
+                    if parts > 1 and h >> shift != p:
+                        continue
+                    slot = h & mask
+                    while tl[slot] != _EMPTY:
+                        slot = (slot + 1) & mask
+                    tl[slot] = start + j
+            st.write(np.array(tl, dtype="<i8"))
+        return cap, parts, st.finish()
+    except BaseException:
+        st.abort()
+        raise
+
+
+# ============================================================================ folding
+@dataclass
+class _Touch:
+    seq: int
+    live: bool
+
+
+def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
+                  mode: str) -> Iterator[Any]:
+    """Valid frames of segments [start_seg, end_seg): the sealed log since the checkpoint."""
+    cur = LogCursor(paths, start_seg, first_seq, mode=mode)
+    try:
+        for frame in cur.frames():
+            if cur.seg_id >= end_seg:
+                break
+            yield frame
+            if cur.seg_id >= end_seg:
+                break
+    finally:
+        cur.close()
+
+
+def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, end_seg: int,
+         first_seq: int, last_seq: int, tmpdir: str, ckpt_id: int, config: Config,
+         ) -> dict[str, Any]:
+    """Build a checkpoint of ``prev`` + the log up to ``last_seq`` into ``tmpdir``."""
+    # Pass 1: the final state of every id touched since prev (bounded by the delta).
+    touched: dict[str, _Touch] = {}
+    cleared = False
+    seq = first_seq - 1
+    for frame in _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery):
+        if frame.first_seq > last_seq:
+            break
+        body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                                frame.offset)
+        if frame.kind == F.KIND_ADD:
+            for i, id_ in enumerate(body.ids):
+                touched.pop(id_, None)  # re-insert: dict order = order of last write
+                touched[id_] = _Touch(frame.first_seq + i, True)
+        elif frame.kind == F.KIND_REMOVE:
+            touched.pop(body[1], None)
+            touched[body[1]] = _Touch(frame.first_seq, False)
+        else:
+            touched.clear()
+            cleared = True
+        seq = frame.first_seq + frame.count - 1
+    if seq != last_seq:
+        raise CorruptionError(
+            f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
+            "run `mmwal verify`", path=paths.wal, offset=0)
+    dropped = np.empty(0, dtype=np.int64)
+    keep_prev = prev is not None and not cleared
+    if keep_prev:
+        assert prev is not None
+        rows = [prev.lookup(k.encode("utf-8")) for k in touched]
+        dropped = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
+    n_prev = prev.count if (keep_prev and prev is not None) else 0
+    live = sum(1 for t in touched.values() if t.live)
+    n = n_prev - len(dropped) + live
+    b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level)
+    try:
+        if keep_prev and prev is not None:
+            _copy_prev(prev, dropped, b)
+        # Pass 2: the live delta documents, in the seq order of their last write.
+        for frame in _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery):
+            if frame.first_seq > last_seq:
+                break
+            if frame.kind != F.KIND_ADD:
+                continue
+            body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                                    frame.offset)
+            pick = [i for i, id_ in enumerate(body.ids)
+                    if (t := touched.get(id_)) is not None and t.live
+                    and t.seq == frame.first_seq + i]
+            if pick:
+                b.add([body.ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
+                      [[body.contents[i], body.metadatas[i]] for i in pick])
+        return b.finish(ckpt_id, last_seq)
+    except BaseException:
+        b.abort()
+        raise
+
+
+def _copy_prev(prev: CheckpointView, dropped: np.ndarray, b: _Builder) -> None:
+    """Stream the previous checkpoint's surviving rows into ``b`` in bounded chunks."""
+    path = os.path.join(prev.dir, "embeddings.npy")
+    hdr = len(npy_header("<f4", (prev.count, b.dim)))
+    row_bytes = 4 * b.dim
+    fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        for start in range(0, prev.count, COPY_ROWS):
+            k = min(COPY_ROWS, prev.count - start)
+            try:
+                raw = _io.layer.pread(fd, k * row_bytes, hdr + start * row_bytes)
+            except OSError as exc:
+                raise _io.io_error(exc, "read", path) from None
+            if len(raw) != k * row_bytes:
+                raise CorruptionError(f"{path}: short read at row {start}", path=path,
+                                      offset=hdr + start * row_bytes)
+            vecs = np.frombuffer(raw, dtype="<f4").reshape(k, b.dim)
+            lo, hi = np.searchsorted(dropped, [start, start + k])
+            keep = np.ones(k, dtype=bool)
+            keep[dropped[lo:hi] - start] = False
+            ids: list[bytes] = []
+            docs: list[list[Any]] = []
+            for r in range(start, start + k):
+                if keep[r - start]:
+                    ids.append(prev.id_bytes(r))
+                    c, m = prev.doc(r)
+                    docs.append([c, m])
+            b.add(ids, vecs[keep], docs)
+            # Keep resident memory flat: these mapped pages are not needed again.
+            _dontneed(prev.id_offsets, prev.ids_bin, prev.docs)
+    finally:
+        _io.layer.close(fd)
+
+
+def _dontneed(*arrays: Any) -> None:
+    """Drop our page-table entries of mapped files (the page cache keeps the data)."""
+    for arr in arrays:
+        base = arr
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = getattr(base, "base", None)
+        if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                base.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+
+# ============================================================================ publish
+def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) -> CheckpointInfo:
+    """Seal the log, fold it into a new checkpoint, publish it, retire the old files.
+
+    One checkpointer at a time (``checkpoint.lock``); writers keep appending to
+    the new segment meanwhile.  Publish order (RULES.md 10): files under a temp
+    name -> fsync -> rename -> fsync dir -> MANIFEST replaced atomically -> only
+    then old segments and checkpoints are deleted.
+    """
+    from ._store import open_manifest
+
+    lock.acquire_exclusive_slow()
+    try:
+        manifest = open_manifest(paths)
+        dim = manifest["dim"]
+        clean_orphans(paths, manifest["checkpoint"])
+        new_seg, last_seq = log.roll()
+        prev_id, prev_seq = manifest["checkpoint"], manifest["checkpoint_seq"]
+        if last_seq == prev_seq:
+            retire(paths, manifest, config.keep_checkpoints)
+            return CheckpointInfo(prev_id, prev_seq, int(manifest.get("checkpoint_documents", 0)))
+        prev = CheckpointView(paths, prev_id, dim) if prev_id else None
+        existing = list_checkpoints(paths)
+        ckpt_id = max([prev_id, *existing]) + 1
+        final = paths.checkpoint(ckpt_id)
+        tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
+        try:
+            _io.layer.mkdir(tmp)
+        except OSError as exc:
+            raise _io.io_error(exc, "mkdir", tmp) from None
+        try:
+            body = fold(paths, dim, prev, manifest["replay_segment"], new_seg, prev_seq + 1,
+                        last_seq, tmp, ckpt_id, config)
+            fsync_dir(tmp)
+            try:
+                _io.layer.rename(tmp, final)
+            except OSError as exc:
+                raise _io.io_error(exc, "rename", final) from None
+        except BaseException:
+            _rmtree(tmp)
+            raise
+        fsync_dir(paths.checkpoints)
+        new_manifest = dict(manifest)
+        new_manifest.update({"checkpoint": ckpt_id, "checkpoint_seq": last_seq,
+                             "replay_segment": new_seg, "checkpoint_documents": body["count"],
+                             "checkpointed": time.time()})
+        atomic_write(paths.manifest, F.encode_manifest(new_manifest))  # the commit point
+        retire(paths, new_manifest, config.keep_checkpoints)
+        return CheckpointInfo(ckpt_id, last_seq, body["count"])
+    finally:
+        lock.release_slow()
+
+
+def _rmtree(path: str) -> None:
+    io = _io.layer
+    try:
+        names = io.listdir(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _io.io_error(exc, "listdir", path) from None
+    for name in names:
+        p = os.path.join(path, name)
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                _rmtree(p)
+            else:
+                io.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _io.io_error(exc, "unlink", p) from None
+    try:
+        io.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _io.io_error(exc, "rmdir", path) from None
+
+
+def clean_orphans(paths: Paths, current: int) -> None:
+    """Delete leftovers of crashed checkpoints: temp dirs and dirs never published.
+
+    Called under ``checkpoint.lock``, so no checkpoint is being built meanwhile.
+    """
+    try:
+        names = _io.layer.listdir(paths.checkpoints)
+    except FileNotFoundError:
+        return
+    removed = False
+    for name in names:
+        orphan = name.startswith(".tmp-") or (len(name) == 8 and name.isdigit()
+                                              and int(name) > current)
+        if orphan:
+            _rmtree(os.path.join(paths.checkpoints, name))
+            removed = True
+    if removed:
+        fsync_dir(paths.checkpoints)
+
+
+def retire(paths: Paths, manifest: dict[str, Any], keep: int) -> None:
+    """Delete segments before the replay start and checkpoints beyond ``keep``.
+
+    Only after the MANIFEST naming the new checkpoint is durable.  Readers that
+    still map retired files keep working: unlink never invalidates a mapping.
+    """
+    io = _io.layer
+    replay_from = manifest["replay_segment"]
+    removed = False
+    for s in list_segments(paths):  # ascending: what is left stays contiguous
+        if s >= replay_from:
+            break
+        try:
+            io.unlink(paths.segment(s))
+            removed = True
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _io.io_error(exc, "unlink", paths.segment(s)) from None
+    try:
+        for name in io.listdir(paths.wal):
+            if name.startswith(".tmp-"):
+                io.unlink(os.path.join(paths.wal, name))
+                removed = True
+    except OSError as exc:
+        raise _io.io_error(exc, "unlink", paths.wal) from None
+    if removed:
+        fsync_dir(paths.wal)
+    current = manifest["checkpoint"]
+    older = [c for c in list_checkpoints(paths) if c < current]
+    keep_old = max(keep, 1) - 1
+    doomed = older[: len(older) - keep_old] if keep_old else older
+    for c in doomed:
+        _rmtree(paths.checkpoint(c))
+    if doomed:
+        fsync_dir(paths.checkpoints)
+
+
+def log_start_seq(paths: Paths, seg: int) -> int:
+    """The first seq of segment ``seg`` (raises if it is missing or damaged)."""
+    try:
+        return read_segment_header(paths.segment(seg)).first_seq
+    except (OSError, StorageIOError) as exc:
+        raise CorruptionError(f"{paths.segment(seg)}: cannot read the segment the manifest "
+                              f"starts replay from ({exc})", path=paths.segment(seg),
+                              offset=0) from None
