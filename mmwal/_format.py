@@ -358,7 +358,7 @@ DESCRIPTOR_FIELDS: dict[str, type] = {
 
 
 # ================================================================ tail record
-@dataclass
+@dataclass(slots=True)
 class Tail:
     """The shared tail hint (see docs/format.md): trusted only when valid for this boot."""
 

@@ -329,7 +329,7 @@ class Reader:
         return isinstance(id, str) and self.get(id) is not None
 
     def __getitem__(self, id: str) -> Document:
-        doc = self.get(id)
+        doc: Document | None = self.get(id)
         if doc is None:
             raise KeyError(id)
         return doc
@@ -343,9 +343,8 @@ class Reader:
         if t is not _MISSING:
             if t is None:
                 return default
-            _seq, block, i, content, meta = t  # type: ignore[misc]
-            vec = block[i]
-            return Document(id, vec, content, meta)
+            doc: _TailDoc = t  # type: ignore[assignment]
+            return Document(id, doc[1][doc[2]], doc[3], doc[4])
         ckpt = self._ckpt
         if ckpt is None or self._cleared:
             return default
@@ -482,7 +481,7 @@ class Reader:
     @property
     def checkpoint_id(self) -> int:
         """Id of the checkpoint this Reader maps (0: none yet)."""
-        return self._ckpt_id
+        return int(self._ckpt_id)
 
     def close(self) -> None:
         """Drop the mappings and descriptors; idempotent."""
@@ -513,13 +512,15 @@ class Reader:
 def _score(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
            metric: str) -> np.ndarray:
     """(rows, m) scores, higher is better (l2 returns the negated distance)."""
-    s = E @ Q.T
+    s: np.ndarray = E @ Q.T
     if metric == "dot":
         return s
     if metric == "cosine":
         denom = norms[:, None] * qn[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             out = np.where(denom > 0, s / np.where(denom > 0, denom, 1), 0.0)
-        return out.astype(np.float32, copy=False)
+        cos: np.ndarray = out.astype(np.float32, copy=False)
+        return cos
     d2 = (norms[:, None] ** 2) - 2 * s + (qn[None, :] ** 2)
-    return -np.sqrt(np.maximum(d2, 0, out=d2))
+    neg: np.ndarray = -np.sqrt(np.maximum(d2, 0, out=d2))
+    return neg

@@ -149,7 +149,7 @@ def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointVi
         report.notes.append("the log no longer holds the operations the checkpoint folded in; "
                             "the checkpoint was checked against its descriptor only")
         return
-    state: dict[str, tuple[Any, str, Any]] = {}
+    state: dict[Any, tuple[Any, Any, Any]] = {}
     cur = LogCursor(paths, segs[0], 1, mode="strict", lock=reader_lock(paths))
     try:
         for frame in cur.frames():
@@ -159,10 +159,10 @@ def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointVi
                 if op.seq > view.seq:
                     break
                 if op.kind == "add":
-                    state.pop(op.id, None)  # type: ignore[arg-type]
-                    state[op.id] = (op.embedding, op.content, op.metadata)  # type: ignore[index]
+                    state.pop(op.id, None)
+                    state[op.id] = (op.embedding, op.content, op.metadata)
                 elif op.kind == "remove":
-                    state.pop(op.id, None)  # type: ignore[arg-type]
+                    state.pop(op.id, None)
                 else:
                     state.clear()
     except (MmwalError, Retired):

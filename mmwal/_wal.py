@@ -38,6 +38,8 @@ PENDING_OFFSET = F.PENDING_OFFSET
 _AREA = F.TAIL_AREA
 _SET_PENDING = slice(PENDING_OFFSET, PENDING_OFFSET + 8)
 _ONE = (1).to_bytes(8, "little")
+_encode_frame = F.encode_frame
+_encode_tail = F.encode_tail
 
 
 def create_segment(paths: Paths, seg_id: int, first_seq: int) -> None:
@@ -100,6 +102,8 @@ class _Mapped:
     """A read-only mapping of one segment, re-mapped when the file has grown."""
 
     __slots__ = ("fd", "header", "mm", "path", "seed", "seg_id", "size")
+    header: F.SegmentHeader
+    seed: int
 
     def __init__(self, paths: Paths, seg_id: int) -> None:
         io = _io.layer
@@ -350,7 +354,7 @@ class LogCursor:
 def _find_valid_frame(mv: Any, start: int, limit: int, seed: int) -> tuple[int, int] | None:
     """The first (offset, first_seq) of a frame with a valid checksum at or after ``start``."""
     magic = F.FRAME_MAGIC.to_bytes(4, "little")
-    data = mv.obj if isinstance(mv, memoryview) else mv
+    data: Any = mv.obj if isinstance(mv, memoryview) else mv
     pos = start
     while True:
         pos = data.find(magic, pos, limit)
@@ -374,6 +378,7 @@ class Appender:
         self.boot = boot_id()
         io = _io.layer
         self._io = io
+        self._pwrite = io.pwrite
         try:
             self._tail_fd = io.open(paths.tail, os.O_RDWR | _O_CLOEXEC)
             self._tail = io.mmap(self._tail_fd, F.TAIL_FILE_SIZE, write=True)
@@ -384,14 +389,14 @@ class Appender:
         self._seed = 0
         self._old_fds: list[tuple[int, int]] = []
         self._raw = b""  # the tail area this appender last wrote or read and trusted
-        self._cur: F.Tail | None = None
+        self._cur = F.Tail(0, 0, 0, 0, 0, 0)  # its decoded fields
 
     # -------------------------------------------------------------- tail record
     def _read_tail(self) -> F.Tail:
         """The trusted tail, rebuilding it if needed.  Caller holds the append lock."""
         raw = self._tail[:_AREA]
-        if raw == self._raw:  # what we last published, pending clear: still true
-            return self._cur  # type: ignore[return-value]
+        if raw == self._raw:  # what we last published or trusted, pending clear
+            return self._cur
         pending = _PENDING.unpack_from(raw, PENDING_OFFSET)[0]
         t = F.decode_tail(raw, self.boot)
         if t is None or pending or t.pending:
@@ -502,33 +507,44 @@ class Appender:
 
     # -------------------------------------------------------------- append
     def append(self, kind: int, count: int, payload: bytes) -> tuple[int, int, int]:
-        """Write one frame; return (first seq, segment id, end offset after it)."""
+        """Write one frame; return (first seq, segment id, end offset after it).
+
+        The hot path of every write: kept free of allocations it can avoid.
+        """
         lock = self.lock
         lock.acquire_exclusive()
         try:
             t = self._read_tail()
-            if t.segment != self._seg_id:
-                self._use_segment(t.segment)
-            size = F.FRAME_HEADER_SIZE + F.padded(len(payload))
-            if t.end + size > self.segment_bytes and t.end > F.SEGMENT_HEADER_SIZE:
-                t = self._roll(t)
-            first = t.last_seq + 1
-            frame = F.encode_frame(kind, first, count, payload, self._seed)
-            # Announce the write: a writer killed from here until _publish
-            # leaves pending=1, and the next writer rebuilds the tail.
-            self._tail[_SET_PENDING] = _ONE
+            seg = t.segment
+            if seg != self._seg_id:
+                self._use_segment(seg)
+            n = len(payload)
+            size = 32 + ((n + 7) & ~7)
             end = t.end
+            if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
+                t = self._roll(t)
+                seg, end = t.segment, t.end
+            first = t.last_seq + 1
+            frame = _encode_frame(kind, first, count, payload, self._seed)
+            tail = self._tail
+            # Announce the write: a writer killed from here until the record
+            # below is published leaves pending=1; the next writer rebuilds.
+            tail[_SET_PENDING] = _ONE
             try:
-                n = self._io.pwrite(self._seg_fd, frame, end)
+                w = self._pwrite(self._seg_fd, frame, end)
             except OSError as exc:
-                raise _io.io_error(exc, "write", self.paths.segment(t.segment)) from None
-            if n != size:
+                raise _io.io_error(exc, "write", self.paths.segment(seg)) from None
+            if w != size:
                 # A short write (rare on regular files): continue it, or raise.
-                write_all(self._seg_fd, memoryview(frame)[n:], end + n,
-                          self.paths.segment(t.segment))
-            self._publish(F.Tail(t.segment, end + size, first + count - 1, 0,
-                                 t.synced_segment, t.synced_end))
-            return first, t.segment, end + size
+                write_all(self._seg_fd, memoryview(frame)[w:], end + w, self.paths.segment(seg))
+            end += size
+            last = first + count - 1
+            nt = F.Tail(seg, end, last, 0, t.synced_segment, t.synced_end)
+            raw = _encode_tail(self.boot, nt)
+            tail[:_AREA] = raw
+            self._raw = raw
+            self._cur = nt
+            return first, seg, end
         finally:
             lock.release()
 
