@@ -461,14 +461,9 @@ class _Touch:
 def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
                   mode: str) -> Iterator[Any]:
     """Valid frames of segments [start_seg, end_seg): the sealed log since the checkpoint."""
-    cur = LogCursor(paths, start_seg, first_seq, mode=mode)
+    cur = LogCursor(paths, start_seg, first_seq, mode=mode, stop_segment=end_seg)
     try:
-        for frame in cur.frames():
-            if cur.seg_id >= end_seg:
-                break
-            yield frame
-            if cur.seg_id >= end_seg:
-                break
+        yield from cur.frames()
     finally:
         cur.close()
 

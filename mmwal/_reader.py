@@ -144,14 +144,30 @@ class Reader:
         self._closed = False
         try:
             self._load(manifest)
-            self._apply_log()
+            self._catch_up()
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ state
     def _load(self, manifest: dict[str, Any]) -> None:
-        """Start over from the checkpoint ``manifest`` names."""
+        """Start over from the checkpoint ``manifest`` names (or a newer one).
+
+        A slow Reader can find the checkpoint it was told about already
+        retired by a newer one: then the MANIFEST has changed, and it moves on.
+        """
+        for _ in range(100):
+            try:
+                self._load_once(manifest)
+                return
+            except CorruptionError:
+                newer = open_manifest(self._paths)
+                if newer == manifest:
+                    raise
+                manifest = newer
+        self._load_once(manifest)
+
+    def _load_once(self, manifest: dict[str, Any]) -> None:
         try:
             st = os.stat(self._paths.manifest)
             self._mstat: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -305,6 +321,11 @@ class Reader:
                 self._load(m)
             else:
                 self._mstat = mstat
+        self._catch_up()
+        return max(0, self.seq - before)
+
+    def _catch_up(self) -> None:
+        """Apply the log; when a checkpoint retired our segment, move to that checkpoint."""
         for _ in range(100):
             try:
                 self._apply_log()
@@ -319,7 +340,6 @@ class Reader:
                         "manifest still needs it; run `mmwal verify`",
                         path=self._paths.segment(missing), offset=0) from None
                 self._load(m)
-        return max(0, self.seq - before)
 
     def __len__(self) -> int:
         self._check()

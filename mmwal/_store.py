@@ -158,6 +158,11 @@ class Store:
 
     def _open(self, dim: int | None) -> None:
         p = self._paths
+        if dim is None and not os.path.exists(p.manifest):
+            # Refuse before makedirs: a refused open must not leave an empty
+            # store skeleton (dirs, lock files) behind (bad input writes nothing).
+            raise InvalidInputError(
+                f"no store at {p.root} yet: pass dim=... to create one", path=p.root)
         for d in (p.root, p.locks, p.wal, p.checkpoints):
             makedirs(d)
         self._lock = FileLock(p.append_lock, self.config.lock_timeout)

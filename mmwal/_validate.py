@@ -108,7 +108,10 @@ def as_vectors(x: Any, dim: int, n: int | None, where: str) -> np.ndarray:
     # Fast finiteness check: a dot product is non-finite if any element is; it
     # may also overflow for huge finite values, so confirm before refusing.
     if n is None:
-        s = float(arr.dot(arr))
+        # np.vdot, not arr.dot: dot checks the FPU flags and emits "RuntimeWarning:
+        # overflow encountered in dot" for valid huge finite vectors (an exception
+        # under -W error); vdot and einsum do not (guarded by test_store_input.py).
+        s = float(np.vdot(arr, arr))
     else:
         s = float(np.einsum("ij,ij->", arr, arr)) if arr.size else 0.0
     if not math.isfinite(s) and not np.isfinite(arr).all():

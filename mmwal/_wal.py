@@ -189,7 +189,8 @@ class LogCursor:
     """
 
     def __init__(self, paths: Paths, seg_id: int, next_seq: int, *, mode: str = "strict",
-                 lock: FileLock | None = None, offset: int | None = None) -> None:
+                 lock: FileLock | None = None, offset: int | None = None,
+                 stop_segment: int | None = None) -> None:
         if mode not in RECOVERY_MODES:
             from .errors import InvalidInputError
 
@@ -204,6 +205,10 @@ class LogCursor:
         self.problems: list[tuple[str, int, str]] = []
         self._map: _Mapped | None = None
         self.done = False  # point-in-time stopped for good
+        # Segments from stop_segment on are not read (a checkpoint folds only
+        # sealed segments and must not look at the active one, which writers
+        # are appending to while it holds no lock).
+        self.stop_segment = stop_segment
 
     def close(self) -> None:
         if self._map is not None:
@@ -235,7 +240,7 @@ class LogCursor:
 
         Raises :class:`Retired` when the current segment no longer exists.
         """
-        if self.done:
+        if self.done or (self.stop_segment is not None and self.seg_id >= self.stop_segment):
             return
         while True:
             m = self._mapped()
@@ -259,6 +264,8 @@ class LogCursor:
             if self._next_segment_continues():
                 if status == F.FRAME_BAD or off < limit:
                     self.problems.append((m.path, off, "torn tail before the next segment"))
+                if self.stop_segment is not None and self.seg_id + 1 >= self.stop_segment:
+                    return
                 self.seg_id += 1
                 self.offset = F.SEGMENT_HEADER_SIZE
                 continue
