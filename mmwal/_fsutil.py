@@ -148,6 +148,45 @@ def makedirs(path: str) -> None:
     fsync_dir(parent)
 
 
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs",
+    "fuse.glusterfs", "afs", "lustre", "gpfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+})
+
+
+def filesystem_type(path: str) -> str | None:
+    """The filesystem type of the mount holding ``path`` (Linux), or None if unknown."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, fstype = -1, None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        parts = left.split()
+        if not sep or len(parts) < 5 or not right:
+            continue
+        mnt = parts[4].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best:
+            best, fstype = len(mnt), right.split()[0]
+    return fstype
+
+
+def check_filesystem(path: str) -> None:
+    """Refuse network filesystems (RULES.md 18) unless MMWAL_ALLOW_NETWORK_FS=1."""
+    fstype = filesystem_type(path)
+    if fstype in NETWORK_FILESYSTEMS and os.environ.get("MMWAL_ALLOW_NETWORK_FS") != "1":
+        from .errors import UnsupportedFilesystemError
+
+        raise UnsupportedFilesystemError(
+            f"{path} is on a {fstype} filesystem: flock and shared page-cache visibility, which "
+            "mmwal's multi-process protocol relies on, are not reliable there. Put the store "
+            "on a local disk, or set MMWAL_ALLOW_NETWORK_FS=1 to open it anyway with a single "
+            "writer process", path=path, fstype=fstype)
+
+
 _boot: bytes | None = None
 
 

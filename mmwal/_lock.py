@@ -25,8 +25,15 @@ backs off from 50 us to 1 ms (with a timeout).
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
+import sys
+
+if sys.platform == "win32":  # pragma: no cover - refused, not supported
+    raise ImportError(
+        "mmwal v1 supports Linux and macOS only: its locking relies on flock(2) and on "
+        "POSIX mmap semantics (unlinked files stay mapped); run it under WSL2 on Windows")
+
+import fcntl
 import threading
 import time
 

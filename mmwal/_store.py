@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, atomic_write, list_segments, makedirs, read_file
+from ._fsutil import Paths, atomic_write, check_filesystem, list_segments, makedirs, read_file
 from ._lock import FileLock
 from ._types import DURABILITY_MODES, Config, StoreStats
 from ._validate import as_vectors, check_id, check_metadata, check_sequence, check_text
@@ -163,7 +163,9 @@ class Store:
             # store skeleton (dirs, lock files) behind (bad input writes nothing).
             raise InvalidInputError(
                 f"no store at {p.root} yet: pass dim=... to create one", path=p.root)
-        for d in (p.root, p.locks, p.wal, p.checkpoints):
+        makedirs(p.root)
+        check_filesystem(p.root)
+        for d in (p.locks, p.wal, p.checkpoints):
             makedirs(d)
         self._lock = FileLock(p.append_lock, self.config.lock_timeout)
         self._ckpt_lock = FileLock(p.checkpoint_lock, self.config.lock_timeout)

@@ -25,6 +25,7 @@ __all__ = [
     "ReadOnlyError",
     "StorageIOError",
     "StoreNotFoundError",
+    "UnsupportedFilesystemError",
 ]
 
 
@@ -110,3 +111,12 @@ class ClosedError(MmwalError, ValueError):
 
 class ReadOnlyError(MmwalError, PermissionError):
     """A write was attempted where mmwal only reads."""
+
+
+class UnsupportedFilesystemError(MmwalError, OSError):
+    """The store lies on a filesystem whose locking mmwal cannot rely on (NFS, SMB, ...).
+
+    flock and the page-cache sharing the protocol relies on are not reliable
+    over network filesystems (RULES.md 18).  Set ``MMWAL_ALLOW_NETWORK_FS=1`` to
+    open it anyway, with one writer process at most.
+    """
