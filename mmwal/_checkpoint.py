@@ -104,12 +104,14 @@ class CheckpointView:
         self.partitions: int = d["index_partitions"]
         if d["dim"] != dim or d["id"] != ckpt_id or self.chunk_docs < 1:
             raise CorruptionError(f"{dpath}: describes checkpoint {d['id']} of dim {d['dim']}, "
-                                  f"expected {ckpt_id} of dim {dim}", path=dpath, offset=16)
+                                  f"expected {ckpt_id} of dim {dim}", path=dpath,
+                                  offset=F.MANIFEST_HEADER.size)
         cap, parts = self.capacity, self.partitions
         if (n and (cap < n or cap & (cap - 1) or parts < 1 or parts & (parts - 1)
                    or cap % parts or cap > 1 << 32)):
             raise CorruptionError(f"{dpath}: index geometry {cap}/{parts} impossible for "
-                                  f"{n} rows", path=dpath, offset=16)
+                                  f"{n} rows", path=dpath,
+                                  offset=F.MANIFEST_HEADER.size)
         self.part_slots = cap // parts if n else 1
         self._shift = 32 - (parts.bit_length() - 1)
         files = d["files"]
@@ -118,7 +120,7 @@ class CheckpointView:
             if (not isinstance(meta, list) or len(meta) != 2
                     or not all(type(x) is int for x in meta)):
                 raise CorruptionError(f"{dpath}: no valid entry for {name}", path=dpath,
-                                      offset=16)
+                                      offset=F.MANIFEST_HEADER.size)
             size = self._size(name)
             if size != meta[0]:
                 raise CorruptionError(
@@ -128,7 +130,7 @@ class CheckpointView:
         self.nchunks = d["chunks"]
         if self.nchunks != (n + self.chunk_docs - 1) // self.chunk_docs:
             raise CorruptionError(f"{dpath}: {self.nchunks} chunks for {n} rows", path=dpath,
-                                  offset=16)
+                                  offset=F.MANIFEST_HEADER.size)
         self.embeddings = self._npy("embeddings.npy", "<f4", (n, dim))
         self.norms = self._npy("norms.npy", "<f4", (n,))
         self.id_offsets = self._npy("ids_offsets.npy", "<u8", (n + 1,))
@@ -592,6 +594,7 @@ def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) 
         manifest = open_manifest(paths)
         dim = manifest["dim"]
         clean_orphans(paths, manifest["checkpoint"])
+        log.remove_temp_segments()  # leftovers of rolls that died (under the append lock)
         new_seg, last_seq = log.roll()
         prev_id, prev_seq = manifest["checkpoint"], manifest["checkpoint_seq"]
         if last_seq == prev_seq:
@@ -695,13 +698,8 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int) -> None:
             pass
         except OSError as exc:
             raise _io.io_error(exc, "unlink", paths.segment(s)) from None
-    try:
-        for name in io.listdir(paths.wal):
-            if name.startswith(".tmp-"):
-                io.unlink(os.path.join(paths.wal, name))
-                removed = True
-    except OSError as exc:
-        raise _io.io_error(exc, "unlink", paths.wal) from None
+    # wal/.tmp-* are left alone here: a writer may be rolling right now (under
+    # the append lock, which we do not hold); writers remove them on rebuild.
     if removed:
         fsync_dir(paths.wal)
     current = manifest["checkpoint"]

@@ -316,10 +316,6 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
     if magic != magic_expected:
         raise CorruptionError(f"{path}: offset 0: expected magic {magic_expected!r}, "
                               f"got {bytes(magic)!r}", path=path, offset=0)
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path}: store written by format version {version}, this mmwal reads up to "
-            f"{FORMAT_VERSION}; upgrade mmwal to open it", path=path, version=version)
     if n > MAX_MANIFEST_BODY or MANIFEST_HEADER.size + n != len(buf):
         raise CorruptionError(f"{path}: offset 12: body length {n} does not match the file "
                               f"size {len(buf)}", path=path, offset=12)
@@ -327,18 +323,29 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
     hdr = MANIFEST_HEADER.pack(magic, version, n, 0)
     if _crc32(data, _crc32(hdr)) != crc:
         raise CorruptionError(f"{path}: offset 0: manifest checksum mismatch", path=path, offset=0)
-    body = _unpack(data, path, MANIFEST_HEADER.size)
+    # The version is checked after the length and CRC (as for segment headers):
+    # checked first, a flipped bit in the version word of a damaged MANIFEST or
+    # DESCRIPTOR was reported as "written by a newer format, upgrade mmwal"
+    # (FormatVersionError) instead of CorruptionError.
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: store written by format version {version}, this mmwal reads up to "
+            f"{FORMAT_VERSION}; upgrade mmwal to open it", path=path, version=version)
+    body_at = MANIFEST_HEADER.size  # where the msgpack body starts (errors point there)
+    body = _unpack(data, path, body_at)
     if not isinstance(body, dict):
-        raise CorruptionError(f"{path}: manifest body is not a map", path=path, offset=16)
+        raise CorruptionError(f"{path}: offset {body_at}: body is not a map", path=path,
+                              offset=body_at)
     for key, typ in fields.items():
         if type(body.get(key)) is not typ:
-            raise CorruptionError(f"{path}: field {key!r} missing or not {typ.__name__}",
-                                  path=path, offset=16)
+            raise CorruptionError(f"{path}: offset {body_at}: field {key!r} missing or not "
+                                  f"{typ.__name__}", path=path, offset=body_at)
         if typ is int and body[key] < 0:
-            raise CorruptionError(f"{path}: field {key!r} is negative", path=path, offset=16)
+            raise CorruptionError(f"{path}: offset {body_at}: field {key!r} is negative",
+                                  path=path, offset=body_at)
     if body.get("dim", 1) < 1:
-        raise CorruptionError(f"{path}: dimension {body['dim']} out of range", path=path,
-                              offset=16)
+        raise CorruptionError(f"{path}: offset {body_at}: dimension {body['dim']} out of range",
+                              path=path, offset=body_at)
     return body
 
 

@@ -190,6 +190,35 @@ def check_filesystem(path: str) -> None:
 _boot: bytes | None = None
 
 
+def _boot_id_without_proc() -> bytes:
+    """macOS: the kernel's per-boot session UUID; else the boot time.
+
+    A value that changes when it need not only makes writers rebuild the tail
+    record (always safe); one that stays the same across a reboot would make
+    them trust a stale record, hence the UUID first.
+    """
+    import subprocess
+
+    try:
+        out = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.bootsessionuuid"],
+                             capture_output=True, text=True, timeout=5,
+                             check=True).stdout.strip()
+        return bytes.fromhex(out.replace("-", ""))[:16].ljust(16, b"\0")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    try:
+        out = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.boottime"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout
+        # "{ sec = 1700000000, usec = 123456 } ..."
+        digits = "".join(ch if ch.isdigit() else " " for ch in out.split("}")[0]).split()
+        return int("".join(digits[:2]) or "0").to_bytes(16, "little")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    import time
+
+    return int(time.time() - time.monotonic()).to_bytes(16, "little", signed=True)
+
+
 def boot_id() -> bytes:
     """16 bytes that change at every boot (the tail record is trusted only within one)."""
     global _boot
@@ -199,10 +228,5 @@ def boot_id() -> bytes:
                 text = f.read().decode().strip().replace("-", "")
             _boot = bytes.fromhex(text)[:16].ljust(16, b"\0")
         except (OSError, ValueError):
-            # No /proc (macOS): the boot time, coarsened; a changed value only
-            # makes writers rebuild the tail record, which is always safe.
-            import time
-
-            t = int((time.time() - time.monotonic()) // 64)
-            _boot = t.to_bytes(16, "little", signed=True)
+            _boot = _boot_id_without_proc()
     return _boot

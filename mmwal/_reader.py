@@ -180,7 +180,7 @@ class Reader:
             raise CorruptionError(
                 f"{self._paths.manifest}: names checkpoint {cid} at seq "
                 f"{manifest['checkpoint_seq']}, its descriptor says {self._ckpt.seq}",
-                path=self._paths.manifest, offset=16)
+                path=self._paths.manifest, offset=F.MANIFEST_HEADER.size)
         self._ckpt_id = cid
         self._tail: dict[str, _TailDoc | None] = {}
         self._tail_live = 0

@@ -146,7 +146,6 @@ class Store:
         self._paths = Paths(self.path)
         _check_path(self.path)
         self._open(dim)
-        self._poisoned: StorageIOError | None = None
         self._written: tuple[int, int] = (0, 0)  # (segment, end) of our newest frame
         self._unsynced = 0
         self._last_sync = time.monotonic()
@@ -228,12 +227,23 @@ class Store:
         except Exception:
             pass
 
+    @property
+    def _poisoned(self) -> StorageIOError | None:
+        # Kept on the appender: a failed fsync inside a segment roll poisons too.
+        log = getattr(self, "_log", None)
+        return None if log is None else log.poisoned
+
+    @_poisoned.setter
+    def _poisoned(self, err: StorageIOError | None) -> None:
+        self._log.poisoned = err
+
     def _after_fork(self) -> None:
         """First use in a forked child: new descriptors, never the parent's locks."""
         self._lock.after_fork()
         self._ckpt_lock.after_fork()
         old = self._log
         self._log = Appender(self._paths, self._lock, self.config.segment_bytes)
+        self._log.poisoned = old.poisoned
         # Our copies of the parent's descriptors can be closed: closing never
         # releases a flock the parent holds through its own descriptor.
         old.close()
@@ -273,6 +283,8 @@ class Store:
     def _durable(self, seg: int, end: int) -> None:
         try:
             self._log.sync(seg, end)
+        except MmwalError:
+            raise  # e.g. LockTimeout after a successful fdatasync: not a failed fsync
         except OSError as exc:
             err = _io.io_error(exc, "fsync", self._paths.segment(seg))
             self._poisoned = err

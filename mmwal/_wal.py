@@ -19,6 +19,7 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from . import _format as F
 from . import _io
 from ._fsutil import Paths, boot_id, fsync_dir, list_segments, tmp_name, write_all
 from ._lock import FileLock
-from .errors import CorruptionError, StorageIOError
+from .errors import CorruptionError, InvalidInputError, PoisonedError, StorageIOError
 
 __all__ = ["Appender", "LogCursor", "create_segment", "read_segment_header"]
 
@@ -269,8 +270,14 @@ class LogCursor:
                 self.seg_id += 1
                 self.offset = F.SEGMENT_HEADER_SIZE
                 continue
-            if status == F.FRAME_END and off >= limit:
+            if (status == F.FRAME_END and off >= limit
+                    and not os.path.exists(self.paths.segment(self.seg_id + 1))
+                    and not self._tail_claims_more(m, off)):
                 return  # nothing written here yet
+            # A next segment that exists but does not continue the sequence (damaged
+            # header, gap) is not "the end for now": returning here silently dropped
+            # every later segment.  _settle re-checks under the lock (a writer may
+            # have appended and rolled since we mapped) and reports it.
             if not self._settle(m, off, why):
                 return
             # _settle found the bytes valid now (a writer just finished): go on.
@@ -331,18 +338,36 @@ class LogCursor:
         self.offset, self.next_seq = nxt
         return True
 
-    def _committed_beyond(self, m: _Mapped, mv: memoryview, off: int) -> str | None:
-        """Evidence that acknowledged data follows ``off``, or None."""
+    def _tail_record(self) -> F.Tail | None:
+        """The writers' tail record if it is valid for this boot (read-only), else None."""
         try:
             fd = os.open(self.paths.tail, os.O_RDONLY | _O_CLOEXEC)
         except OSError:
-            t = None
-        else:
-            try:
-                raw = os.pread(fd, F.TAIL_SIZE, 0)
-            finally:
-                os.close(fd)
-            t = F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
+            return None
+        try:
+            raw = os.pread(fd, F.TAIL_SIZE, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
+
+    def _tail_claims_more(self, m: _Mapped, off: int) -> bool:
+        """At the end of the file: does the tail record say frames exist past ``off``?
+
+        A writer publishes its new end only after its pwrite returned, and files
+        never shrink, so a record read *before* an fstat can never claim more
+        than the fstat shows - unless the segment was cut short (damage).
+        """
+        t = self._tail_record()
+        if t is None or t.segment != m.seg_id or t.end <= off:
+            return False
+        m.grow()
+        return m.size < t.end
+
+    def _committed_beyond(self, m: _Mapped, mv: memoryview, off: int) -> str | None:
+        """Evidence that acknowledged data follows ``off``, or None."""
+        t = self._tail_record()
         if t is not None:
             if t.segment > m.seg_id:
                 return f"the tail record is in segment {t.segment}"
@@ -387,7 +412,12 @@ class Appender:
         self._io = io
         self._pwrite = io.pwrite
         try:
-            self._tail_fd = io.open(paths.tail, os.O_RDWR | _O_CLOEXEC)
+            self._tail_fd = io.open(paths.tail, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+            # The tail is a hint that is never fsynced: after a power loss it may
+            # be short or missing.  Growing it is safe for other mappers
+            # (shrinking would not be); its contents are validated on use.
+            if io.fstat(self._tail_fd).st_size < F.TAIL_FILE_SIZE:
+                io.ftruncate(self._tail_fd, F.TAIL_FILE_SIZE)
             self._tail = io.mmap(self._tail_fd, F.TAIL_FILE_SIZE, write=True)
         except OSError as exc:
             raise _io.io_error(exc, "open", paths.tail) from None
@@ -395,6 +425,10 @@ class Appender:
         self._seg_fd = -1
         self._seed = 0
         self._old_fds: list[tuple[int, int]] = []
+        self.poisoned: StorageIOError | None = None  # set by a failed fsync
+        # Held across "look up a segment descriptor -> fdatasync it", so that
+        # _use_segment never closes a descriptor a syncing thread is using.
+        self._fd_lock = threading.Lock()
         self._raw = b""  # the tail area this appender last wrote or read and trusted
         self._cur = F.Tail(0, 0, 0, 0, 0, 0)  # its decoded fields
 
@@ -421,11 +455,20 @@ class Appender:
         self._cur = t
 
     def _rebuild(self, old: F.Tail | None) -> F.Tail:
-        """Find the true end of the log by scanning the newest segment (bounded)."""
+        """Find the true end of the log by scanning the newest segment (bounded).
+
+        Runs under the append lock after a crash or reboot.  The scan is strict:
+        damage with valid frames after it raises CorruptionError rather than
+        letting the next frame overwrite acknowledged data.  When bytes follow
+        the last valid frame (a torn write), the segment is sealed and a fresh
+        one started: its new salt guarantees that no leftover byte can ever
+        validate, and nothing another process may have mapped is rewritten.
+        """
         segs = list_segments(self.paths)
         if not segs:
             raise CorruptionError(f"{self.paths.wal}: no log segment; the store is damaged "
                                   "(run `mmwal verify`)", path=self.paths.wal, offset=0)
+        self._remove_temp_segments()
         newest = segs[-1]
         if old is not None and old.segment == newest:
             # The record was right up to its end; a writer may have added one
@@ -436,13 +479,45 @@ class Appender:
             h = read_segment_header(self.paths.segment(newest))
             start, next_seq = F.SEGMENT_HEADER_SIZE, h.first_seq
             synced = (newest, 0)  # unknown: the next durable writer fsyncs
-        cur = LogCursor(self.paths, newest, next_seq, offset=start, mode="point-in-time")
+        cur = LogCursor(self.paths, newest, next_seq, offset=start, mode="strict")
         try:
             for _ in cur.frames():
                 pass
         finally:
             cur.close()
-        return F.Tail(newest, cur.offset, cur.next_seq - 1, 0, *synced)
+        t = F.Tail(newest, cur.offset, cur.next_seq - 1, 0, *synced)
+        try:
+            size = self._io.stat(self.paths.segment(newest)).st_size
+        except OSError as exc:
+            raise _io.io_error(exc, "stat", self.paths.segment(newest)) from None
+        if size > t.end:
+            self._publish(t)
+            if t.segment != self._seg_id:
+                self._use_segment(t.segment)
+            t = self._roll(t)
+        return t
+
+    def remove_temp_segments(self) -> None:
+        """Delete ``wal/.tmp-*`` left by rolls that died (takes the append lock)."""
+        self.lock.acquire_exclusive()
+        try:
+            self._remove_temp_segments()
+        finally:
+            self.lock.release()
+
+    def _remove_temp_segments(self) -> None:
+        """Delete ``wal/.tmp-*`` left by a roll that died; only under the append lock."""
+        io = self._io
+        try:
+            names = [n for n in io.listdir(self.paths.wal) if n.startswith(".tmp-")]
+            for name in names:
+                io.unlink(os.path.join(self.paths.wal, name))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _io.io_error(exc, "unlink", self.paths.wal) from None
+        if names:
+            fsync_dir(self.paths.wal)
 
     # -------------------------------------------------------------- segment fds
     def _use_segment(self, seg_id: int) -> None:
@@ -453,15 +528,19 @@ class Appender:
         except OSError as exc:
             raise _io.io_error(exc, "open", path) from None
         if self._seg_fd >= 0:
-            # Kept open a while: a thread of this process may be about to
-            # fdatasync it (outside the lock).
+            # Kept open until no thread of this process can be syncing it: a
+            # syncing thread holds _fd_lock; if it does, close them later.
             self._old_fds.append((self._seg_id, self._seg_fd))
-            while len(self._old_fds) > 4:
-                _sid, old = self._old_fds.pop(0)
+            if len(self._old_fds) > 4 and self._fd_lock.acquire(blocking=False):
                 try:
-                    io.close(old)
-                except OSError:
-                    pass
+                    while len(self._old_fds) > 4:
+                        _sid, old = self._old_fds.pop(0)
+                        try:
+                            io.close(old)
+                        except OSError:
+                            pass
+                finally:
+                    self._fd_lock.release()
         self._seg_id = seg_id
         self._seg_fd = fd
         self._seed = read_segment_header(path).seed
@@ -482,7 +561,15 @@ class Appender:
         try:
             self._io.fdatasync(self._seg_fd)
         except OSError as exc:
-            raise _io.io_error(exc, "fsync", self.paths.segment(t.segment)) from None
+            # RULES.md 12: after a failed fsync the kernel may have dropped the
+            # dirty pages; a retry could "succeed" and the roll would then vouch
+            # for frames that are gone.  Poison this writer.
+            self.poisoned = _io.io_error(exc, "fsync", self.paths.segment(t.segment))
+            raise PoisonedError(
+                f"fsync of {self.paths.segment(t.segment)} failed while sealing it "
+                f"({os.strerror(exc.errno or 0)}): this Store refuses further writes; close "
+                "it and open a new one", err=exc.errno, path=self.paths.segment(t.segment),
+                op="fsync") from None
         self._tail[_SET_PENDING] = _ONE
         nxt = t.segment + 1
         create_segment(self.paths, nxt, t.last_seq + 1)
@@ -526,6 +613,11 @@ class Appender:
             if seg != self._seg_id:
                 self._use_segment(seg)
             n = len(payload)
+            if n > F.MAX_PAYLOAD:
+                raise InvalidInputError(
+                    f"this record encodes to {n} bytes, more than one record may hold "
+                    f"({F.MAX_PAYLOAD}); store less content/metadata, or split the batch",
+                    size=n)
             size = 32 + ((n + 7) & ~7)
             end = t.end
             if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
@@ -578,19 +670,28 @@ class Appender:
         ok, target = self.covered(seg_id, end)
         if ok:
             return
-        fd = self.fd_for(seg_id)
-        if fd is None:
-            # Written by other processes only (sync() of a fresh Store): open it.
-            try:
-                fd = self._io.open(self.paths.segment(seg_id), os.O_WRONLY | _O_CLOEXEC)
-            except FileNotFoundError:
-                return  # retired by a checkpoint, which made it durable first
-            try:
+        with self._fd_lock:
+            # Threads of this process queue here; the first one's fdatasync
+            # usually covers the others (checked again before syncing).
+            ok, target = self.covered(seg_id, end)
+            if ok:
+                return
+            fd = self.fd_for(seg_id)
+            if fd is None:
+                # Written by other processes only (sync() of a fresh Store): open it.
+                try:
+                    fd = self._io.open(self.paths.segment(seg_id), os.O_WRONLY | _O_CLOEXEC)
+                except FileNotFoundError:
+                    return  # retired by a checkpoint, which made it durable first
+                try:
+                    self._io.fdatasync(fd)
+                finally:
+                    self._io.close(fd)
+            else:
                 self._io.fdatasync(fd)
-            finally:
-                self._io.close(fd)
-        else:
-            self._io.fdatasync(fd)
+        # Only the fdatasync above may raise OSError to the caller (which
+        # poisons); a lock timeout from here on is a LockTimeout, not a failed
+        # fsync: the data is durable, only the shared mark is not raised.
         self.lock.acquire_exclusive()
         try:
             t = F.decode_tail(self._tail[: F.TAIL_SIZE], self.boot)
