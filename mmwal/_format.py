@@ -243,44 +243,64 @@ class AddBatch:
     embeddings: np.ndarray  # (count, dim) float32, read-only view of the payload bytes
 
 
+def _malformed(kind: int, path: str, offset: int, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"{path}: offset {offset}: {KIND_NAMES.get(kind, kind)} frame payload malformed: {what}",
+        path=path, offset=offset)
+
+
+def _is_doc_fields(ids: list[Any], contents: list[Any], metas: list[Any]) -> bool:
+    return (all(type(x) is str for x in ids) and all(type(x) is str for x in contents)
+            and all(x is None or type(x) is dict for x in metas))
+
+
+def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
+               ) -> tuple[float, list[str], list[str], list[Any], bytes]:
+    """Decode an add payload to (timestamp, ids, contents, metadatas, embedding bytes).
+
+    The embedding bytes are ``count * dim`` little-endian float32, row-major:
+    callers that need arrays make them with one ``np.frombuffer`` (or lazily).
+    """
+    obj = _unpack(payload, path, offset)
+    if type(obj) is not list or len(obj) != 6:
+        raise _malformed(KIND_ADD, path, offset, "expected an array of 6 fields")
+    ts, fdim, ids, contents, metas, emb = obj
+    if type(ts) is not float or fdim != dim:
+        raise _malformed(KIND_ADD, path, offset, f"timestamp {ts!r} or dimension {fdim!r} "
+                         f"wrong (the store has {dim})")
+    if not (type(ids) is list and type(contents) is list and type(metas) is list
+            and len(ids) == len(contents) == len(metas) == count):
+        raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
+                         f"the record count {count}")
+    if type(emb) is not bytes or len(emb) != count * dim * 4:
+        raise _malformed(KIND_ADD, path, offset, f"embedding block must be {count * dim * 4} "
+                         "bytes")
+    if count == 1:
+        m = metas[0]
+        ok = type(ids[0]) is str and type(contents[0]) is str and (m is None or type(m) is dict)
+    else:
+        ok = _is_doc_fields(ids, contents, metas)
+    if not ok:
+        raise _malformed(KIND_ADD, path, offset, "a document has fields of the wrong type")
+    return ts, ids, contents, metas, emb
+
+
 def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int) -> Any:
     """Decode a CRC-valid payload; returns AddBatch, (ts, id) or (ts,)."""
-    obj = _unpack(payload, path, offset)
-
-    def bad(what: str) -> CorruptionError:
-        return CorruptionError(
-            f"{path}: offset {offset}: {KIND_NAMES[kind]} frame payload malformed: {what}",
-            path=path, offset=offset,
-        )
-
-    if not isinstance(obj, list) or not obj or not isinstance(obj[0], float):
-        raise bad("expected an array starting with a float timestamp")
-    ts = obj[0]
     if kind == KIND_ADD:
-        if len(obj) != 6:
-            raise bad(f"expected 6 fields, got {len(obj)}")
-        _, fdim, ids, contents, metas, emb = obj
-        if fdim != dim:
-            raise bad(f"dimension {fdim!r}, the store has {dim}")
-        if not (isinstance(ids, list) and isinstance(contents, list) and isinstance(metas, list)):
-            raise bad("ids, contents and metadatas must be arrays")
-        if not (len(ids) == len(contents) == len(metas) == count):
-            raise bad(f"array lengths differ from the record count {count}")
-        if not isinstance(emb, bytes) or len(emb) != count * dim * 4:
-            raise bad(f"embedding block must be {count * dim * 4} bytes")
-        for i in range(count):
-            if type(ids[i]) is not str or type(contents[i]) is not str or not (
-                metas[i] is None or type(metas[i]) is dict
-            ):
-                raise bad(f"document {i} has fields of the wrong type")
+        ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset)
         vecs = np.frombuffer(emb, dtype="<f4").reshape(count, dim)
         return AddBatch(ts, ids, contents, metas, vecs)
+    obj = _unpack(payload, path, offset)
+    if type(obj) is not list or not obj or type(obj[0]) is not float:
+        raise _malformed(kind, path, offset, "expected an array starting with a float timestamp")
+    ts = obj[0]
     if kind == KIND_REMOVE:
         if len(obj) != 2 or type(obj[1]) is not str:
-            raise bad("expected [timestamp, id]")
+            raise _malformed(kind, path, offset, "expected [timestamp, id]")
         return (ts, obj[1])
     if len(obj) != 1:
-        raise bad("expected [timestamp]")
+        raise _malformed(kind, path, offset, "expected [timestamp]")
     return (ts,)
 
 

@@ -13,8 +13,10 @@ tail documents in the order of their last write.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from typing import Any, overload
 
 import numpy as np
@@ -36,9 +38,9 @@ METRICS = ("cosine", "dot", "l2")
 SEARCH_ROWS = 65536
 _MISSING = object()
 
-# A tail document: (seq, the frame's (count, dim) embedding block, row in it,
-# content, metadata) - the block is shared by every document of a batch.
-_TailDoc = tuple[int, np.ndarray, int, str, "dict[str, Any] | None"]
+# A tail document: (seq, the frame's embedding bytes (count * dim float32), its
+# row in them, content, metadata) - the bytes are shared by a batch's documents.
+_TailDoc = tuple[int, bytes, int, str, "dict[str, Any] | None"]
 
 
 class IdView(Sequence[str]):
@@ -197,50 +199,87 @@ class Reader:
 
     def _apply_log(self) -> int:
         """Apply every valid frame after the position; return the ops applied."""
+        # Replaying builds many small objects that live on: the cyclic GC would
+        # rescan the growing heap again and again for nothing (none of these
+        # objects form cycles).  Paused for the duration, as msgpack advises.
+        gc_was = gc.isenabled()
+        if gc_was:
+            gc.disable()
+        try:
+            return self._apply_frames()
+        finally:
+            if gc_was:
+                gc.enable()
+
+    def _apply_frames(self) -> int:
         cur = self._cursor
         assert cur is not None
         tail = self._tail
+        unresolved = self._unresolved
         dim = self.dim
+        decode_add = F.decode_add
         applied = 0
-        for frame in cur.frames():
-            kind = frame.kind
-            body = F.decode_payload(kind, frame.count, frame.payload, dim, frame.path,
-                                    frame.offset)
-            seq = frame.first_seq
-            if kind == F.KIND_ADD:
-                block = body.embeddings
-                ids, contents, metas = body.ids, body.contents, body.metadatas
-                live = self._tail_live
-                for i in range(frame.count):
-                    key = ids[i]
+        for kind, seq, count, payload, path, offset in cur.frames():
+            if kind == 1:  # add
+                _ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset)
+                if count == 1:
+                    key = ids[0]
                     old = tail.pop(key, _MISSING)
                     if old is _MISSING:
-                        self._unresolved.append(key)
-                    elif old is not None:
-                        live -= 1
-                    tail[key] = (seq + i, block, i, contents[i], metas[i])
-                    live += 1
-                self._tail_live = live
-            elif kind == F.KIND_REMOVE:
-                key = body[1]
+                        unresolved.append(key)
+                        self._tail_live += 1
+                    elif old is None:
+                        self._tail_live += 1
+                    tail[key] = (seq, emb, 0, contents[0], metas[0])
+                else:
+                    self._add_batch(seq, count, ids, contents, metas, emb)
+            elif kind == 2:  # remove
+                key = F.decode_payload(kind, count, payload, dim, path, offset)[1]
                 old = tail.pop(key, _MISSING)
                 if old is _MISSING:
-                    self._unresolved.append(key)
+                    unresolved.append(key)
                 elif old is not None:
                     self._tail_live -= 1
                 tail[key] = None
-            else:
+            else:  # clear
+                F.decode_payload(kind, count, payload, dim, path, offset)
                 tail.clear()
                 self._tail_live = 0
                 self._cleared = True
                 self._dead.clear()
-                self._unresolved.clear()
-            applied += frame.count
-            self.seq = seq + frame.count - 1
+                unresolved.clear()
+            applied += count
+            self.seq = seq + count - 1
         if applied:
             self._version += 1
             self._cache = {}
         return applied
+
+    def _add_batch(self, seq: int, count: int, ids: list[str], contents: list[str],
+                   metas: list[Any], emb: bytes) -> None:
+        """Apply an add_many frame: C-level dict and set operations where possible."""
+        tail = self._tail
+        docs = zip(range(seq, seq + count), repeat(emb), range(count), contents, metas)
+        if len(set(ids)) != count:
+            # Repeated ids within the batch: the last one wins, in its position.
+            for key, doc in zip(ids, docs):
+                old = tail.pop(key, _MISSING)
+                if old is _MISSING:
+                    self._unresolved.append(key)
+                if old is _MISSING or old is None:
+                    self._tail_live += 1
+                tail[key] = doc
+            return
+        present = tail.keys() & set(ids)
+        if present:
+            for key in present:
+                if tail.pop(key) is not None:
+                    self._tail_live -= 1  # replaced: counted again below
+            self._unresolved.extend(k for k in ids if k not in present)
+        else:
+            self._unresolved.extend(ids)
+        tail.update(zip(ids, docs))
+        self._tail_live += count
 
     def _resolve(self) -> None:
         """Mark checkpoint rows superseded by tail ids (lazily: lookups cost)."""
@@ -288,11 +327,13 @@ class Reader:
         if got is None:
             ids = [k for k, v in self._tail.items() if v is not None]
             mat = np.empty((len(ids), self.dim), dtype=np.float32)
-            dim = self.dim
+            row = 4 * self.dim
+            flat = mat.reshape(-1).view(np.uint8) if ids else None
             for j, key in enumerate(ids):
                 doc = self._tail[key]
-                assert doc is not None
-                mat[j] = doc[1][doc[2]] if dim else 0
+                assert doc is not None and flat is not None
+                flat[j * row : (j + 1) * row] = np.frombuffer(doc[1], dtype=np.uint8, count=row,
+                                                              offset=row * doc[2])
             got = (ids, mat)
             self._cache["tail"] = got
         return got  # type: ignore[no-any-return]
@@ -343,7 +384,11 @@ class Reader:
 
     def __len__(self) -> int:
         self._check()
-        return len(self._live_ckpt_rows()) + self._tail_live
+        ckpt = self._ckpt
+        if ckpt is None or self._cleared:
+            return self._tail_live
+        self._resolve()
+        return int(ckpt.count) - len(self._dead) + self._tail_live
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and self.get(id) is not None
@@ -364,7 +409,8 @@ class Reader:
             if t is None:
                 return default
             doc: _TailDoc = t  # type: ignore[assignment]
-            return Document(id, doc[1][doc[2]], doc[3], doc[4])
+            vec = np.frombuffer(doc[1], dtype="<f4", count=self.dim, offset=4 * self.dim * doc[2])
+            return Document(id, vec, doc[3], doc[4])
         ckpt = self._ckpt
         if ckpt is None or self._cleared:
             return default
@@ -391,6 +437,11 @@ class Reader:
         if got is not None:
             return got  # type: ignore[no-any-return]
         ckpt = self._ckpt
+        if ckpt is not None and not self._cleared and not self._tail_live:
+            self._resolve()
+            if not self._dead:  # the log tail changes nothing: the map itself, zero-copy
+                self._cache["emb"] = ckpt.embeddings
+                return ckpt.embeddings
         rows = self._live_ckpt_rows()
         _ids, tail = self._tail_matrix()
         if ckpt is not None and not self._cleared and len(rows) == ckpt.count and not len(tail):

@@ -21,9 +21,9 @@ import secrets
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _format as F
 from . import _io
@@ -40,6 +40,10 @@ _AREA = F.TAIL_AREA
 _SET_PENDING = slice(PENDING_OFFSET, PENDING_OFFSET + 8)
 _ONE = (1).to_bytes(8, "little")
 _encode_frame = F.encode_frame
+_unpack_header = F.FRAME_HEADER.unpack_from
+_FRAME_MAGIC = F.FRAME_MAGIC
+_MAX_PAYLOAD = F.MAX_PAYLOAD
+_crc32 = zlib.crc32
 _encode_tail = F.encode_tail
 
 
@@ -163,13 +167,12 @@ class _Mapped:
             self.fd = -1
 
 
-@dataclass
-class RawFrame:
+class RawFrame(NamedTuple):
     """One valid frame as the cursor found it (payload is a view into the map)."""
 
     kind: int
     first_seq: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count on purpose
     payload: memoryview
     path: str
     offset: int
@@ -251,14 +254,33 @@ class LogCursor:
             mv = memoryview(mm)
             limit = m.size
             off = self.offset
-            check = F.check_frame
             seed = m.seed
+            path = m.path
+            expect = self.next_seq
             while True:
-                status, kind, count, n, nxt, why = check(mv, off, limit, seed, self.next_seq)
+                # The common case inlined (the same checks as F.check_frame, which
+                # runs below whenever anything is off, to say what and why).
+                if off + 32 <= limit:
+                    magic, kind, flags, res, n, count, first, crc, res2 = _unpack_header(mv, off)
+                    end = off + 32 + n
+                    if (magic == _FRAME_MAGIC and first == expect and end <= limit
+                            and n <= _MAX_PAYLOAD and not (flags or res or res2)
+                            and (kind == 1 or (count == 1 and kind in (2, 3)))
+                            and 1 <= count <= max(n, 1)
+                            and _crc32(mv[off + 32 : end], _crc32(mv[off : off + 24], seed))
+                            == crc):
+                        yield RawFrame(kind, first, count, mv[off + 32 : end], path, off)
+                        expect = first + count
+                        self.next_seq = expect
+                        off = (end + 7) & ~7
+                        self.offset = off
+                        continue
+                status, kind, count, n, nxt, why = F.check_frame(mv, off, limit, seed, expect)
                 if status != F.FRAME_OK:
                     break
-                yield RawFrame(kind, self.next_seq, count, mv[off + 32 : off + 32 + n], m.path, off)
-                self.next_seq += count
+                yield RawFrame(kind, expect, count, mv[off + 32 : off + 32 + n], path, off)
+                expect += count
+                self.next_seq = expect
                 off = nxt
                 self.offset = off
             # Not a valid continuing frame at ``off``: move on, wait, or complain.
