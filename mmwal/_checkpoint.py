@@ -29,7 +29,7 @@ import os
 import secrets
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -472,13 +472,26 @@ def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
 
 def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, end_seg: int,
          first_seq: int, last_seq: int, tmpdir: str, ckpt_id: int, config: Config,
+         *, frames: Callable[[], Iterable[Any]] | None = None, seq_as: int | None = None,
          ) -> dict[str, Any]:
-    """Build a checkpoint of ``prev`` + the log up to ``last_seq`` into ``tmpdir``."""
+    """Build a checkpoint of ``prev`` + the log up to ``last_seq`` into ``tmpdir``.
+
+    ``frames`` (a callable returning a fresh iterable of frames, called once per
+    pass) replaces reading segments [start_seg, end_seg), and ``seq_as`` is the
+    seq the checkpoint is published at when it is not ``last_seq``: both are
+    for ``mmwal repair``, which folds the frames it salvaged and publishes them
+    at the highest seq ever used, so that no seq is handed out twice.
+    """
+    def source() -> Iterable[Any]:
+        if frames is not None:
+            return frames()
+        return _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery)
+
     # Pass 1: the final state of every id touched since prev (bounded by the delta).
     touched: dict[str, _Touch] = {}
     cleared = False
     seq = first_seq - 1
-    for frame in _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery):
+    for frame in source():
         if frame.first_seq > last_seq:
             break
         body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
@@ -512,7 +525,7 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
         if keep_prev and prev is not None:
             _copy_prev(prev, dropped, b)
         # Pass 2: the live delta documents, in the seq order of their last write.
-        for frame in _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery):
+        for frame in source():
             if frame.first_seq > last_seq:
                 break
             if frame.kind != F.KIND_ADD:
@@ -525,7 +538,7 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
             if pick:
                 b.add([body.ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
                       [[body.contents[i], body.metadatas[i]] for i in pick])
-        return b.finish(ckpt_id, last_seq)
+        return b.finish(ckpt_id, last_seq if seq_as is None else seq_as)
     except BaseException:
         b.abort()
         raise
@@ -705,7 +718,7 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int) -> None:
     current = manifest["checkpoint"]
     older = [c for c in list_checkpoints(paths) if c < current]
     keep_old = max(keep, 1) - 1
-    doomed = older[: len(older) - keep_old] if keep_old else older
+    doomed = older[: max(0, len(older) - keep_old)]
     for c in doomed:
         _rmtree(paths.checkpoint(c))
     if doomed:

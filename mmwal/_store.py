@@ -85,6 +85,8 @@ def _create(paths: Paths, dim: int, lock: FileLock) -> None:
         try:
             if io.fstat(fd).st_size < F.TAIL_FILE_SIZE:
                 io.ftruncate(fd, F.TAIL_FILE_SIZE)  # grows only; nobody maps it yet
+        except OSError as exc:  # ENOSPC/EIO: a typed error, like every other step
+            raise _io.io_error(exc, "write", paths.tail) from None
         finally:
             io.close(fd)
         if 1 not in list_segments(paths):
@@ -151,6 +153,7 @@ class Store:
         self._last_sync = time.monotonic()
         self._flusher: threading.Thread | None = None
         self._flush_wake = threading.Event()
+        self._flush_stop = threading.Event()  # set by close(): ends the flusher's wait
         self._state_lock = threading.Lock()
         self._closed = False
         _stores.add(self)
@@ -212,6 +215,7 @@ class Store:
                 self._durable(*self._written)
         finally:
             self._closed = True
+            self._flush_stop.set()
             self._flush_wake.set()
             t = self._flusher
             if t is not None and t is not threading.current_thread():
@@ -250,6 +254,7 @@ class Store:
         self._state_lock = threading.Lock()
         self._flusher = None
         self._flush_wake = threading.Event()
+        self._flush_stop = threading.Event()
         self._written = (0, 0)
         self._unsynced = 0
         self._generation = _fork_generation
@@ -313,12 +318,17 @@ class Store:
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
         wake = self._flush_wake
+        stop = self._flush_stop
         period = self.config.sync_every_ms / 1000
 
         def run() -> None:
             while True:
                 wake.wait()
-                time.sleep(period)
+                # Not time.sleep(period): close() must be able to end the wait.  A
+                # sleeping flusher made close() block 5 s (its join timeout) and
+                # outlive it when sync_every_ms is long.  close() flushed already.
+                if stop.wait(period):
+                    return
                 wake.clear()
                 s = ref()
                 if s is None or s._closed or s._generation != _fork_generation:
