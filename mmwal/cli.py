@@ -1,90 +1,747 @@
-"""The ``mmwal`` command line."""
+"""The ``mmwal`` command line (also ``python -m mmwal``).
+
+Every command has ``--help`` with an example.  Exit codes: 0 ok; 1 problems
+found (a damaged store, a failed check, a repair not carried out); 2 usage
+error or no store at the path; 130 interrupted (Ctrl-C); 141 output pipe
+closed (``mmwal dump PATH | head``).  Errors are one line on stderr,
+``mmwal <command>: <message>``, never a traceback (set ``MMWAL_DEBUG=1`` to get
+one for an unexpected error).  See docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime as _dt
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-
-import numpy as np
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
-from ._replay import replay
-from ._store import Store
-from ._verify import verify
-from .errors import MmwalError
+from .errors import InvalidInputError, MmwalError, StoreNotFoundError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _demo(args: argparse.Namespace) -> int:
-    root = tempfile.mkdtemp(prefix="mmwal-demo-")
-    path = os.path.join(root, "store")
+
+class _RAW(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written; command names and their help on one line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.nargs == argparse.PARSER:
+            # argparse measures sub-commands one indent short, so "checkpoint"
+            # would wrap: leave room for it.
+            self._action_max_length = max(self._action_max_length, 16)
+
+
+class UsageError(Exception):
+    """A bad combination of arguments found after parsing (exit code 2)."""
+
+
+# ============================================================================ helpers
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _when(t: float | None) -> str:
+    if not t:
+        return "-"
+    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(t: float | None) -> str | None:
+    if not t:
+        return None
+    when = _dt.datetime.fromtimestamp(t, _dt.timezone.utc).replace(microsecond=0)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _require_store(path: str) -> str:
+    """The absolute path of an existing store, or StoreNotFoundError (exit code 2)."""
+    root = os.path.abspath(path)
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.exists(root) else "is not a directory"
+        raise StoreNotFoundError(f"no mmwal store at {path}: the path {what}", path=root)
+    if not os.path.exists(os.path.join(root, "MANIFEST")):
+        raise StoreNotFoundError(f"no mmwal store at {path}: the directory has no MANIFEST",
+                                 path=root)
+    return root
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+# ============================================================================ demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import DemoOptions, run_demo
+
+    opts = DemoOptions()
+    if args.quick:
+        opts.docs, opts.batch, opts.queries = 4_000, 250, 20
+    if args.docs is not None:
+        if args.docs < 1:
+            raise UsageError("--docs must be at least 1")
+        opts.docs = args.docs
+    opts.keep = args.keep
+    opts.dir = args.dir
+    return run_demo(opts)
+
+
+# ============================================================================ inspect
+def _read_descriptor(root: str, ckpt_id: int) -> dict[str, Any]:
+    from . import _format as F
+    from ._fsutil import Paths, read_file
+
+    path = os.path.join(Paths(root).checkpoint(ckpt_id), "DESCRIPTOR")
+    return F.decode_manifest(read_file(path, F.MAX_MANIFEST_BODY + 64), path,
+                             F.DESCRIPTOR_MAGIC, F.DESCRIPTOR_FIELDS)
+
+
+def inspect_store(path: str) -> dict[str, Any]:
+    """What is on disk, read-only: manifest, checkpoint descriptor, segments, sizes.
+
+    Never writes and never opens a Store; ``documents`` and ``seq`` come from a
+    Reader (read-only by contract).  A part that cannot be read is reported
+    under ``errors`` instead of raising.
+    """
+    from . import _format as F
+    from ._checkpoint import list_checkpoints
+    from ._fsutil import Paths, read_file
+    from ._reader import Reader
+    from ._repair import read_tail_hint
+    from ._store import open_manifest
+    from ._wal import read_segment_header
+
+    root = _require_store(path)
+    paths = Paths(root)
+    manifest = open_manifest(paths)
+    raw = read_file(paths.manifest, F.MAX_MANIFEST_BODY + 64)
+    errors: list[str] = []
+    info: dict[str, Any] = {
+        "path": root,
+        "format_version": int(F.MANIFEST_HEADER.unpack_from(raw, 0)[1]),
+        "library_format_version": F.FORMAT_VERSION,
+        "dim": manifest["dim"],
+        "created": _iso(manifest.get("created")),
+    }
+    # documents and seq: what a Reader sees (checkpoint + log tail)
     try:
-        rng = np.random.default_rng(0)
-        n = args.docs
-        vecs = rng.standard_normal((n, 384)).astype(np.float32)
-        t0 = time.perf_counter()
-        with Store(path, dim=384, durability="os") as store:
-            for i in range(n):
-                store.add(f"doc-{i}", vecs[i], content=f"document number {i}",
-                          metadata={"source": f"file_{i % 100}.pdf", "page": i % 50})
-        dt = time.perf_counter() - t0
-        print(f"appended {n} documents in {dt:.2f} s ({n / dt:,.0f} docs/s) to {path}")
-        t0 = time.perf_counter()
-        ops = sum(1 for _ in replay(path))
-        dt = time.perf_counter() - t0
-        print(f"replayed {ops} operations in {dt:.3f} s")
-        report = verify(path)
-        print(f"verify: {'ok' if report.ok else 'PROBLEMS'} ({report.records} records)")
-        return 0 if report.ok else 1
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        with Reader(root) as r:
+            info["documents"] = len(r)
+            info["seq"] = r.seq
+    except MmwalError as exc:
+        info["documents"] = None
+        info["seq"] = None
+        errors.append(f"reader: {exc}")
+    tail = read_tail_hint(paths)
+    info["tail_seq"] = tail[2] if tail else None
+    cid = manifest["checkpoint"]
+    ckpt: dict[str, Any] | None = None
+    if cid:
+        cdir = paths.checkpoint(cid)
+        ckpt = {"id": cid, "seq": manifest["checkpoint_seq"],
+                "documents": manifest.get("checkpoint_documents"), "dir": cdir}
+        try:
+            d = _read_descriptor(root, cid)
+            ckpt.update({"documents": d["count"], "seq": d["seq"], "created": _iso(d["created"]),
+                         "files": {k: v[0] for k, v in sorted(d["files"].items())}})
+            ckpt["bytes"] = sum(os.path.getsize(os.path.join(cdir, n))
+                                for n in os.listdir(cdir))
+        except (MmwalError, OSError) as exc:
+            errors.append(f"checkpoint {cid}: {exc}")
+    info["checkpoint"] = ckpt
+    info["checkpoints_kept"] = [c for c in list_checkpoints(paths) if c != cid]
+    segs = []
+    for s in _segments(paths):
+        p = paths.segment(s)
+        entry: dict[str, Any] = {"id": s, "file": os.path.relpath(p, root),
+                                 "folded": s < manifest["replay_segment"]}
+        try:
+            entry["bytes"] = os.path.getsize(p)
+            h = read_segment_header(p)
+            entry["first_seq"] = h.first_seq
+            entry["created"] = _iso(h.created)
+        except (MmwalError, OSError) as exc:
+            entry["error"] = str(exc)
+            errors.append(f"segment {s}: {exc}")
+        segs.append(entry)
+    info["replay_segment"] = manifest["replay_segment"]
+    info["segments"] = segs
+    info["log_bytes"] = sum(e.get("bytes", 0) for e in segs)
+    info["log_bytes_since_checkpoint"] = sum(e.get("bytes", 0) for e in segs if not e["folded"])
+    if info["seq"] is not None:
+        info["records_since_checkpoint"] = info["seq"] - manifest["checkpoint_seq"]
+    total, newest, newest_file, backups = 0, 0.0, None, []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            backups = sorted(d for d in dirnames if d.startswith("repair-backup-"))
+            dirnames[:] = [d for d in dirnames if not d.startswith("repair-backup-")]
+        for name in filenames:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:
+                continue  # retired meanwhile
+            total += st.st_size
+            if st.st_mtime > newest:
+                newest, newest_file = st.st_mtime, os.path.relpath(os.path.join(dirpath, name),
+                                                                   root)
+    info["bytes"] = total
+    info["last_modified"] = _iso(newest)
+    info["last_modified_file"] = newest_file
+    info["repair_backups"] = backups
+    if manifest.get("repaired"):
+        info["repaired"] = {"at": _iso(manifest["repaired"]),
+                            "backup": manifest.get("repair_backup")}
+    info["errors"] = errors
+    return info
 
 
-def _verify(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.path) or not os.path.exists(os.path.join(args.path, "MANIFEST")):
-        print(f"mmwal verify: no mmwal store at {args.path}", file=sys.stderr)
-        return 2
-    report = verify(args.path)
+def _segments(paths: Any) -> list[int]:
+    from ._fsutil import list_segments
+
+    return list_segments(paths)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect_store(args.path)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        _print_json(info)
+        return 1 if info["errors"] else 0
+    c = info["checkpoint"]
+    rows: list[tuple[str, str]] = [
+        ("store", info["path"]),
+        ("format", f"version {info['format_version']} (this mmwal reads up to "
+                   f"{info['library_format_version']})"),
+        ("dim", str(info["dim"])),
+        ("documents", "unknown" if info["documents"] is None else f"{info['documents']:,}"),
+        ("seq", "unknown" if info["seq"] is None else
+         f"{info['seq']:,} ({info.get('records_since_checkpoint', 0):,} since the checkpoint)"),
+    ]
+    if c is None:
+        rows.append(("checkpoint", "none yet (the whole state is in the log)"))
+    else:
+        rows.append(("checkpoint", f"{c['id']}: {c.get('documents') or 0:,} documents at seq "
+                     f"{c['seq']:,}, {_size(c.get('bytes', 0))}, created "
+                     f"{c.get('created') or '-'}"))
+    if info["checkpoints_kept"]:
+        rows.append(("", "older checkpoints kept: "
+                     + ", ".join(map(str, info["checkpoints_kept"]))))
+    segs = info["segments"]
+    live = [e for e in segs if not e["folded"]]
+    rows.append(("segments", f"{len(segs)} ({_size(info['log_bytes'])}); replay starts at "
+                 f"segment {info['replay_segment']} ({len(live)} segment"
+                 f"{'' if len(live) == 1 else 's'}, {_size(info['log_bytes_since_checkpoint'])} "
+                 "since the checkpoint)"))
+    for e in segs[-8:]:
+        extra = "  folded, retired at the next checkpoint" if e["folded"] else ""
+        if "error" in e:
+            rows.append(("", f"{e['file']}  {e['error']}"))
+        else:
+            rows.append(("", f"{e['file']}  first seq {e['first_seq']:,}  "
+                         f"{_size(e['bytes'])}{extra}"))
+    if len(segs) > 8:
+        rows.append(("", f"... and {len(segs) - 8} older segment(s)"))
+    rows.append(("bytes", f"{_size(info['bytes'])} in total"))
+    rows.append(("created", info["created"] or "-"))
+    rows.append(("last modified", f"{info['last_modified'] or '-'} "
+                 f"({info['last_modified_file'] or '-'})"))
+    if info.get("repaired"):
+        rows.append(("repaired", f"{info['repaired']['at']} (backup "
+                     f"{info['repaired']['backup']})"))
+    for err in info["errors"]:
+        rows.append(("error", err))
+    for key, val in rows:
+        print(f"{key:<14} {val}")
+    return 1 if info["errors"] else 0
+
+
+# ============================================================================ verify
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ._verify import verify
+
+    root = _require_store(args.path)
+    t0 = time.perf_counter()
+    report = verify(root)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        _print_json({**report.as_dict(), "seconds": seconds})
     else:
         for p in report.problems:
             print(f"problem: {p}")
         for note in report.notes:
             print(f"note: {note}")
-        print(f"{'ok' if report.ok else 'damaged'}: {report.records} records in "
-              f"{report.segments} segments, seq {report.first_seq}..{report.last_seq}")
+        state = "ok" if report.ok else f"DAMAGED ({_n(len(report.problems), 'problem')})"
+        ckpt = (f"checkpoint {report.checkpoint} ({_n(report.documents, 'document')})"
+                if report.checkpoint else "no checkpoint")
+        if report.records:
+            log = f"seqs {report.first_seq:,}..{report.last_seq:,}"
+        else:
+            log = "no record since the checkpoint"
+        print(f"{state}: {ckpt}; log of {_n(report.records, 'record')} in "
+              f"{_n(report.segments, 'segment')}, {log}; checked in {seconds:.2f} s")
+        if not report.ok:
+            print(f"see `mmwal repair {args.path} --mode point-in-time` (or skip-bad); it "
+                  "explains what it would drop before it changes anything")
     return 0 if report.ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmwal", description=__doc__)
+# ============================================================================ dump
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from ._reader import Reader
+
+    if args.ids and args.embeddings:
+        raise UsageError("--ids and --embeddings exclude each other")
+    root = _require_store(args.path)
+    out = sys.stdout
+    buf: list[str] = []
+    with Reader(root, recovery=args.recovery) as r:
+        ids = r.ids
+        if args.ids:
+            for i, key in enumerate(ids):
+                buf.append(key)
+                if i % 4096 == 4095:
+                    out.write("\n".join(buf) + "\n")
+                    buf.clear()
+            if buf:
+                out.write("\n".join(buf) + "\n")
+            return 0
+        emb = r.embeddings if args.embeddings else None
+        dumps = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+        for i, key in enumerate(ids):
+            doc = r[key]
+            rec: dict[str, Any] = {"id": key, "content": doc.content, "metadata": doc.metadata}
+            if emb is not None:
+                rec["embedding"] = emb[i].tolist()
+            buf.append(dumps(rec))
+            if len(buf) >= 1024:
+                out.write("\n".join(buf) + "\n")
+                buf.clear()
+        if buf:
+            out.write("\n".join(buf) + "\n")
+    return 0
+
+
+# ============================================================================ checkpoint
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    from ._store import Store
+
+    root = _require_store(args.path)
+    with Store(root) as store:
+        t0 = time.perf_counter()
+        info = store.checkpoint()
+        seconds = time.perf_counter() - t0
+        stats = store.stats()
+    if args.json:
+        _print_json({"id": info.id, "seq": info.seq, "documents": info.documents,
+                     "bytes": stats.checkpoint_bytes, "seconds": seconds})
+    else:
+        print(f"checkpoint {info.id}: {info.documents:,} documents at seq {info.seq:,} "
+              f"({_size(stats.checkpoint_bytes)}), in {seconds:.2f} s")
+    return 0
+
+
+# ============================================================================ repair
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _seq_range(a: int, b: int) -> str:
+    return f"seq {a:,}" if a == b else f"seqs {a:,}..{b:,}"
+
+
+def _explain(plan: Any, path: str) -> list[str]:
+    """The human account of a repair plan: what is damaged, kept and dropped."""
+    from . import _format as F
+
+    lines = []
+    m = plan.manifest
+    rel = plan._rel
+    base = (f"checkpoint {m['checkpoint']} (seq {m['checkpoint_seq']:,})" if m["checkpoint"]
+            else "an empty store (no checkpoint yet)")
+    lines.append(f"mmwal repair: {path} (mode {plan.mode})")
+    lines.append(f"  scanned       {base} + the log from segment {m['replay_segment']} "
+                 f"({_n(len(plan.segments), 'segment')})")
+    for p in plan.checkpoint_problems:
+        lines.append(f"  CHECKPOINT    {p}")
+    for d in plan.damage:
+        where = f"{rel(d.path)}: " + (f"bytes {d.start:,}..{d.end:,}" if d.end > d.start
+                                       else f"offset {d.start:,}")
+        if d.harmless:
+            lines.append(f"  harmless      {where}: torn, unacknowledged tail (nothing lost)")
+        else:
+            lost = f" ({_seq_range(*d.seqs)} lost)" if d.seqs else ""
+            lines.append(f"  damage        {where}: {d.why}{lost}")
+    if not plan.needed:
+        return lines
+    kept = sum(f.count for f in plan.keep)
+    if kept:
+        span = _seq_range(plan.keep[0].first_seq, plan.last_kept)
+        onto = "the checkpoint" if m["checkpoint"] else "an empty store"
+        lines.append(f"  keep          {_n(kept, 'record')} ({span}) on top of {onto}")
+    else:
+        lines.append(f"  keep          {'the checkpoint' if m['checkpoint'] else 'nothing'}; "
+                     "no record of the log survives")
+    spans = [d.seqs for d in plan.problems if d.seqs]
+    if spans:
+        n = sum(b - a + 1 for a, b in spans)
+        lines.append(f"  drop          {_n(n, 'record')} unreadable in the damaged bytes")
+    if plan.dropped:
+        n = sum(f.count for f in plan.dropped)
+        kinds: dict[str, int] = {}
+        for f in plan.dropped:
+            kinds[F.KIND_NAMES[f.kind]] = kinds.get(F.KIND_NAMES[f.kind], 0) + f.count
+        first = plan.dropped[0]
+        lines.append(f"  drop          {_n(n, 'valid record')} after the first damage "
+                     f"({_seq_range(first.first_seq, plan.dropped[-1].last_seq)}: "
+                     + ", ".join(f"{v:,} {k}" for k, v in sorted(kinds.items()))
+                     + f"), from {rel(first.path)} offset {first.offset:,} on")
+        if plan.mode == "point-in-time":
+            lines.append("                (--mode skip-bad keeps every valid record and "
+                         "drops only the damaged bytes)")
+    lines.append(f"  afterwards    a new checkpoint at seq {plan.max_seen:,}; new writes "
+                 f"start at seq {plan.max_seen + 1:,} (no seq is ever reused)")
+    return lines
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from ._repair import apply_plan, make_plan, repair_locks
+    from ._types import Config
+    from ._verify import verify
+
+    root = _require_store(args.path)
+    timeout = args.lock_timeout
+    result: dict[str, Any] | None = None
+    with repair_locks(root, exclusive=args.yes, timeout=timeout):
+        plan = make_plan(root, args.mode)
+        try:
+            summary = plan.as_dict()
+            if not args.json:
+                print("\n".join(_explain(plan, args.path)))
+            if plan.checkpoint_problems:
+                if args.json:
+                    _print_json({**summary, "repaired": False})
+                print(f"mmwal repair: {args.path}: the checkpoint itself is damaged; repair "
+                      "salvages the log only: restore the store from a backup",
+                      file=sys.stderr)
+                return 1
+            if not plan.needed:
+                if args.json:
+                    _print_json({**summary, "repaired": False})
+                else:
+                    print("nothing to repair: the log holds no damage")
+                return 0
+            if not args.yes:
+                if args.json:
+                    _print_json({**summary, "repaired": False})
+                else:
+                    print("nothing was changed.  Re-run with --yes to repair; first, MANIFEST, "
+                          "tail and every log segment are copied to "
+                          f"{os.path.join(args.path, 'repair-backup-<time>')}/")
+                return 1
+            result = apply_plan(plan, Config(lock_timeout=timeout), show_progress=not args.json)
+        finally:
+            plan.close()
+    report = verify(root)
+    if args.json:
+        _print_json({**summary, "repaired": True, "result": result, "verify_ok": report.ok})
+    else:
+        print(f"repaired: checkpoint {result['checkpoint']} holds {result['documents']:,} "
+              f"documents at seq {result['seq']:,}; new writes start at seq "
+              f"{result['next_seq']:,} in segment {result['segment']}")
+        print(f"backup:   {result['backup']}/ (REPAIR.json there says how to restore)")
+        print(f"verify:   {'ok' if report.ok else 'PROBLEMS REMAIN'}")
+        for p in report.problems:
+            print(f"problem: {p}")
+    return 0 if report.ok else 1
+
+
+# ============================================================================ stress
+def _cmd_stress_missing(args: argparse.Namespace) -> int:
+    print(f"mmwal stress: the stress harness is not available in this installation "
+          f"({args._stress_error}); it ships as the mmwal.stress package", file=sys.stderr)
+    return 2
+
+
+# ============================================================================ bench
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ._bench import benchmark_scripts, run_bench
+
+    scripts = benchmark_scripts()
+    say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.full:
+        if not scripts:
+            raise UsageError("--full needs the benchmark scripts of a source checkout "
+                             "(benchmarks/bench_log.py, benchmarks/bench_read.py); this "
+                             "installation has none")
+        code = 0
+        for script in scripts:
+            cmd = [sys.executable, script, *(["--quick"] if args.quick else [])]
+            say(f"$ {' '.join(cmd)}")
+            code = max(code, subprocess.call(cmd))
+        return code
+    if scripts:
+        say("The full benchmarks (mmwal against a raw ceiling, SQLite and LMDB, with their "
+            "method) are in this checkout:")
+        for s in scripts:
+            say(f"  python {os.path.relpath(s)} --quick")
+        say("(or: mmwal bench --full).  Below, the built-in micro-benchmark.\n")
+    else:
+        say("The full benchmarks are the scripts benchmarks/bench_log.py and "
+            "benchmarks/bench_read.py of the source repository (see docs/benchmarks.md).  "
+            "Below, the built-in micro-benchmark.\n")
+    tty = sys.stdout.isatty() and not args.json
+
+    def tick(name: str) -> None:
+        if tty:
+            sys.stdout.write(f"\r  running {name} ...\033[K")
+            sys.stdout.flush()
+
+    results = run_bench(quick=args.quick, base_dir=args.dir, tick=tick)
+    if tty:
+        sys.stdout.write("\r\033[K")
+    if args.json:
+        _print_json(results)
+        return 0
+    print(f"{'case':<12} {'median':>14} {'min':>10} {'max':>10}  what")
+    for name, r in results.items():
+        digits = 2 if r["unit"] == "ms" else 0
+        med, lo, hi = (f"{r[k]:,.{digits}f}" for k in ("median", "min", "max"))
+        print(f"{name:<12} {med + ' ' + r['unit']:>14} {lo:>10} {hi:>10}  {r['what']}")
+    print(f"\nper-op add (\"os\") runs at {results['add_os']['vs_raw']:.2f} x the raw ceiling "
+          "(target >= 0.6).  Medians of "
+          f"{len(results['add_os']['rounds'])} rounds; a busy machine moves them.")
+    return 0
+
+
+# ============================================================================ parser
+_EPILOGS = {
+    "main": """\
+Run `mmwal COMMAND --help` for the options and examples of each command.
+
+examples:
+  mmwal demo
+  mmwal inspect my.store
+  mmwal verify my.store --json
+  mmwal dump my.store | head
+
+exit codes: 0 ok, 1 problems found, 2 usage error or no store, 130 interrupted.
+docs: docs/cli.md and docs/tutorial.md in the source repository.""",
+    "demo": """\
+4 ingestion processes write realistic documents concurrently, one checkpoint
+folds the log, 2 query processes map it and search, an open Reader sees a
+later write on refresh(), and verify checks it all.  The store is temporary.
+
+examples:
+  mmwal demo
+  mmwal demo --quick              # a few thousand documents, a few seconds
+  mmwal demo --keep --dir /data   # keep the store, on the disk you care about""",
+    "inspect": """\
+Reads MANIFEST, the checkpoint descriptor and the segment headers; never
+writes (documents and seq come from a read-only Reader).  Exit 1 if a part
+could not be read.
+
+examples:
+  mmwal inspect my.store
+  mmwal inspect my.store --json > info.json""",
+    "verify": """\
+Checks the manifest, every segment header, frame checksum, sequence continuity
+and payload, the checkpoint files against their descriptor (sizes, CRC-32s),
+its id index, every content chunk.  A torn, unacknowledged tail is a note,
+not a problem.  Exit 0 clean, 1 problems found, 2 no store at PATH.
+
+examples:
+  mmwal verify my.store
+  mmwal verify my.store --json > report.json || echo damaged""",
+    "dump": """\
+One JSON object per line per live document, in row order:
+{"id": ..., "content": ..., "metadata": ...} (+ "embedding": [...] with
+--embeddings; bytes in metadata are written as base64 strings).  --ids
+prints one id per line.  Reads through a Reader: never writes.
+
+examples:
+  mmwal dump my.store | head -3
+  mmwal dump my.store --ids | wc -l
+  mmwal dump my.store --embeddings > all.jsonl
+  mmwal dump damaged.store --recovery skip-bad > salvage.jsonl""",
+    "checkpoint": """\
+Opens the store as a writer and folds the log into a new checkpoint (other
+processes keep appending meanwhile), then retires old segments and
+checkpoints beyond keep_checkpoints.
+
+examples:
+  mmwal checkpoint my.store
+  mmwal checkpoint my.store --json""",
+    "repair": """\
+Scans the log and explains what a repair in the chosen mode keeps and drops,
+file by file, with offsets and sequence numbers.  Nothing changes without
+--yes.  With --yes it first copies MANIFEST, tail and every segment into
+PATH/repair-backup-<time>/, then publishes the salvaged state as a new
+checkpoint and restarts the log after the highest sequence number ever used
+(none is reused).  No segment is ever truncated or rewritten in place.
+Writers wait for the store's locks meanwhile.
+
+modes:
+  point-in-time  keep every record before the first damage, drop the rest
+  skip-bad       keep every valid record, drop only the damaged bytes
+
+exit codes: 0 repaired or nothing to repair, 1 damage found but not repaired
+(no --yes, or the checkpoint itself is damaged), 2 usage or no store.
+
+examples:
+  mmwal repair my.store --mode point-in-time          # explain only
+  mmwal repair my.store --mode skip-bad --yes         # repair""",
+    "stress": """\
+Starts writer, reader and checkpointer processes, kills them with SIGKILL at
+random moments, restarts them, and verifies every acknowledged write at the
+end.  Run it on the disk you will use.
+
+examples:
+  mmwal stress --quick
+  mmwal stress --dir /mnt/nvme/tmp --duration 600""",
+    "bench": """\
+Runs a micro-benchmark in a temporary directory: per-op add ("os" and
+"fsync"), add_many(1000), Reader open, one search; medians of several rounds,
+next to a raw os.write ceiling.  The full benchmarks (against SQLite and
+LMDB) are benchmarks/bench_log.py and benchmarks/bench_read.py in the source
+repository; --full runs them from a checkout.
+
+examples:
+  mmwal bench --quick
+  mmwal bench --json > bench.json
+  mmwal bench --dir /mnt/nvme/tmp""",
+}
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser (``argv`` lets ``stress`` load its options only when used)."""
+    parser = argparse.ArgumentParser(
+        prog="mmwal", formatter_class=_RAW, epilog=_EPILOGS["main"],
+        description="mmwal: a multi-process write-ahead-logged store of embedding documents.")
     parser.add_argument("--version", action="version", version=f"mmwal {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="write, replay and verify a temporary store")
-    p.add_argument("--docs", type=int, default=20_000, help="documents to write")
-    p.set_defaults(func=_demo)
-    p = sub.add_parser("verify", help="scan a store for damage (exit 1 if any)")
-    p.add_argument("path")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, func: Callable[[argparse.Namespace], int],
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                           epilog=_EPILOGS[name], formatter_class=_RAW)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", "the main job on a temporary store, in under a minute", _cmd_demo)
+    p.add_argument("--docs", type=int, metavar="N", help="documents to ingest (default 50000)")
+    p.add_argument("--quick", action="store_true", help="a short run: 4000 documents")
+    p.add_argument("--keep", action="store_true", help="keep the store and print its path")
+    p.add_argument("--dir", metavar="DIR", help="create the temporary store under DIR")
+
+    p = add("inspect", "what is on disk: documents, seq, checkpoint, segments, sizes",
+            _cmd_inspect)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("verify", "scan a store for damage (exit 1 if any)", _cmd_verify)
+    p.add_argument("path", metavar="PATH", help="the store directory")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_verify)
+
+    p = add("dump", "print the live documents as JSON lines", _cmd_dump)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--embeddings", action="store_true", help="include each embedding")
+    g.add_argument("--ids", action="store_true", help="print only the ids, one per line")
+    p.add_argument("--recovery", choices=("strict", "point-in-time", "skip-bad"),
+                   default="strict", help="what to do with a damaged log record "
+                   "(default strict: fail)")
+
+    p = add("checkpoint", "fold the log into a new checkpoint", _cmd_checkpoint)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = add("repair", "salvage a store whose log is damaged", _cmd_repair)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--mode", required=True, choices=("point-in-time", "skip-bad"),
+                   help="what to keep (see below)")
+    p.add_argument("--yes", action="store_true", help="carry the repair out (default: only "
+                   "explain it)")
+    p.add_argument("--json", action="store_true", help="print the plan and result as JSON")
+    p.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the store's locks (default 30)")
+
+    p = add("stress", "kill -9 loops that check the guarantees on your disk",
+            _cmd_stress_missing)
+    if _command_word(argv) == "stress":
+        try:
+            from . import stress
+        except ImportError as exc:
+            p.set_defaults(_stress_error=str(exc))  # main() then explains, exit code 2
+        else:
+            stress.add_arguments(p)
+            p.set_defaults(func=stress.run)
+
+    p = add("bench", "a quick micro-benchmark (the full benchmarks: benchmarks/)", _cmd_bench)
+    p.add_argument("--quick", action="store_true", help="fewer operations and rounds")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.add_argument("--dir", metavar="DIR", help="run in a temporary directory under DIR")
+    p.add_argument("--full", action="store_true",
+                   help="run the repository's benchmark scripts instead (source checkout)")
     return parser
 
 
+def _exit_code(exc: BaseException) -> int:
+    return 2 if isinstance(exc, (StoreNotFoundError, InvalidInputError, UsageError)) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "_stress_error"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    cmd = args.command
     try:
         return int(args.func(args))
-    except MmwalError as exc:
-        print(f"mmwal {args.command}: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        print(f"\nmmwal {cmd}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``mmwal dump | head``): stop quietly,
+        # and keep the interpreter's final flush from raising again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except (MmwalError, UsageError, OSError) as exc:
+        if os.environ.get("MMWAL_DEBUG") == "1":
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"mmwal {cmd}: {msg}", file=sys.stderr)
+        return _exit_code(exc)
+    except Exception as exc:
+        if os.environ.get("MMWAL_DEBUG") == "1":
+            raise
+        msg = " ".join(str(exc).split())
+        print(f"mmwal {cmd}: unexpected error: {type(exc).__name__}: {msg} (a bug: set "
+              "MMWAL_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 1

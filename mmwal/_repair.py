@@ -1,0 +1,601 @@
+"""``mmwal repair``: salvage a store whose log is damaged, without rewriting a byte of it.
+
+The design (docs/cli.md has the full story and a crash table):
+
+* Nothing is shrunk, truncated or rewritten in place: readers may have any
+  segment mapped (shrinking a mapped file raises SIGBUS in them), and a
+  valid frame is never rewritten (RULES.md).
+* Holding ``locks/checkpoint.lock`` and then ``locks/append.lock`` (the order
+  ``run_checkpoint`` takes them in), the whole log from the manifest's replay
+  segment is scanned: every CRC-valid, decodable frame, every damaged byte
+  range, every segment that is missing or has a damaged header.
+* The recovery mode decides what survives: ``point-in-time`` keeps the frames
+  before the first damage, ``skip-bad`` keeps every valid frame.
+* With ``--yes``: the MANIFEST, the ``tail`` file and every segment are
+  copied into ``<store>/repair-backup-<UTC time>/`` (fsynced); the current
+  checkpoint plus the surviving frames are folded into a new checkpoint by the
+  library's own fold (``_checkpoint.fold``), published at ``max_seen`` - the
+  highest seq any segment header, frame, damaged frame header or the tail
+  record ever mentioned - so that no seq is handed out twice; a fresh empty
+  segment with ``first_seq = max_seen + 1`` is created and the tail record
+  pointed at it; the MANIFEST naming both is replaced atomically (the commit
+  point); only then are the old segments (already backed up) unlinked.
+
+Sequence numbers of dropped records are never reused: they are a gap that the
+new checkpoint covers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import mmap
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _format as F
+from . import _io
+from ._checkpoint import CheckpointView, clean_orphans, fold, list_checkpoints
+from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments
+from ._lock import FileLock
+from ._types import Config, VerifyReport
+from ._wal import RawFrame, create_segment
+from .errors import CorruptionError, FormatVersionError
+
+__all__ = ["MODES", "Plan", "apply_plan", "make_plan", "read_tail_hint", "repair_locks"]
+
+MODES = ("point-in-time", "skip-bad")
+#: A seq read from an unverified frame header counts toward ``max_seen`` only
+#: below this bound (a plausible value, not random bytes).
+_PLAUSIBLE_SEQ = 1 << 53
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class Frame:
+    """One CRC-valid, decodable frame found by the scan."""
+
+    seg: int
+    path: str
+    offset: int
+    end: int
+    first_seq: int
+    count: int
+    kind: int
+    payload: memoryview
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+
+@dataclass
+class Damage:
+    """Bytes (or a whole segment) that hold no valid frame where one was due."""
+
+    path: str
+    start: int
+    end: int
+    why: str
+    harmless: bool = False  # a torn, unacknowledged tail: nothing is lost
+    seqs: tuple[int, int] | None = None  # the seqs that lived there, when known
+
+
+@dataclass
+class Plan:
+    """What a repair in ``mode`` keeps and drops (computed by :func:`make_plan`)."""
+
+    root: str
+    mode: str
+    manifest: dict[str, Any]
+    checkpoint_problems: list[str] = field(default_factory=list)
+    keep: list[Frame] = field(default_factory=list)
+    dropped: list[Frame] = field(default_factory=list)  # valid frames not kept
+    damage: list[Damage] = field(default_factory=list)
+    max_seen: int = 0
+    segments: list[int] = field(default_factory=list)
+    maps: list[Any] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Damage]:
+        return [d for d in self.damage if not d.harmless]
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.problems or self.dropped)
+
+    @property
+    def last_kept(self) -> int:
+        return self.keep[-1].last_seq if self.keep else int(self.manifest["checkpoint_seq"])
+
+    def close(self) -> None:
+        self.keep.clear()
+        self.dropped.clear()
+        for m in self.maps:
+            try:
+                m.close()
+            except (BufferError, ValueError):
+                pass  # a payload view still refers to it: the GC closes it
+        self.maps.clear()
+
+    def as_dict(self) -> dict[str, Any]:
+        rel = self._rel
+        return {
+            "path": self.root, "mode": self.mode, "needed": self.needed,
+            "checkpoint": self.manifest.get("checkpoint"),
+            "checkpoint_seq": self.manifest.get("checkpoint_seq"),
+            "checkpoint_problems": self.checkpoint_problems,
+            "kept_records": sum(f.count for f in self.keep),
+            "kept_seqs": [self.keep[0].first_seq, self.last_kept] if self.keep else None,
+            "dropped_records": self._dropped_runs(),
+            "damage": [{"file": rel(d.path), "start": d.start, "end": d.end, "why": d.why,
+                        "harmless": d.harmless, "seqs": list(d.seqs) if d.seqs else None}
+                       for d in self.damage],
+            "max_seen": self.max_seen,
+            "new_first_seq": self.max_seen + 1,
+        }
+
+    def _dropped_runs(self) -> list[dict[str, Any]]:
+        """Valid frames not kept, as one entry per segment: offsets, seqs, counts by kind."""
+        runs: list[dict[str, Any]] = []
+        for f in self.dropped:
+            if not runs or runs[-1]["file"] != self._rel(f.path):
+                runs.append({"file": self._rel(f.path), "offset": f.offset,
+                             "seqs": [f.first_seq, f.last_seq], "records": 0, "kinds": {}})
+            run = runs[-1]
+            run["seqs"][1] = f.last_seq
+            run["records"] += f.count
+            kind = F.KIND_NAMES[f.kind]
+            run["kinds"][kind] = run["kinds"].get(kind, 0) + f.count
+        return runs
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+
+# ============================================================================ scanning
+def _frame_header_seq(mv: memoryview, off: int, size: int) -> int | None:
+    """The last seq an (unverified) frame header at ``off`` claims, if it looks plausible."""
+    if off + F.FRAME_HEADER_SIZE > size:
+        return None
+    magic, kind, flags, res, n, count, first, _crc, res2 = F.FRAME_HEADER.unpack_from(mv, off)
+    if (magic != F.FRAME_MAGIC or kind not in F.KIND_NAMES or flags or res or res2
+            or n > F.MAX_PAYLOAD or not 1 <= count <= max(n, 1)
+            or not 0 < first < _PLAUSIBLE_SEQ):
+        return None
+    return int(first + count - 1)
+
+
+def _claimed_seqs(mm: mmap.mmap, mv: memoryview, start: int, end: int) -> int:
+    """The highest plausible seq any frame header in [start, end) claims (0 if none)."""
+    magic = F.FRAME_MAGIC.to_bytes(4, "little")
+    best = 0
+    pos = start
+    while True:
+        pos = mm.find(magic, pos, end)
+        if pos < 0:
+            return best
+        if pos % F.FRAME_ALIGN == 0:
+            got = _frame_header_seq(mv, pos, end)
+            if got is not None:
+                best = max(best, got)
+        pos += 1
+
+
+def _find_valid(mv: memoryview, start: int, size: int, seed: int,
+                dim: int, path: str) -> tuple[int, Frame | None, str]:
+    """Look at ``start``: (offset, frame or None, why it is not a frame)."""
+    got = _frame_header_seq(mv, start, size)
+    expect = 0 if got is None else F.FRAME_HEADER.unpack_from(mv, start)[6]
+    status, kind, count, n, nxt, why = F.check_frame(mv, start, size, seed, expect)
+    if status != F.FRAME_OK:
+        return start, None, why
+    payload = mv[start + F.FRAME_HEADER_SIZE : start + F.FRAME_HEADER_SIZE + n]
+    try:
+        F.decode_payload(kind, count, payload, dim, path, start)
+    except CorruptionError as exc:
+        return start, None, f"CRC-valid frame whose payload does not decode ({exc})"
+    return start, Frame(0, path, start, nxt, expect, count, kind, payload), ""
+
+
+def _scan_segment(paths: Paths, seg: int, dim: int, plan: Plan,
+                  ) -> tuple[F.SegmentHeader | None, list[Frame | Damage], int]:
+    """Every valid frame and damaged range of one segment, in offset order.
+
+    Returns (header or None, events, highest seq mentioned anywhere in it).
+    """
+    path = paths.segment(seg)
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+    finally:
+        os.close(fd)
+    if mm is None:
+        return None, [Damage(path, 0, 0, "empty segment file (no header)")], 0
+    plan.maps.append(mm)
+    mv = memoryview(mm)
+    try:
+        h = F.decode_segment_header(mv[: F.SEGMENT_HEADER_SIZE], path)
+        if h.segment_id != seg:
+            raise CorruptionError(f"header names segment {h.segment_id}", path=path, offset=16)
+    except (CorruptionError, FormatVersionError) as exc:
+        # Without the header's salt no frame can be verified: the whole file is lost,
+        # but the seqs its frame headers claim still count toward max_seen.
+        why = _why(str(exc), path)
+        return None, [Damage(path, 0, size, f"damaged segment header: {why}")], \
+            _claimed_seqs(mm, mv, F.SEGMENT_HEADER_SIZE, size)
+    seen = h.first_seq - 1
+    events: list[Frame | Damage] = []
+    off = F.SEGMENT_HEADER_SIZE
+    while off < size:
+        _pos, frame, why = _find_valid(mv, off, size, h.seed, dim, path)
+        if frame is not None:
+            frame.seg = seg
+            events.append(frame)
+            seen = max(seen, frame.last_seq)
+            off = frame.end
+            continue
+        # Not a frame here: where does the next valid one start?
+        nxt = off + F.FRAME_ALIGN
+        found = None
+        while nxt + F.FRAME_HEADER_SIZE <= size:
+            nxt = mm.find(F.FRAME_MAGIC.to_bytes(4, "little"), nxt, size)
+            if nxt < 0:
+                break
+            if nxt % F.FRAME_ALIGN == 0:
+                _p, found, _w = _find_valid(mv, nxt, size, h.seed, dim, path)
+                if found is not None:
+                    break
+            nxt += 1
+        end = found.offset if found is not None else size
+        seen = max(seen, _claimed_seqs(mm, mv, off, end))
+        zeros = found is None and mm[off:end].count(0) == end - off
+        if not zeros:
+            events.append(Damage(path, off, end, why or "not a valid frame"))
+        off = end
+    return h, events, seen
+
+
+def _why(msg: str, path: str) -> str:
+    """An error message without the path and offset the Damage already carries."""
+    msg = msg.removeprefix(f"{path}: ")
+    if msg.startswith("offset "):
+        msg = msg.split(": ", 1)[-1]
+    return msg.replace("; run `mmwal verify`", "")
+
+
+def read_tail_hint(paths: Paths) -> tuple[int, int, int] | None:
+    """(segment, end, last seq) of the tail record, when it is valid for this boot."""
+    try:
+        fd = os.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, F.TAIL_SIZE, 0)
+    finally:
+        os.close(fd)
+    if len(raw) != F.TAIL_SIZE:
+        return None
+    t = F.decode_tail(raw, boot_id())
+    return None if t is None else (t.segment, t.end, t.last_seq)
+
+
+def make_plan(root: str, mode: str) -> Plan:
+    """Scan the store at ``root`` and decide what a repair in ``mode`` keeps and drops.
+
+    Read-only.  The caller holds the locks that make the answer stable (see
+    :func:`repair_locks`).  Raises StoreNotFoundError / CorruptionError for a
+    missing or unreadable MANIFEST (nothing can be salvaged without it).
+    """
+    from ._store import open_manifest
+    from ._verify import _check_checkpoint
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    paths = Paths(root)
+    manifest = open_manifest(paths)
+    plan = Plan(paths.root, mode, manifest)
+    dim = manifest["dim"]
+    if manifest["checkpoint"]:
+        report = VerifyReport(path=paths.root)
+        view = _check_checkpoint(paths, manifest, report)
+        plan.checkpoint_problems = [str(p) for p in report.problems]
+        del view
+    present = list_segments(paths)
+    start = manifest["replay_segment"]
+    last = max([start, *present])
+    plan.segments = [s for s in present if s >= start]
+    plan.max_seen = int(manifest["checkpoint_seq"])
+    tail = read_tail_hint(paths)
+    if tail is not None:
+        plan.max_seen = max(plan.max_seen, tail[2])
+    scans: dict[int, tuple[F.SegmentHeader | None, list[Frame | Damage]]] = {}
+    for s in range(start, last + 1):
+        if s in present:
+            h, events, seen = _scan_segment(paths, s, dim, plan)
+            scans[s] = (h, events)
+            plan.max_seen = max(plan.max_seen, seen)
+
+    _walk(plan, scans, start, last, tail)
+    return plan
+
+
+def _walk(plan: Plan, scans: dict[int, tuple[F.SegmentHeader | None, list[Frame | Damage]]],
+          start: int, last: int, tail: tuple[int, int, int] | None) -> None:
+    """Decide, in log order, which frames survive ``plan.mode`` and what each damage costs.
+
+    ``expected`` is the next seq the log owes.  A damaged range's lost seqs run
+    from ``expected`` to just before the next valid frame (or the next segment's
+    first seq, or, at the very end, the highest seq ever used).
+    """
+    paths = Paths(plan.root)
+    mode = plan.mode
+    expected = int(plan.manifest["checkpoint_seq"]) + 1
+    stopped = False  # point-in-time: everything from here on is dropped
+
+    def next_first_seq(seg: int, events: list[Frame | Damage], i: int) -> int | None:
+        """The first seq of the next valid frame or segment after ``events[i]`` of ``seg``."""
+        for e in events[i + 1:]:
+            if isinstance(e, Frame):
+                return e.first_seq
+        for s in range(seg + 1, last + 1):
+            got = scans.get(s)
+            if got is not None and got[0] is not None:
+                return got[0].first_seq
+        return None
+
+    def damage(d: Damage, upto: int | None) -> None:
+        nonlocal stopped, expected
+        if stopped:
+            plan.damage.append(d)
+            return
+        if upto is not None and upto >= expected:
+            d.seqs = (expected, upto)
+        plan.damage.append(d)
+        if mode == "point-in-time":
+            stopped = True
+        elif d.seqs is not None:
+            expected = d.seqs[1] + 1  # counted here, not again as a gap
+
+    for s in range(start, last + 1):
+        path = paths.segment(s)
+        if s not in scans:
+            nxt = next_first_seq(s, [], 0)
+            damage(Damage(path, 0, 0, "segment missing from the sequence"),
+                   None if nxt is None else nxt - 1)
+            continue
+        h, events = scans[s]
+        if h is None:
+            nxt = next_first_seq(s, [], 0)
+            bad = events[0]
+            assert isinstance(bad, Damage)
+            damage(bad, plan.max_seen if nxt is None else nxt - 1)
+            continue
+        if stopped:
+            pass  # point-in-time: nothing from here on is kept, gaps included
+        elif h.first_seq > expected:
+            damage(Damage(path, 0, F.SEGMENT_HEADER_SIZE,
+                          f"segment starts at seq {h.first_seq}, expected {expected}: the "
+                          "records in between are missing"), h.first_seq - 1)
+        elif h.first_seq < expected:
+            damage(Damage(path, 0, F.SEGMENT_HEADER_SIZE,
+                          f"segment starts at seq {h.first_seq}, before the expected "
+                          f"{expected}: it repeats sequence numbers"), None)
+        for i, ev in enumerate(events):
+            if isinstance(ev, Frame):
+                if stopped:
+                    plan.dropped.append(ev)
+                elif ev.first_seq < expected:
+                    damage(Damage(path, ev.offset, ev.end, f"a frame repeats seq "
+                                  f"{ev.first_seq} (expected {expected})"), None)
+                    if mode == "point-in-time":
+                        plan.dropped.append(ev)
+                else:
+                    if ev.first_seq > expected:
+                        damage(Damage(path, ev.offset, ev.offset, "records missing before "
+                                      "this frame"), ev.first_seq - 1)
+                    if stopped:
+                        plan.dropped.append(ev)
+                    else:
+                        plan.keep.append(ev)
+                        expected = ev.last_seq + 1
+                continue
+            # A damaged range.  Trailing bytes (no valid frame after them in this
+            # segment) are a torn, unacknowledged tail when the log provably goes on
+            # without them or, in the newest segment, when nothing says more was
+            # written: the rules readers follow (docs/concepts.md).
+            trailing = not any(isinstance(e, Frame) for e in events[i + 1:])
+            if trailing and not stopped:
+                if s < last:
+                    nxt_scan = scans.get(s + 1)
+                    ev.harmless = (nxt_scan is not None and nxt_scan[0] is not None
+                                   and nxt_scan[0].first_seq == expected)
+                else:
+                    ev.harmless = tail is None or tail[0] < s or (
+                        tail[0] == s and tail[1] <= ev.start)
+            if ev.harmless:
+                plan.damage.append(ev)
+                continue
+            nxt = next_first_seq(s, events, i)
+            damage(ev, plan.max_seen if nxt is None else nxt - 1)
+
+
+# ============================================================================ locking
+class repair_locks:  # noqa: N801 (a context manager used like a function)
+    """Hold checkpoint.lock, then append.lock: shared (for a look) or exclusive (to repair).
+
+    Writers wait (up to their ``Config.lock_timeout``) while the exclusive pair is
+    held; the order is the one ``run_checkpoint`` uses, so no deadlock.
+    """
+
+    def __init__(self, root: str, exclusive: bool, timeout: float | None) -> None:
+        self.paths = Paths(root)
+        self.exclusive = exclusive
+        self.timeout = timeout
+        self._held: list[FileLock] = []
+
+    def __enter__(self) -> repair_locks:
+        try:
+            if self.exclusive:
+                for path in (self.paths.checkpoint_lock, self.paths.append_lock):
+                    lock = FileLock(path, self.timeout)
+                    try:
+                        lock.acquire_exclusive_slow()
+                    except BaseException:
+                        lock.close()
+                        raise
+                    self._held.append(lock)
+            else:
+                got = FileLock.for_reader(self.paths.append_lock, self.timeout)
+                if got is not None:
+                    try:
+                        got.acquire_shared()
+                    except BaseException:
+                        got.close()
+                        raise
+                    self._held.append(got)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        while self._held:
+            lock = self._held.pop()
+            try:
+                lock.release_slow()
+            finally:
+                lock.close()
+
+
+# ============================================================================ applying
+def _copy_durably(src: str, dst: str, advance: Callable[[int], None]) -> None:
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        while block := fin.read(1 << 20):
+            fout.write(block)
+            advance(len(block))
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _backup(plan: Plan, show: bool) -> str:
+    from ._progress import progress
+
+    paths = Paths(plan.root)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    backup = os.path.join(paths.root, f"repair-backup-{stamp}")
+    n = 1
+    while os.path.exists(backup):
+        n += 1
+        backup = os.path.join(paths.root, f"repair-backup-{stamp}-{n}")
+    os.mkdir(backup)
+    os.mkdir(os.path.join(backup, "wal"))
+    files = [(paths.manifest, "MANIFEST")]
+    if os.path.exists(paths.tail):
+        files.append((paths.tail, "tail"))
+    files += [(paths.segment(s), os.path.join("wal", os.path.basename(paths.segment(s))))
+              for s in list_segments(paths)]
+    total = sum(os.path.getsize(src) for src, _name in files)
+    with progress(total, "backup", "B", enabled=None if show else False) as bar:
+        for src, name in files:
+            _copy_durably(src, os.path.join(backup, name), bar.update)
+    with open(os.path.join(backup, "REPAIR.json"), "w", encoding="utf-8") as f:
+        json.dump({**plan.as_dict(), "started": time.time(),
+                   "restore": "stop every process using the store, then copy MANIFEST, tail "
+                   "and wal/ from here back into the store (delete the store's wal/*.seg "
+                   "first)"}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(os.path.join(backup, "wal"))
+    fsync_dir(backup)
+    fsync_dir(paths.root)
+    return backup
+
+
+def _raw_frames(frames: list[Frame]) -> Callable[[], Iterator[RawFrame]]:
+    def gen() -> Iterator[RawFrame]:
+        for f in frames:
+            yield RawFrame(f.kind, f.first_seq, f.count, f.payload, f.path, f.offset)
+    return gen
+
+
+def apply_plan(plan: Plan, config: Config | None = None, *,
+               show_progress: bool = False) -> dict[str, Any]:
+    """Carry out ``plan`` (computed under the exclusive :class:`repair_locks`).
+
+    Returns what was done: backup directory, new checkpoint, documents, seqs.
+    ``show_progress`` draws a progress bar of the backup copy on a terminal.
+    """
+    if plan.checkpoint_problems:
+        raise CorruptionError("the checkpoint is damaged; repair only salvages the log",
+                              path=plan.root, offset=0)
+    config = config or Config()
+    paths = Paths(plan.root)
+    manifest = plan.manifest
+    dim = manifest["dim"]
+    backup = _backup(plan, show_progress)
+
+    # 1. The salvaged state as a new checkpoint, by the library's own fold.
+    clean_orphans(paths, manifest["checkpoint"])
+    prev_id = manifest["checkpoint"]
+    prev = CheckpointView(paths, prev_id, dim) if prev_id else None
+    ckpt_id = max([prev_id, *list_checkpoints(paths)]) + 1
+    final = paths.checkpoint(ckpt_id)
+    tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)
+    try:
+        body = fold(paths, dim, prev, manifest["replay_segment"], 0,
+                    manifest["checkpoint_seq"] + 1, plan.last_kept, tmp, ckpt_id, config,
+                    frames=_raw_frames(plan.keep), seq_as=plan.max_seen)
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(paths.checkpoints)
+    del prev
+
+    # 2. A fresh segment continuing after every seq ever used, and the tail record
+    #    pointing at it (pending word first, as a roll does: a crash in between
+    #    makes the next writer rebuild the record from the newest segment).
+    new_seg = max([manifest["replay_segment"], *list_segments(paths)]) + 1
+    fd = _io.layer.open(paths.tail, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+    try:
+        if _io.layer.fstat(fd).st_size < F.TAIL_FILE_SIZE:
+            _io.layer.ftruncate(fd, F.TAIL_FILE_SIZE)  # a lost tail file: grows only
+        _io.layer.pwrite(fd, (1).to_bytes(8, "little"), F.PENDING_OFFSET)
+        create_segment(paths, new_seg, plan.max_seen + 1)
+        seg_end = F.SEGMENT_HEADER_SIZE
+        tail = F.Tail(new_seg, seg_end, plan.max_seen, 0, new_seg, seg_end)
+        _io.layer.pwrite(fd, F.encode_tail(boot_id(), tail), 0)
+    finally:
+        _io.layer.close(fd)
+
+    # 3. The commit point.
+    new_manifest = dict(manifest)
+    new_manifest.update({"checkpoint": ckpt_id, "checkpoint_seq": plan.max_seen,
+                         "replay_segment": new_seg, "checkpoint_documents": body["count"],
+                         "checkpointed": time.time(), "repaired": time.time(),
+                         "repair_backup": os.path.basename(backup)})
+    atomic_write(paths.manifest, F.encode_manifest(new_manifest))
+
+    # 4. Unlink the old segments (backed up above; readers that map them keep
+    #    their mappings).  Checkpoints are all kept: the next ordinary
+    #    checkpoint applies keep_checkpoints.
+    plan.close()
+    for s in list_segments(paths):
+        if s < new_seg:
+            try:
+                _io.layer.unlink(paths.segment(s))
+            except FileNotFoundError:
+                pass
+    fsync_dir(paths.wal)
+    return {"backup": backup, "checkpoint": ckpt_id, "documents": body["count"],
+            "seq": plan.max_seen, "next_seq": plan.max_seen + 1, "segment": new_seg}
+
