@@ -532,6 +532,13 @@ class Reader:
             s, r = best_s[j], best_r[j]
             ok = np.isfinite(s)
             s, r = s[ok], r[ok]
+            if metric == "l2" and len(r):
+                # The expanded form |v|^2 - 2 v.q + |q|^2 loses precision near 0 in
+                # float32: recompute the k winners' distances exactly.
+                vecs = np.stack([ckpt.embeddings[x] if x < n_ckpt and ckpt is not None
+                                 else T[x - n_ckpt] for x in r.tolist()])
+                diff = vecs.astype(np.float64) - Q[j].astype(np.float64)
+                s = -np.sqrt(np.einsum("ij,ij->i", diff, diff))
             order = np.lexsort((r, -s))
             hits = []
             for i in order.tolist():
