@@ -295,6 +295,12 @@ class LogCursor:
             if (status == F.FRAME_END and off >= limit
                     and not os.path.exists(self.paths.segment(self.seg_id + 1))
                     and not self._tail_claims_more(m, off)):
+                if not os.path.exists(m.path):
+                    # Our segment was unlinked while mapped: a checkpoint retired
+                    # it (and maybe the next ones), so "no next segment" does not
+                    # mean "nothing written yet".  The caller moves to the newer
+                    # checkpoint the MANIFEST names.
+                    raise Retired(self.seg_id)
                 return  # nothing written here yet
             # A next segment that exists but does not continue the sequence (damaged
             # header, gap) is not "the end for now": returning here silently dropped
