@@ -2,7 +2,7 @@
 
 The library never calls ``os.open``/``os.pwrite``/``os.fsync``/``os.replace``...
 directly: it calls the methods of :data:`layer`, an :class:`OSLayer`.  A test
-can install another layer (see ``tests/faults.py``) to simulate power loss or
+can install another layer (see ``mmwal/_faults.py``) to simulate power loss or
 inject EIO/ENOSPC at an exact operation.  The default layer's methods *are* the
 ``os`` functions (bound as attributes, not wrapped), so the hot path pays one
 attribute lookup and nothing more.

@@ -590,6 +590,12 @@ class Reader:
 def _score(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
            metric: str) -> np.ndarray:
     """(rows, m) scores, higher is better (l2 returns the negated distance)."""
+    with np.errstate(all="ignore"):  # damaged (non-finite) rows must not warn-raise
+        return _score_unchecked(E, norms, Q, qn, metric)
+
+
+def _score_unchecked(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
+                     metric: str) -> np.ndarray:
     s: np.ndarray = E @ Q.T
     if metric == "dot":
         return s
