@@ -254,7 +254,7 @@ def _hole_state(tmp_path, second_durability):
 
 @pytest.mark.parametrize("second", ["os", "fsync"])
 def test_hole_among_unsynced_frames_is_a_known_limitation(tmp_path, second):
-    """docs/guarantees.md, "known limitation": strict refuses, point-in-time recovers.
+    """docs/concepts.md, "Guarantees under faults", known limitation: strict refuses, point-in-time recovers.
 
     Two writers' frames pending at a power loss (os/interval mode, or concurrent
     fsync writers in one group commit); the disk wrote back the second frame but
