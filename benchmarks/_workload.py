@@ -27,8 +27,7 @@ import numpy as np
 DIM = 384
 CONTENT_BYTES = 150
 
-_TAGS = ("finance", "legal", "hr", "eng", "sales", "ops",
-         "draft", "final", "q1", "q2", "q3", "q4")
+_TAGS = ("finance", "legal", "hr", "eng", "sales", "ops", "draft", "final", "q1", "q2", "q3", "q4")
 
 _WORDS = (
     "the quarterly report shows revenue growth in all regions while operating "
@@ -58,7 +57,7 @@ class Docs:
 def content_for(i: int) -> str:
     head = f"Document {i}: "
     off = (i * 131) % (len(_TEXT) - 2 * CONTENT_BYTES)
-    return head + _TEXT[off:off + CONTENT_BYTES - len(head)]
+    return head + _TEXT[off : off + CONTENT_BYTES - len(head)]
 
 
 def metadata_for(i: int) -> dict:
@@ -96,8 +95,12 @@ def raw_doc_frames(docs: Docs, lo: int = 0, hi: int | None = None) -> list[bytes
     hi = len(docs) if hi is None else hi
     packb = msgpack.packb
     return [
-        raw_frame(packb([docs.ids[i], docs.contents[i], docs.metadatas[i],
-                         docs.vecs[i].tobytes()], use_bin_type=True))
+        raw_frame(
+            packb(
+                [docs.ids[i], docs.contents[i], docs.metadatas[i], docs.vecs[i].tobytes()],
+                use_bin_type=True,
+            )
+        )
         for i in range(lo, hi)
     ]
 
@@ -105,8 +108,9 @@ def raw_doc_frames(docs: Docs, lo: int = 0, hi: int | None = None) -> list[bytes
 def raw_batch_frame(docs: Docs, lo: int, hi: int) -> bytes:
     """One pre-built frame for documents lo..hi-1; the vectors as one contiguous block."""
     payload = msgpack.packb(
-        [docs.ids[lo:hi], docs.contents[lo:hi], docs.metadatas[lo:hi],
-         docs.vecs[lo:hi].tobytes()], use_bin_type=True)
+        [docs.ids[lo:hi], docs.contents[lo:hi], docs.metadatas[lo:hi], docs.vecs[lo:hi].tobytes()],
+        use_bin_type=True,
+    )
     return raw_frame(payload)
 
 
@@ -135,8 +139,10 @@ def fmt_ratio(x: float | None) -> str:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -163,7 +169,8 @@ def filesystem_of(path: str) -> str:
                 dev, mnt, fstype = line.split()[:3]
                 mnt = mnt.replace("\\040", " ")
                 if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and (
-                        best is None or len(mnt) > len(best[1])):
+                    best is None or len(mnt) > len(best[1])
+                ):
                     best = (dev, mnt, fstype)
     except OSError:
         return ""
@@ -188,6 +195,7 @@ def machine_info(base_dir: str) -> dict:
     }
     try:
         import lmdb
+
         info["lmdb"] = lmdb.__version__ + " (LMDB " + ".".join(map(str, lmdb.version())) + ")"
     except Exception:  # pragma: no cover - lmdb missing
         info["lmdb"] = None

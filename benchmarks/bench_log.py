@@ -61,15 +61,17 @@ import multiprocessing as mp
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -94,6 +96,7 @@ from _workload import (  # noqa: E402
 
 try:
     import lmdb
+
     LMDB_ERR: str | None = None
 except Exception as exc:  # pragma: no cover - lmdb is a benchmark dependency
     lmdb = None
@@ -118,13 +121,14 @@ def _import_mmwal() -> tuple[Any, str | None]:
 mmwal, MMWAL_ERR = _import_mmwal()
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
-LMDB_MAP_SIZE = 1 << 34   # address space only (sparse file with writemap)
+LMDB_MAP_SIZE = 1 << 34  # address space only (sparse file with writemap)
 BARRIER_TIMEOUT = 120.0
 
 
 # ====================================================================== writers
 # Every writer: __init__ opens (untimed), ops()/batches()/frames() are the timed
 # loops, close() (untimed).  Inputs arrive fully built.
+
 
 @dataclass
 class Batch:
@@ -135,17 +139,24 @@ class Batch:
 
 
 def make_batches(docs: Docs, size: int) -> list[Batch]:
-    return [Batch(docs.ids[lo:lo + size], docs.vecs[lo:lo + size],
-                  docs.contents[lo:lo + size], docs.metadatas[lo:lo + size])
-            for lo in range(0, len(docs), size)]
+    return [
+        Batch(
+            docs.ids[lo : lo + size],
+            docs.vecs[lo : lo + size],
+            docs.contents[lo : lo + size],
+            docs.metadatas[lo : lo + size],
+        )
+        for lo in range(0, len(docs), size)
+    ]
 
 
 class RawWriter:
     """The ceiling: pre-built frames, one os.write each, O_APPEND, no lock."""
 
     def __init__(self, path: str, durability: str, opts: dict, create: bool = True):
-        self.fd = os.open(os.path.join(path, "raw.log"),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(
+            os.path.join(path, "raw.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
         self.fsync = durability == "fsync"
 
     def frames(self, frames: list[bytes]) -> None:
@@ -173,14 +184,18 @@ class SqliteWriter:
         # transaction - "INSERT + COMMIT per op" without the two extra
         # BEGIN/COMMIT statement round trips the legacy mode issues (measured
         # ~20% faster here, so this is the peer's best form of the same thing).
-        self.conn = sqlite3.connect(os.path.join(path, "docs.sqlite"),
-                                    isolation_level=None, timeout=600.0,
-                                    check_same_thread=False)
+        self.conn = sqlite3.connect(
+            os.path.join(path, "docs.sqlite"),
+            isolation_level=None,
+            timeout=600.0,
+            check_same_thread=False,
+        )
         if create:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, content TEXT,"
-                " metadata BLOB, embedding BLOB)")
+                " metadata BLOB, embedding BLOB)"
+            )
         # "os": NORMAL - in WAL mode commits are not fsynced (only checkpoints
         # are): the closest SQLite setting to page-cache durability.
         # "fsync": FULL - the WAL is fsynced at every commit.
@@ -197,8 +212,16 @@ class SqliteWriter:
         conn, sql, packb = self.conn, self.SQL, msgpack.packb
         for b in batches:
             conn.execute("BEGIN")
-            conn.executemany(sql, zip(b.ids, b.contents, map(packb, b.metadatas),
-                                      map(np.ndarray.tobytes, b.vecs)))
+            conn.executemany(
+                sql,
+                zip(
+                    b.ids,
+                    b.contents,
+                    map(packb, b.metadatas),
+                    map(np.ndarray.tobytes, b.vecs),
+                    strict=True,
+                ),
+            )
             conn.execute("COMMIT")
 
     def close(self) -> None:
@@ -213,10 +236,16 @@ class LmdbWriter:
         # flushed: equal to mmwal "os".  "fsync": sync=True, metasync=True, the
         # durable default (data pages and meta page flushed per commit).
         # lock=True: the multi-process cases open the env in every process.
-        self.env = lmdb.open(os.path.join(path, "lmdb"), map_size=LMDB_MAP_SIZE,
-                             sync=durable, metasync=durable,
-                             writemap=bool(opts.get("writemap")), lock=True,
-                             max_dbs=0, readahead=False)
+        self.env = lmdb.open(
+            os.path.join(path, "lmdb"),
+            map_size=LMDB_MAP_SIZE,
+            sync=durable,
+            metasync=durable,
+            writemap=bool(opts.get("writemap")),
+            lock=True,
+            max_dbs=0,
+            readahead=False,
+        )
 
     def ops(self, docs: Docs, lo: int, hi: int) -> None:
         begin, packb = self.env.begin, msgpack.packb
@@ -236,8 +265,11 @@ class LmdbWriter:
             txn = begin(write=True)
             try:
                 txn.cursor().putmulti(
-                    [(k.encode(), packb([c, m, v.tobytes()]))
-                     for k, c, m, v in zip(b.ids, b.contents, b.metadatas, b.vecs)])
+                    [
+                        (k.encode(), packb([c, m, v.tobytes()]))
+                        for k, c, m, v in zip(b.ids, b.contents, b.metadatas, b.vecs, strict=True)
+                    ]
+                )
             except BaseException:
                 txn.abort()
                 raise
@@ -271,12 +303,15 @@ class MmwalWriter:
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str                    # raw | sqlite | lmdb | mmwal
+    kind: str  # raw | sqlite | lmdb | mmwal
     opts: dict = field(default_factory=dict)
 
 
 WRITERS: dict[str, Callable[..., Any]] = {
-    "raw": RawWriter, "sqlite": SqliteWriter, "lmdb": LmdbWriter, "mmwal": MmwalWriter,
+    "raw": RawWriter,
+    "sqlite": SqliteWriter,
+    "lmdb": LmdbWriter,
+    "mmwal": MmwalWriter,
 }
 
 
@@ -295,8 +330,8 @@ class Case:
     unit: str
     durability: str
     procs: int
-    mode: str                    # "ops" | "batch"
-    per_proc: int                # ops (or docs) per process per round
+    mode: str  # "ops" | "batch"
+    per_proc: int  # ops (or docs) per process per round
     contenders: list[Contender]
 
 
@@ -309,35 +344,43 @@ def _drop_dir(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
 class SingleInputs:
     """Everything a single-process case needs, built before any timing."""
 
-    def __init__(self, case: Case, batch_size: int, seed: int):
-        self.docs = make_docs(0, case.per_proc, seed=seed)
-        self.frames = raw_doc_frames(self.docs)
-        self.batches = make_batches(self.docs, batch_size) if case.mode == "batch" else []
-        self.batch_frames = ([raw_batch_frame(self.docs, lo, lo + batch_size)
-                              for lo in range(0, len(self.docs), batch_size)]
-                             if case.mode == "batch" else [])
+    docs: Docs
+    n: int  # documents a per-op run writes (docs[0:n])
+    frames: list[bytes]  # raw: one frame per document
+    batches: list[Batch]  # case b: the add_many batches
+    batch_frames: list[bytes]  # case b, raw-batched: one frame per batch
 
-    def prefix(self, n_docs: int, batch_size: int) -> "SingleInputs":
-        """A shorter copy for warm-up runs (shares the arrays)."""
-        p = object.__new__(SingleInputs)
-        p.docs = self.docs
-        p.frames = self.frames[:n_docs]
+    @classmethod
+    def build(cls, case: Case, batch_size: int, seed: int) -> SingleInputs:
+        docs = make_docs(0, case.per_proc, seed=seed)
+        batch = case.mode == "batch"
+        return cls(
+            docs=docs,
+            n=len(docs),
+            frames=raw_doc_frames(docs),
+            batches=make_batches(docs, batch_size) if batch else [],
+            batch_frames=[
+                raw_batch_frame(docs, lo, lo + batch_size) for lo in range(0, len(docs), batch_size)
+            ]
+            if batch
+            else [],
+        )
+
+    def prefix(self, n_docs: int, batch_size: int) -> SingleInputs:
+        """A shorter view for warm-up runs (shares the inputs)."""
         nb = max(1, n_docs // batch_size) if self.batches else 0
-        p.batches = self.batches[:nb]
-        p.batch_frames = self.batch_frames[:nb]
-        p._n = n_docs
-        return p
-
-    @property
-    def n(self) -> int:
-        return getattr(self, "_n", len(self.docs))
+        return SingleInputs(
+            self.docs, n_docs, self.frames[:n_docs], self.batches[:nb], self.batch_frames[:nb]
+        )
 
 
-def run_single(case: Case, c: Contender, path: str, inp: SingleInputs,
-               batch_size: int) -> tuple[float, int]:
+def run_single(
+    case: Case, c: Contender, path: str, inp: SingleInputs, batch_size: int
+) -> tuple[float, int]:
     w = WRITERS[c.kind](path, case.durability, c.opts, create=True)
     try:
         if c.kind == "raw":
@@ -364,9 +407,19 @@ def run_single(case: Case, c: Contender, path: str, inp: SingleInputs,
     return t1 - t0, n
 
 
-def _child(c: Contender, path: str, durability: str, rank: int, start: int, n: int,
-           seed: int, barrier: Any, results: Any) -> None:
+def _child(
+    c: Contender,
+    path: str,
+    durability: str,
+    rank: int,
+    start: int,
+    n: int,
+    seed: int,
+    barrier: Any,
+    results: Any,
+) -> None:
     """One writer process of a multi-process case."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is not ours
     try:
         docs = make_docs(start, n, seed=seed)
         frames = raw_doc_frames(docs) if c.kind == "raw" else None
@@ -406,16 +459,33 @@ def _reap(procs: list[Any], timeout: float) -> None:
             p.join(timeout=5)
 
 
-def run_multi(case: Case, c: Contender, path: str, seed: int, ctx: Any,
-              run_timeout: float) -> tuple[float, int]:
+def run_multi(
+    case: Case, c: Contender, path: str, seed: int, ctx: Any, run_timeout: float
+) -> tuple[float, int]:
     precreate(c, path, case.durability)
     barrier = ctx.Barrier(case.procs + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_child, name=f"bench-{c.name}-{r}", daemon=True,
-                         args=(c, path, case.durability, r, r * case.per_proc,
-                               case.per_proc, seed, barrier, results))
-             for r in range(case.procs)]
+    procs = [
+        ctx.Process(
+            target=_child,
+            name=f"bench-{c.name}-{r}",
+            daemon=True,
+            args=(
+                c,
+                path,
+                case.durability,
+                r,
+                r * case.per_proc,
+                case.per_proc,
+                seed,
+                barrier,
+                results,
+            ),
+        )
+        for r in range(case.procs)
+    ]
     got: list[tuple] = []
+    ok = False
     try:
         for p in procs:
             p.start()
@@ -441,17 +511,22 @@ def run_multi(case: Case, c: Contender, path: str, seed: int, ctx: Any,
                     got.append(results.get(timeout=2.0))
                     continue
                 except Exception:
-                    raise RunError(f"{c.name}: children exited without reporting "
-                                   f"(exit codes {[p.exitcode for p in procs]})")
+                    raise RunError(
+                        f"{c.name}: children exited without reporting "
+                        f"(exit codes {[p.exitcode for p in procs]})"
+                    ) from None
         errors = [e for *_, e in got if e]
         if errors:
             raise RunError(f"{c.name}: a writer process failed:\n{errors[0]}")
         starts = [t0 for _, t0, _, _, _ in got]
         if t_start is not None:
             starts.append(t_start)
+        ok = True
         return max(t1 for _, _, t1, _, _ in got) - min(starts), sum(n for *_, n, _ in got)
     finally:
-        _reap(procs, timeout=30.0)
+        # children have reported (they only close and exit now); on failure or
+        # timeout do not wait long before terminating them
+        _reap(procs, timeout=30.0 if ok else 2.0)
         results.close()
         results.cancel_join_thread()
 
@@ -462,13 +537,14 @@ def count_written(c: Contender, path: str) -> int:
         import zlib
 
         from _workload import RAW_HEADER
+
         n = 0
         with open(os.path.join(path, "raw.log"), "rb") as f:
             data = f.read()
         off = 0
         while off < len(data):
             length, crc = RAW_HEADER.unpack_from(data, off)
-            payload = data[off + RAW_HEADER.size: off + RAW_HEADER.size + length]
+            payload = data[off + RAW_HEADER.size : off + RAW_HEADER.size + length]
             if len(payload) != length or zlib.crc32(payload) != crc:
                 raise RunError(f"raw: bad frame at offset {off}")
             first = msgpack.unpackb(payload)[0]
@@ -482,8 +558,9 @@ def count_written(c: Contender, path: str) -> int:
         finally:
             conn.close()
     if c.kind == "lmdb":
-        env = lmdb.open(os.path.join(path, "lmdb"), map_size=LMDB_MAP_SIZE, readonly=True,
-                        lock=False)
+        env = lmdb.open(
+            os.path.join(path, "lmdb"), map_size=LMDB_MAP_SIZE, readonly=True, lock=False
+        )
         try:
             return env.stat()["entries"]
         finally:
@@ -506,17 +583,40 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
     fs_peers = [raw, sqlite_, lm, mm] + ([lm_wm] if a.fsync_writemap else [])
     n = a.procs
     cases = [
-        Case("a", "per-op add, durability \"os\", 1 process", "ops/s", "os", 1, "ops",
-             a.ops, os_peers),
-        Case("b", f"add_many of {a.batch_size} docs, \"os\", 1 process", "docs/s", "os", 1,
-             "batch", a.batches * a.batch_size,
-             [raw, Contender("raw-batched", "raw", {"batched": True}), sqlite_, lm, lm_wm, mm]),
-        Case("c", f"per-op add, \"os\", {n} processes", "ops/s", "os", n, "ops",
-             a.mp_ops, os_peers),
-        Case("d1", "per-op add, \"fsync\", 1 process", "ops/s", "fsync", 1, "ops",
-             a.fsync_ops, fs_peers),
-        Case(f"d{n}", f"per-op add, \"fsync\", {n} processes", "ops/s", "fsync", n, "ops",
-             a.fsync_ops, fs_peers),
+        Case(
+            "a", 'per-op add, durability "os", 1 process', "ops/s", "os", 1, "ops", a.ops, os_peers
+        ),
+        Case(
+            "b",
+            f'add_many of {a.batch_size} docs, "os", 1 process',
+            "docs/s",
+            "os",
+            1,
+            "batch",
+            a.batches * a.batch_size,
+            [raw, Contender("raw-batched", "raw", {"batched": True}), sqlite_, lm, lm_wm, mm],
+        ),
+        Case("c", f'per-op add, "os", {n} processes', "ops/s", "os", n, "ops", a.mp_ops, os_peers),
+        Case(
+            "d1",
+            'per-op add, "fsync", 1 process',
+            "ops/s",
+            "fsync",
+            1,
+            "ops",
+            a.fsync_ops,
+            fs_peers,
+        ),
+        Case(
+            f"d{n}",
+            f'per-op add, "fsync", {n} processes',
+            "ops/s",
+            "fsync",
+            n,
+            "ops",
+            a.fsync_ops,
+            fs_peers,
+        ),
     ]
     want = set(a.cases.split(",")) if a.cases else None
     if want:
@@ -536,16 +636,26 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
     return cases
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def run_case(case: Case, a: argparse.Namespace, base: str, ctx: Any) -> dict:
-    _log(f"== case {case.key}: {case.title} ({case.per_proc} per process x {case.procs}, "
-         f"{a.rounds} rounds)")
-    inp = SingleInputs(case, a.batch_size, a.seed) if case.procs == 1 else None
-    res: dict[str, dict] = {c.name: {"rates": [], "seconds": [], "count": None}
-                            for c in case.contenders}
+    _log(
+        f"== case {case.key}: {case.title} ({case.per_proc} per process x {case.procs}, "
+        f"{a.rounds} rounds)"
+    )
+    inp = SingleInputs.build(case, a.batch_size, a.seed) if case.procs == 1 else None
+    res: dict[str, dict] = {
+        c.name: {"rates": [], "seconds": [], "count": None} for c in case.contenders
+    }
 
     def one(c: Contender, warm: bool) -> tuple[float, int]:
         path = tempfile.mkdtemp(prefix=f"{case.key}-{c.name}-", dir=base)
@@ -555,8 +665,10 @@ def run_case(case: Case, a: argparse.Namespace, base: str, ctx: Any) -> dict:
             if case.procs == 1:
                 use = inp
                 if warm:
-                    use = inp.prefix(max(a.batch_size if case.mode == "batch" else 1,
-                                         case.per_proc // 10), a.batch_size)
+                    use = inp.prefix(
+                        max(a.batch_size if case.mode == "batch" else 1, case.per_proc // 10),
+                        a.batch_size,
+                    )
                 secs, n = run_single(case, c, path, use, a.batch_size)
             else:
                 secs, n = run_multi(case, c, path, a.seed, ctx, a.run_timeout)
@@ -573,18 +685,25 @@ def run_case(case: Case, a: argparse.Namespace, base: str, ctx: Any) -> dict:
             one(c, warm=True)
     k = len(case.contenders)
     for r in range(a.rounds):
-        order = case.contenders[r % k:] + case.contenders[:r % k] if k else []
+        order = case.contenders[r % k :] + case.contenders[: r % k] if k else []
         for c in order:
             secs, n = one(c, warm=False)
             rate = n / secs
             res[c.name]["rates"].append(rate)
             res[c.name]["seconds"].append(secs)
             res[c.name]["count"] = n
-            _log(f"   round {r + 1}/{a.rounds} {c.name:<12} {n:>7} in {secs:7.3f} s "
-                 f"= {rate:>10,.0f} {case.unit}")
-    out: dict[str, Any] = {"title": case.title, "unit": case.unit,
-                           "durability": case.durability, "processes": case.procs,
-                           "per_process": case.per_proc, "contenders": {}}
+            _log(
+                f"   round {r + 1}/{a.rounds} {c.name:<12} {n:>7} in {secs:7.3f} s "
+                f"= {rate:>10,.0f} {case.unit}"
+            )
+    out: dict[str, Any] = {
+        "title": case.title,
+        "unit": case.unit,
+        "durability": case.durability,
+        "processes": case.procs,
+        "per_process": case.per_proc,
+        "contenders": {},
+    }
     for name, r in res.items():
         if r["rates"]:
             s = summarize(r["rates"])
@@ -592,6 +711,25 @@ def run_case(case: Case, a: argparse.Namespace, base: str, ctx: Any) -> dict:
             s["count_per_round"] = r["count"]
             out["contenders"][name] = s
     return out
+
+
+def mmwal_info() -> dict[str, Any]:
+    """Which mmwal was measured: version, location, a digest of its sources."""
+    import hashlib
+
+    pkg = Path(mmwal.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
+    try:
+        where = os.path.relpath(pkg)
+    except ValueError:
+        where = str(pkg)
+    return {
+        "version": getattr(mmwal, "__version__", "?"),
+        "path": where,
+        "sources_sha256": h.hexdigest(),
+    }
 
 
 def _ref(meds: dict[str, float], kind: str) -> tuple[str | None, float | None]:
@@ -611,20 +749,33 @@ def render(results: dict, cases: list[Case]) -> tuple[str, list[dict]]:
         meds = {n: s["median"] for n, s in cr["contenders"].items()}
         refs = {k: _ref(meds, k) for k in ("raw", "lmdb", "sqlite")}
         if refs["lmdb"][0]:
-            notes.append(f"{case.key}: \"vs lmdb\" = vs {refs['lmdb'][0]}")
+            notes.append(f'{case.key}: "vs lmdb" = vs {refs["lmdb"][0]}')
         for i, (name, s) in enumerate(cr["contenders"].items()):
-            cells = [f"{case.key}: {case.title}" if i == 0 else "", name,
-                     f"{fmt_rate(s['median'])} {case.unit}",
-                     f"{fmt_rate(s['min'])} – {fmt_rate(s['max'])}"]
+            cells = [
+                f"{case.key}: {case.title}" if i == 0 else "",
+                name,
+                f"{fmt_rate(s['median'])} {case.unit}",
+                f"{fmt_rate(s['min'])} – {fmt_rate(s['max'])}",
+            ]
             for k in ("raw", "lmdb", "sqlite"):
                 rname, rval = refs[k]
                 cells.append("–" if rname in (None, name) else fmt_ratio(s["median"] / rval))
             rows.append(cells)
         if mmwal is None:
-            rows.append(["" if rows else f"{case.key}: {case.title}", "mmwal",
-                         "not importable", "", "", "", ""])
-    table = md_table(["case", "contender", "median", "min – max", "vs raw", "vs lmdb",
-                      "vs sqlite"], rows)
+            rows.append(
+                [
+                    "" if rows else f"{case.key}: {case.title}",
+                    "mmwal",
+                    "not importable",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+    table = md_table(
+        ["case", "contender", "median", "min – max", "vs raw", "vs lmdb", "vs sqlite"], rows
+    )
     if notes:
         table += "\n\n" + "; ".join(notes) + " (the faster LMDB configuration in that case)."
 
@@ -650,22 +801,34 @@ def render(results: dict, cases: list[Case]) -> tuple[str, list[dict]]:
     check("a: mmwal / lmdb (best)", med("a", "mmwal"), best_lmdb("a"), 1.5)
     check("a: mmwal / sqlite", med("a", "mmwal"), med("a", "sqlite"), 3.5)
     check("b: mmwal / raw (one write per doc)", med("b", "mmwal"), med("b", "raw"), 0.8)
-    check("b: mmwal / raw-batched (one write per 1000)", med("b", "mmwal"),
-          med("b", "raw-batched"), 0.8)
+    check(
+        "b: mmwal / raw-batched (one write per 1000)",
+        med("b", "mmwal"),
+        med("b", "raw-batched"),
+        0.8,
+    )
     check(f"c: mmwal / lmdb (best), {nproc} processes", med("c", "mmwal"), best_lmdb("c"), 1.5)
-    check(f"d: mmwal fsync {nproc} processes / 1 process", med(f"d{nproc}", "mmwal"),
-          med("d1", "mmwal"), 1.5)
-    check("d: mmwal fsync 1 process / raw write+fdatasync", med("d1", "mmwal"),
-          med("d1", "raw"), 0.8)
+    check(
+        f"d: mmwal fsync {nproc} processes / 1 process",
+        med(f"d{nproc}", "mmwal"),
+        med("d1", "mmwal"),
+        1.5,
+    )
+    check(
+        "d: mmwal fsync 1 process / raw write+fdatasync", med("d1", "mmwal"), med("d1", "raw"), 0.8
+    )
     if checks:
         table += "\n\nTargets (DESIGN.md):\n\n" + md_table(
             ["target", "measured", "goal", "met"],
-            [[c["what"], fmt_ratio(c["ratio"]), f"≥ {c['goal']}", "yes" if c["met"] else "NO"]
-             for c in checks])
+            [
+                [c["what"], fmt_ratio(c["ratio"]), f"≥ {c['goal']}", "yes" if c["met"] else "NO"]
+                for c in checks
+            ],
+        )
 
     # scaling, N processes / 1 process, for every contender
     scal = []
-    for pair, label in ((("a", "c"), "\"os\""), (("d1", f"d{nproc}"), "\"fsync\"")):
+    for pair, label in ((("a", "c"), '"os"'), (("d1", f"d{nproc}"), '"fsync"')):
         for name in ("raw", "sqlite", "lmdb", "lmdb-wm", "mmwal"):
             one, many = med(pair[0], name), med(pair[1], name)
             if one and many:
@@ -676,39 +839,64 @@ def render(results: dict, cases: list[Case]) -> tuple[str, list[dict]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke run of seconds")
     p.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5)")
     p.add_argument("--ops", type=int, help="case a: ops per round (default 20000)")
     p.add_argument("--batches", type=int, help="case b: batches per round (default 50)")
     p.add_argument("--batch-size", type=int, default=1000, help="case b: docs per batch")
     p.add_argument("--mp-ops", type=int, help="case c: ops per process per round (default 10000)")
-    p.add_argument("--fsync-ops", type=int,
-                   help="case d: ops per process per round (default 2000)")
+    p.add_argument("--fsync-ops", type=int, help="case d: ops per process per round (default 2000)")
     p.add_argument("--procs", type=int, default=4, help="writer processes in c and d")
     p.add_argument("--cases", help="comma list of cases to run: a,b,c,d (or d1,d4)")
     p.add_argument("--contenders", help="comma list: raw,raw-batched,sqlite,lmdb,lmdb-wm,mmwal")
-    p.add_argument("--base-dir", help="where the per-run temp dirs go (default: a new temp "
-                   "dir under the system temp dir); use the disk you care about")
+    p.add_argument(
+        "--base-dir",
+        help="where the per-run temp dirs go (default: a new temp "
+        "dir under the system temp dir); use the disk you care about",
+    )
     p.add_argument("--json", metavar="PATH", help="write every round's numbers here")
-    p.add_argument("--mp-context", default="fork" if sys.platform == "linux" else "spawn",
-                   choices=("fork", "spawn", "forkserver"))
-    p.add_argument("--sqlite-os-sync", default="NORMAL", choices=("NORMAL", "OFF"),
-                   help="SQLite synchronous= for the \"os\" cases (default NORMAL)")
-    p.add_argument("--fsync-writemap", action="store_true",
-                   help="also run lmdb-wm in the fsync cases")
-    p.add_argument("--no-warmup", dest="warmup", action="store_false",
-                   help="skip the untimed warm-up run of each single-process contender")
-    p.add_argument("--no-sync-between", dest="sync_between", action="store_false",
-                   help="do not call os.sync() (untimed) before every run")
-    p.add_argument("--verify", action="store_true",
-                   help="after every run (untimed) count what each contender stored")
+    p.add_argument(
+        "--mp-context",
+        default="fork" if sys.platform == "linux" else "spawn",
+        choices=("fork", "spawn", "forkserver"),
+    )
+    p.add_argument(
+        "--sqlite-os-sync",
+        default="NORMAL",
+        choices=("NORMAL", "OFF"),
+        help='SQLite synchronous= for the "os" cases (default NORMAL)',
+    )
+    p.add_argument(
+        "--fsync-writemap", action="store_true", help="also run lmdb-wm in the fsync cases"
+    )
+    p.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the untimed warm-up run of each single-process contender",
+    )
+    p.add_argument(
+        "--no-sync-between",
+        dest="sync_between",
+        action="store_false",
+        help="do not call os.sync() (untimed) before every run",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="after every run (untimed) count what each contender stored",
+    )
     p.add_argument("--run-timeout", type=float, default=600.0)
     p.add_argument("--seed", type=int, default=1234)
     a = p.parse_args(argv)
-    defaults = (dict(rounds=3, ops=2000, batches=4, mp_ops=1000, fsync_ops=100) if a.quick
-                else dict(rounds=5, ops=20000, batches=50, mp_ops=10000, fsync_ops=2000))
+    defaults = (
+        dict(rounds=3, ops=2000, batches=4, mp_ops=1000, fsync_ops=100)
+        if a.quick
+        else dict(rounds=5, ops=20000, batches=50, mp_ops=10000, fsync_ops=2000)
+    )
     for k, v in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -719,13 +907,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    # SIGTERM -> SystemExit, so the finally blocks reap children and delete temp dirs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = tempfile.mkdtemp(prefix="mmwal-bench-log-", dir=a.base_dir)
     ctx = mp.get_context(a.mp_context)
     cases = build_cases(a)
     info = machine_info(base)
-    command = "python " + " ".join(shlex.quote(x) for x in
-                                    [os.path.relpath(__file__)] + (sys.argv[1:] if argv is None
-                                                                   else argv))
+    info["loadavg_start"] = _loadavg()
+    command = "python " + " ".join(
+        shlex.quote(x)
+        for x in [os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv)
+    )
     header = [
         "# mmwal log-write benchmark",
         "",
@@ -734,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- python {info['python']}, numpy {info['numpy']}, msgpack {info['msgpack']}, "
         f"sqlite {info['sqlite']}, py-lmdb {info['lmdb']}",
         f"- disk: {info['filesystem'] or '?'} (base dir {base})",
+        f"- load average at start: {info['loadavg_start']}",
         f"- command: `{command}`",
         f"- rounds={a.rounds} (interleaved, order rotated per round), ops={a.ops}, "
         f"batches={a.batches}x{a.batch_size}, mp_ops={a.mp_ops}/process, "
@@ -743,6 +936,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if mmwal is None:
         header.append(f"- mmwal: not importable ({MMWAL_ERR}) - skipped")
+    else:
+        info["mmwal"] = mmwal_info()
+        header.append(
+            f"- mmwal {info['mmwal']['version']} from {info['mmwal']['path']} "
+            f"(sources sha256 {info['mmwal']['sources_sha256'][:12]})"
+        )
     if lmdb is None:
         header.append(f"- lmdb: not importable ({LMDB_ERR}) - skipped")
     print("\n".join(header), flush=True)
@@ -756,15 +955,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _drop_dir(base)  # our own mkdtemp (under --base-dir if given)
     elapsed = time.perf_counter() - t_all
+    info["loadavg_end"] = _loadavg()
     table, checks = render(results, cases)
     print()
     print(table)
-    print(f"\n(total benchmark time {elapsed:.0f} s)")
+    print(f"\n(total benchmark time {elapsed:.0f} s; load average at end: {info['loadavg_end']})")
     if a.json:
-        doc = {"benchmark": "bench_log", "command": command, "machine": info,
-               "settings": {k: v for k, v in vars(a).items() if k != "json"},
-               "mmwal_error": MMWAL_ERR, "cases": results, "targets": checks,
-               "elapsed_s": elapsed}
+        doc = {
+            "benchmark": "bench_log",
+            "command": command,
+            "machine": info,
+            "settings": {k: v for k, v in vars(a).items() if k != "json"},
+            "mmwal_error": MMWAL_ERR,
+            "cases": results,
+            "targets": checks,
+            "elapsed_s": elapsed,
+        }
         Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
         _log(f"wrote {a.json}")
     return 0
