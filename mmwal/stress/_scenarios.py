@@ -1,0 +1,111 @@
+"""Scenarios: what a stress run does besides its writers, readers, checkpointer and killer.
+
+A scenario is a :class:`Scenario` subclass registered with :func:`register`;
+``--scenario NAME`` picks it.  Its hooks run at fixed points of a run, so a new
+fault model plugs in without touching the roles or the oracle:
+
+=====================  ===========================================================
+hook                   where it runs, what it may do
+=====================  ===========================================================
+``configure``          coordinator, before anything starts: adjust the Settings
+``role_setup``         every role process, before it opens the store: install an
+                       I/O layer (``mmwal._io.set_layer``), set up fault points
+``tolerated``          a writer whose store call raised: True when the error is
+                       one this scenario provokes (the op is journaled as failed
+                       and the writer reopens its Store), False makes it a
+                       violation
+``before_verify``      coordinator, after every role stopped and before the
+                       final verification: e.g. drop unsynced writes
+``must_survive``       oracle: whether an acknowledged op of this durability
+                       must still exist at the end
+=====================  ===========================================================
+
+The ``default`` scenario is kill -9 only: every acknowledged write must survive
+in every durability mode, because ``"os"`` durability puts the record in the
+page cache, which survives the death of any process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._settings import Settings
+
+__all__ = ["SCENARIOS", "Scenario", "get", "register"]
+
+
+class Scenario:
+    """The base scenario (also ``default``): SIGKILLs only, every hook a no-op."""
+
+    name = "default"
+    help = ("kill -9 loop: writers, readers and a checkpointer SIGKILLed at random; every "
+            "acknowledged write must survive in every durability mode")
+
+    def configure(self, settings: Settings) -> None:
+        """Adjust the settings before the run starts (coordinator)."""
+
+    def role_setup(self, role: str, settings: Settings) -> None:
+        """Prepare a role process before it opens the store (``role``: "writer-0", ...)."""
+
+    def tolerated(self, role: str, exc: BaseException) -> bool:
+        """Whether ``exc`` raised by a store call is a fault this scenario provokes."""
+        return False
+
+    def before_verify(self, store_path: str, settings: Settings) -> None:
+        """Runs after every role stopped, before the final verification (coordinator)."""
+
+    def must_survive(self, durability: str) -> bool:
+        """Whether an acknowledged write made with ``durability`` must exist at the end."""
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "help": self.help}
+
+
+SCENARIOS: dict[str, type[Scenario]] = {}
+
+
+def register(cls: type[Scenario]) -> type[Scenario]:
+    """Class decorator: make ``cls`` selectable as ``--scenario cls.name``."""
+    if not cls.name or (cls.name in SCENARIOS and SCENARIOS[cls.name] is not cls):
+        raise ValueError(f"scenario name {cls.name!r} is empty or already taken")
+    SCENARIOS[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]()
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; choose one of {sorted(SCENARIOS)}") \
+            from None
+
+
+register(Scenario)
+
+
+class Campaign(Scenario):
+    """A fault campaign run in-process by :mod:`mmwal._faults` instead of the kill loop.
+
+    Duration, writers, readers and kill options do not apply; ``--quick`` and
+    ``--seed`` do.  The report has every key of the default one, plus
+    ``crash_states`` (power loss) or ``faults`` (I/O errors).
+    """
+
+    campaign = True
+
+
+@register
+class PowerLoss(Campaign):
+    name = "powerloss"
+    help = ("simulated power loss at every fsync/rename/unlink of a workload with creation, "
+            "rolls, checkpoint publish and retirement; every crash state (unsynced data "
+            "dropped, kept in part, garbled; directory entries lost) recovered and checked")
+
+
+@register
+class IOErrors(Campaign):
+    name = "io-errors"
+    help = ("EIO and ENOSPC at the Nth write/fsync/rename/mmap/create/unlink, once and "
+            "persistently: typed errors, poisoning after a failed fsync, nothing "
+            "acknowledged lost, a new Store continues once the fault is gone")

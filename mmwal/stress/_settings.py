@@ -1,0 +1,110 @@
+"""The settings of one stress run, resolved from the command line (or a Namespace)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DURABILITY_CHOICES", "INJECT_KINDS", "PROFILES", "Settings"]
+
+DURABILITY_CHOICES = ("mixed", "os", "fsync", "interval")
+#: Violations the hidden ``--inject`` option plants to prove the checker can fail.
+INJECT_KINDS = ("drop-ack", "reorder", "phantom", "duplicate")
+
+#: Defaults of the options a profile sets; an explicit option always wins.
+PROFILES: dict[str, dict[str, Any]] = {
+    # Writers are paced (--max-rate, calls/s each) so that the checkers keep up and
+    # the final verification stays short; --max-rate 0 lets them run flat out.
+    "full": {"duration": 120.0, "writers": 4, "readers": 2, "checkpoint_interval": 4.0,
+             "kill_interval": 1.0, "max_rate": 200.0, "batch_size": 32},
+    # --quick: under a minute on 2 cores, start to verdict.
+    "quick": {"duration": 20.0, "writers": 3, "readers": 2, "checkpoint_interval": 1.5,
+              "kill_interval": 0.4, "max_rate": 250.0, "batch_size": 16},
+}
+
+
+@dataclass
+class Settings:
+    """Everything a run needs; ``as_dict()`` goes into the JSON report."""
+
+    dir: str | None = None
+    duration: float = 120.0
+    writers: int = 4
+    readers: int = 2
+    durability: str = "mixed"
+    checkpoint_interval: float = 5.0
+    kill_interval: float = 1.0
+    seed: int = 0
+    quick: bool = False
+    json: str | None = None
+    plot: str | None = None
+    scenario: str = "default"
+    keep: bool = False
+    segment_bytes: int = 64 << 20
+    batch_size: int = 64
+    many_percent: int = 30
+    dim: int = 16
+    max_rate: float = 0.0
+    quiet: bool = False
+    inject: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> Settings:
+        """Resolve a Namespace (missing attributes and ``None`` take the profile's value)."""
+        quick = bool(getattr(args, "quick", False))
+        profile = PROFILES["quick" if quick else "full"]
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            got = getattr(args, f.name, None)
+            if got is None:
+                got = profile.get(f.name, f.default)
+            values[f.name] = got
+        values["quick"] = quick
+        if not values["seed"]:
+            values["seed"] = secrets.randbelow(1 << 31) + 1
+        s = cls(**values)
+        s.check()
+        return s
+
+    def check(self) -> None:
+        from ._workload import MAX_BATCH, MAX_WRITERS
+
+        problems = []
+        if not self.duration > 0:
+            problems.append("--duration must be > 0")
+        if not 1 <= self.writers <= min(MAX_WRITERS, 256):
+            problems.append("--writers must be 1..256")
+        if not 0 <= self.readers <= 64:
+            problems.append("--readers must be 0..64")
+        if self.durability not in DURABILITY_CHOICES:
+            problems.append(f"--durability must be one of {DURABILITY_CHOICES}")
+        if self.checkpoint_interval < 0 or self.kill_interval < 0:
+            problems.append("--checkpoint-interval and --kill-interval must be >= 0 (0: off)")
+        if self.segment_bytes < 4096:
+            problems.append("--segment-bytes must be >= 4096")
+        if not 1 <= self.batch_size < MAX_BATCH:
+            problems.append(f"--batch-size must be 1..{MAX_BATCH - 1}")
+        if not 0 <= self.many_percent <= 100:
+            problems.append("--many-percent must be 0..100")
+        if not 4 <= self.dim <= 4096:
+            problems.append("--dim must be 4..4096")
+        if self.max_rate < 0:
+            problems.append("--max-rate must be >= 0 (0: as fast as possible)")
+        if self.inject is not None and self.inject not in INJECT_KINDS:
+            problems.append(f"--inject must be one of {INJECT_KINDS}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def durability_of(self, writer: int, incarnation: int) -> str:
+        """The durability of one writer incarnation ("mixed": all three, in rotation)."""
+        if self.durability != "mixed":
+            return self.durability
+        from ._journal import DURABILITIES
+
+        return DURABILITIES[(writer + incarnation) % len(DURABILITIES)]
