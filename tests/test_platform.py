@@ -31,3 +31,16 @@ def test_network_filesystem_override(tmp_path, monkeypatch):
     monkeypatch.setenv("MMWAL_ALLOW_NETWORK_FS", "1")
     with mmwal.Store(tmp_path / "s", dim=2, durability="os") as s:
         assert s.add("a", np.ones(2)) == 1
+
+
+def test_default_io_layer_adds_no_call_on_the_hot_path():
+    # The default layer's operations ARE the os functions (bound as attributes, not
+    # wrapped): the append path pays one attribute lookup, nothing more.
+    import os
+
+    from mmwal import _io
+
+    layer = _io.OSLayer()
+    assert layer.pwrite is os.pwrite and layer.pread is os.pread
+    assert layer.replace is os.replace and layer.unlink is os.unlink
+    assert layer.fsync is os.fsync and layer.fdatasync is getattr(os, "fdatasync", os.fsync)
