@@ -7,6 +7,7 @@ renamed or unlinked entry is not durable until its directory is synced).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from typing import Any
@@ -86,8 +87,12 @@ def fsync_dir(path: str) -> None:
         raise _io.io_error(exc, "fsync", path) from None
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Publish ``data`` at ``path``: temp file, fsync, ``os.replace``, fsync directory."""
+def atomic_write(path: str, data: bytes, *, replace: bool = True) -> None:
+    """Publish ``data`` at ``path``: temp file, fsync, rename, fsync directory.
+
+    With ``replace=False`` an existing ``path`` is never clobbered
+    (FileExistsError, as a StorageIOError): used for new log segments.
+    """
     io = _io.layer
     tmp = tmp_name(path)
     try:
@@ -103,7 +108,12 @@ def atomic_write(path: str, data: bytes) -> None:
         finally:
             io.close(fd)
         try:
-            io.replace(tmp, path)
+            if replace:
+                io.replace(tmp, path)
+            else:
+                if os.path.exists(path):
+                    raise FileExistsError(errno.EEXIST, "exists", path)
+                io.rename(tmp, path)
         except OSError as exc:
             raise _io.io_error(exc, "rename", path) from None
     except BaseException:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, boot_id, fsync_dir, list_segments, tmp_name, write_all
+from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, write_all
 from ._lock import FileLock
 from .errors import CorruptionError, InvalidInputError, PoisonedError, StorageIOError
 
@@ -52,38 +52,12 @@ def create_segment(paths: Paths, seg_id: int, first_seq: int) -> None:
 
     temp name -> header -> fsync -> rename -> fsync ``wal/`` (RULES.md 9).
     """
-    io = _io.layer
     path = paths.segment(seg_id)
     header = F.encode_segment_header(
         F.SegmentHeader(seg_id, secrets.randbits(64), first_seq, time.time())
     )
-    tmp = tmp_name(path)
-    try:
-        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise _io.io_error(exc, "open", tmp) from None
-    try:
-        try:
-            write_all(fd, header, 0, tmp)
-            io.fsync(fd)
-        except OSError as exc:
-            raise _io.io_error(exc, "fsync", tmp) from None
-        finally:
-            io.close(fd)
-        try:
-            # rename, not replace: an existing segment must never be clobbered.
-            if os.path.exists(path):
-                raise FileExistsError(path)
-            io.rename(tmp, path)
-        except OSError as exc:
-            raise _io.io_error(exc, "rename", path) from None
-    except BaseException:
-        try:
-            io.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(paths.wal)
+    # rename, not replace: an existing segment must never be clobbered.
+    atomic_write(path, header, replace=False)
 
 
 def read_segment_header(path: str) -> F.SegmentHeader:
