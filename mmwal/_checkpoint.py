@@ -236,6 +236,33 @@ class CheckpointView:
             slot = (slot + 1) & mask
         return -1
 
+    def id_block(self, start: int, k: int) -> list[bytes]:
+        """The UTF-8 ids of rows ``start .. start+k-1``: one slice of ``ids.bin``."""
+        offs = np.asarray(self.id_offsets[start : start + k + 1]).astype(np.int64)
+        lens = np.diff(offs)
+        if (len(offs) != k + 1 or offs[0] < 0 or offs[-1] > len(self.ids_bin)
+                or (k and (lens.min() < 0 or lens.max() > F.MAX_ID_BYTES))):
+            raise self._corrupt("ids_offsets.npy", f"ids of rows {start}..{start + k - 1} "
+                                "have impossible offsets", 128 + 8 * start)
+        base = int(offs[0])
+        blob = bytes(self.ids_bin[base : int(offs[-1])])
+        rel = (offs - base).tolist()
+        return [blob[rel[i] : rel[i + 1]] for i in range(k)]
+
+    def doc_block(self, start: int, k: int) -> list[list[Any]]:
+        """[content, metadata] of rows ``start .. start+k-1``, one chunk decode each."""
+        out: list[list[Any]] = []
+        c = self.chunk_docs
+        row = start
+        end = start + k
+        while row < end:
+            chunk = self.chunk(row // c)
+            first = row % c
+            take = min(end - row, len(chunk) - first)
+            out.extend(chunk[first : first + take])
+            row += take
+        return out
+
     def chunk(self, k: int) -> list[Any]:
         """The decoded [content, metadata] pairs of chunk ``k`` (cached, small LRU)."""
         cache = self._chunk_cache
@@ -564,14 +591,16 @@ def _copy_prev(prev: CheckpointView, dropped: np.ndarray, b: _Builder) -> None:
             lo, hi = np.searchsorted(dropped, [start, start + k])
             keep = np.ones(k, dtype=bool)
             keep[dropped[lo:hi] - start] = False
-            ids: list[bytes] = []
-            docs: list[list[Any]] = []
-            for r in range(start, start + k):
-                if keep[r - start]:
-                    ids.append(prev.id_bytes(r))
-                    c, m = prev.doc(r)
-                    docs.append([c, m])
-            b.add(ids, vecs[keep], docs)
+            all_ids = prev.id_block(start, k)
+            all_docs = prev.doc_block(start, k)
+            if hi > lo:
+                sel = np.flatnonzero(keep).tolist()
+                ids = [all_ids[i] for i in sel]
+                docs = [all_docs[i] for i in sel]
+                vecs = vecs[keep]
+            else:
+                ids, docs = all_ids, all_docs
+            b.add(ids, vecs, docs)
             # Keep resident memory flat: these mapped pages are not needed again.
             _dontneed(prev.id_offsets, prev.ids_bin, prev.docs)
     finally:
