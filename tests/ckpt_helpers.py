@@ -15,7 +15,6 @@ the parent's ``sys.path``, so every child target here is importable by name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import traceback
 from typing import Any
 
 import numpy as np
+from helpers import reaped  # noqa: F401 (re-exported: one child reaper for all tests)
 
 from mmwal import _io
 from mmwal._fsutil import Paths, list_segments
@@ -119,21 +119,6 @@ def leftovers(root: str, keep: int) -> list[str]:
 
 
 # ------------------------------------------------------------------ processes
-@contextlib.contextmanager
-def reaped(*procs: Any):
-    """Yield; then kill whatever is still alive and join everything (always)."""
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                if p.is_alive():
-                    p.kill()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(30)
-
-
 def child_main(out_path: str, fn: Any, *args: Any) -> None:
     """Run ``fn(*args)``; write ``{"ok": result}`` or ``{"error": traceback}`` to ``out_path``.
 
