@@ -73,6 +73,11 @@ def doc_meta(key: int) -> dict[str, Any] | None:
             "tags": ["t", key % 3, 1.5, None, True], "nested": {"k": [key, {"deep": "x"}]}}
 
 
+def add_doc(store: mmwal.Store, key: int) -> int:
+    """``store.add`` of the deterministic document ``key``; its seq."""
+    return store.add(doc_id(key), vec(key), content=doc_content(key), metadata=doc_meta(key))
+
+
 # ------------------------------------------------------------------ the log
 def op_tuple(op: mmwal.Op) -> tuple[Any, ...]:
     """An Op as a plain comparable tuple (the embedding as its raw bytes)."""
@@ -381,13 +386,13 @@ def kill_now(p: Any) -> None:
 # ------------------------------------------------------------------ fork children
 def forked_add(store: mmwal.Store, key: int, ack_fd: int) -> None:
     """In a forked child: add through the Store object inherited from the parent."""
-    seq = store.add(doc_id(key), vec(key), content=doc_content(key), metadata=doc_meta(key))
+    seq = add_doc(store, key)
     os.write(ack_fd, struct.pack("<Q", seq))
 
 
 def forked_use_and_close(store: mmwal.Store, key: int, ack_fd: int) -> None:
     """In a forked child: write, sync, close the inherited Store, then exit."""
-    seq = store.add(doc_id(key), vec(key), content=doc_content(key), metadata=doc_meta(key))
+    seq = add_doc(store, key)
     store.sync()
     store.close()
     os.write(ack_fd, struct.pack("<Q", seq))

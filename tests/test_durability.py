@@ -20,10 +20,9 @@ from helpers import (
     DIM,
     FailingSyncLayer,
     RecordingLayer,
+    add_doc,
     check_contiguous,
-    doc_content,
     doc_id,
-    doc_meta,
     expected_add,
     read_log,
     segment_files,
@@ -34,10 +33,6 @@ from helpers import (
 import mmwal
 from mmwal import _io
 from mmwal.errors import PoisonedError
-
-
-def _add(store, key):
-    return store.add(doc_id(key), vec(key), content=doc_content(key), metadata=doc_meta(key))
 
 
 def _segment(path):
@@ -59,7 +54,7 @@ def test_fsync_mode_every_call_is_durable_on_return(store_path):
     _io.set_layer(layer)
     with mmwal.Store(store_path, dim=DIM, durability="fsync") as store:
         seg = _segment(store_path)
-        calls = [lambda k: _add(store, k),
+        calls = [lambda k: add_doc(store, k),
                  lambda k: store.add_many([doc_id(k), doc_id(k + 1)], vecs(k, 2)),
                  lambda k: store.remove(doc_id(k - 10)),
                  lambda k: store.clear()]
@@ -84,7 +79,7 @@ def test_fsync_mode_group_commit_threads(store_path):
                 barrier.wait()
                 me = threading.get_ident()
                 for k in range(40):
-                    _add(store, w * 1000 + k)
+                    add_doc(store, w * 1000 + k)
                     mine = layer.written_end(seg, thread=me)
                     if layer.durable_end(seg) < mine:
                         failures.append((w, k, mine, layer.durable_end(seg)))
@@ -110,12 +105,12 @@ def test_sync_makes_os_mode_writes_durable(store_path):
     with mmwal.Store(store_path, dim=DIM, durability="os") as store:
         seg = _segment(store_path)
         for k in range(5):
-            _add(store, k)
+            add_doc(store, k)
         store.sync()
         assert layer.durable_end(seg) >= layer.written_end(seg) > 0
     # A Store that wrote nothing itself: sync() still covers the others' frames.
     with mmwal.Store(store_path, dim=DIM, durability="os") as writer:
-        _add(writer, 50)
+        add_doc(writer, 50)
         with mmwal.Store(store_path, durability="os") as other:
             other.sync()
         assert layer.durable_end(seg) >= layer.written_end(seg)
@@ -131,10 +126,10 @@ def test_interval_syncs_after_sync_every_records(store_path):
         seg = _segment(store_path)
         for round_ in range(3):
             for k in range(9):
-                _add(store, round_ * 100 + k)
+                add_doc(store, round_ * 100 + k)
             # 9 records since the last sync: none yet (interval is not per-record fsync).
             assert layer.durable_end(seg) < layer.written_end(seg)
-            _add(store, round_ * 100 + 9)
+            add_doc(store, round_ * 100 + 9)
             assert layer.durable_end(seg) >= layer.written_end(seg), f"round {round_}"
         # A batch counts as its number of records.
         store.add_many([doc_id(1000 + i) for i in range(10)], vecs(1000, 10))
@@ -152,7 +147,7 @@ def test_interval_background_flusher_syncs_within_sync_every_ms(store_path):
         seg = _segment(store_path)
         for burst in range(3):
             for k in range(3):
-                _add(store, burst * 10 + k)
+                add_doc(store, burst * 10 + k)
             end = layer.written_end(seg)
             _wait_for(lambda end=end: layer.durable_end(seg) >= end,
                       f"background fdatasync of burst {burst}")
@@ -166,7 +161,7 @@ def test_interval_close_flushes_and_stops_the_flusher(store_path):
     store = mmwal.Store(store_path, dim=DIM, durability="interval", config=cfg)
     seg = _segment(store_path)
     for k in range(3):
-        _add(store, k)
+        add_doc(store, k)
     assert layer.durable_end(seg) < layer.written_end(seg)  # an hour to go
     flusher = store._flusher
     store.close()
@@ -178,7 +173,7 @@ def test_interval_close_flushes_and_stops_the_flusher(store_path):
 # ====================================================================== fsync failure
 def _poison_checks(store, store_path, acked):
     """After a failed fsync: every write raises PoisonedError; a new Store works."""
-    for call in (lambda: _add(store, 900), lambda: store.add_many([doc_id(901)], vec(901)[None]),
+    for call in (lambda: add_doc(store, 900), lambda: store.add_many([doc_id(901)], vec(901)[None]),
                  lambda: store.remove(doc_id(1)), lambda: store.clear(), lambda: store.sync()):
         with pytest.raises(PoisonedError) as ei:
             call()
@@ -194,7 +189,7 @@ def _poison_checks(store, store_path, acked):
     # one whose fsync failed may be in the log.
     assert len(log) <= len(acked) + 1
     with mmwal.Store(store_path, durability="fsync") as fresh:
-        seq = _add(fresh, 2000)
+        seq = add_doc(fresh, 2000)
     assert seq == len(log) + 1
     assert read_log(store_path)[-1] == expected_add(seq, 2000)
     assert mmwal.verify(store_path).ok
@@ -207,15 +202,15 @@ def test_failed_fsync_poisons_the_store(store_path, durability):
     cfg = mmwal.Config(sync_every_records=1)
     store = mmwal.Store(store_path, dim=DIM, durability=durability, config=cfg)
     try:
-        acked = [(_add(store, k), k) for k in range(1, 4)]
+        acked = [(add_doc(store, k), k) for k in range(1, 4)]
         store.sync()
         layer.fail = True
         with pytest.raises(PoisonedError) as ei:
             if durability == "os":
-                _add(store, 4)  # "os" never fsyncs on its own: sync() is where it fails
+                add_doc(store, 4)  # "os" never fsyncs on its own: sync() is where it fails
                 store.sync()
             else:
-                _add(store, 4)
+                add_doc(store, 4)
         err = ei.value
         assert isinstance(err, mmwal.MmwalError) and isinstance(err, OSError)
         assert err.errno == errno.EIO and "fsync" in str(err)
@@ -231,14 +226,14 @@ def test_failed_background_fsync_poisons_the_store(store_path):
     cfg = mmwal.Config(sync_every_records=1_000_000, sync_every_ms=200)
     store = mmwal.Store(store_path, dim=DIM, durability="interval", config=cfg)
     try:
-        acked = [(_add(store, 1), 1)]
+        acked = [(add_doc(store, 1), 1)]
         store.sync()
         layer.fail = True
         try:
             # Normally returns: its fsync is the flusher's job.  On a machine that
             # stalled for sync_every_ms since sync(), the call itself is due to
             # fsync and fails; the poisoning contract is the same.
-            acked.append((_add(store, 2), 2))
+            acked.append((add_doc(store, 2), 2))
         except PoisonedError:
             layer.fail = False
         else:
@@ -249,7 +244,7 @@ def test_failed_background_fsync_poisons_the_store(store_path):
             def poisoned():
                 key = next(keys)
                 try:
-                    acked.append((_add(store, key), key))  # the poison may land later
+                    acked.append((add_doc(store, key), key))  # the poison may land later
                 except PoisonedError:
                     return True
                 return False
@@ -266,11 +261,11 @@ def test_failed_fsync_in_a_segment_roll_poisons_the_store(store_path):
     cfg = mmwal.Config(segment_bytes=4096)
     store = mmwal.Store(store_path, dim=DIM, durability="os", config=cfg)
     try:
-        acked = [(_add(store, k), k) for k in range(1, 4)]
+        acked = [(add_doc(store, k), k) for k in range(1, 4)]
         layer.fail = True
         with pytest.raises(PoisonedError):
             for k in range(4, 200):  # the roll to segment 2 fdatasyncs segment 1
-                acked.append((_add(store, k), k))
+                acked.append((add_doc(store, k), k))
         layer.fail = False
         assert len(segment_files(store_path)) == 1
         _poison_checks(store, store_path, acked)
@@ -282,7 +277,7 @@ def test_acknowledged_vectors_are_never_zero(store_path):
     """An oracle RULES.md asks for: vectors equal their seeded values, never all-zero."""
     with mmwal.Store(store_path, dim=DIM, durability="fsync") as store:
         for k in range(20):
-            _add(store, k)
+            add_doc(store, k)
     for op in mmwal.replay(store_path):
         assert np.any(op.embedding != 0)
         assert op.embedding.tobytes() == vec(int(op.id.split("-")[1])).tobytes()

@@ -18,11 +18,10 @@ import warnings
 import pytest
 from helpers import (
     DIM,
+    add_doc,
     check_contiguous,
     check_writer_calls,
-    doc_content,
     doc_id,
-    doc_meta,
     expected_add,
     forked_add,
     forked_use_and_close,
@@ -35,10 +34,6 @@ from helpers import (
 
 import mmwal
 from mmwal.errors import LockTimeout
-
-
-def _add(store, key):
-    return store.add(doc_id(key), vec(key), content=doc_content(key), metadata=doc_meta(key))
 
 
 def _fork(target, *args):
@@ -64,7 +59,7 @@ def test_forked_child_waits_for_the_parents_lock(store_path):
     store = mmwal.Store(store_path, dim=DIM, durability="os")
     r, w = os.pipe()
     try:
-        assert _add(store, 1) == 1 and _add(store, 2) == 2
+        assert add_doc(store, 1) == 1 and add_doc(store, 2) == 2
         lock_path = os.path.join(store_path, "locks", "append.lock")
         store._lock.acquire_exclusive()  # the parent is "mid-append" while forking
         locked = True
@@ -86,7 +81,7 @@ def test_forked_child_waits_for_the_parents_lock(store_path):
             if locked:
                 store._lock.release()
         # The parent's Store goes on after the child wrote through its inherited copy.
-        assert _add(store, 4) == 4
+        assert add_doc(store, 4) == 4
         store.add_many([doc_id(5), doc_id(6)], [vec(5), vec(6)])
     finally:
         store.close()
@@ -104,7 +99,7 @@ def test_forked_child_closing_the_store_keeps_the_parents_lock(store_path):
     r, w = os.pipe()
     lock_path = os.path.join(store_path, "locks", "append.lock")
     try:
-        _add(store, 1)
+        add_doc(store, 1)
         # First the child writes, syncs and closes while nobody holds the lock.
         p = _fork(forked_use_and_close, store, 2, w)
         with reaped(p):
@@ -122,7 +117,7 @@ def test_forked_child_closing_the_store_keeps_the_parents_lock(store_path):
         finally:
             store._lock.release()
         assert try_lock_elsewhere(lock_path)
-        assert _add(store, 3) == 3
+        assert add_doc(store, 3) == 3
     finally:
         store.close()
         os.close(r)
@@ -139,7 +134,7 @@ def _close_and_exit(store):
 
 def test_store_closed_in_parent_stays_closed_in_child(store_path):
     store = mmwal.Store(store_path, dim=DIM, durability="os")
-    _add(store, 1)
+    add_doc(store, 1)
     store.close()
     p = _fork(_expect_closed, store)
     with reaped(p):
@@ -186,7 +181,7 @@ def test_two_stores_one_path_one_thread_alternating(store_path):
     a = mmwal.Store(store_path, dim=DIM, durability="fsync", config=mmwal.Config(segment_bytes=4096))
     b = mmwal.Store(store_path, durability="os", config=mmwal.Config(segment_bytes=4096))
     try:
-        seqs = [_add(a if k % 2 else b, k) for k in range(1, 80)]
+        seqs = [add_doc(a if k % 2 else b, k) for k in range(1, 80)]
     finally:
         a.close()
         b.close()
@@ -200,18 +195,18 @@ def test_lock_timeout_is_typed_and_writes_nothing(store_path):
     holder = mmwal.Store(store_path, dim=DIM, durability="os")
     waiter = mmwal.Store(store_path, durability="os", config=mmwal.Config(lock_timeout=0.2))
     try:
-        _add(holder, 1)
+        add_doc(holder, 1)
         holder._lock.acquire_exclusive()
         try:
             with pytest.raises(LockTimeout) as ei:
-                _add(waiter, 2)
+                add_doc(waiter, 2)
             err = ei.value
             assert isinstance(err, TimeoutError) and isinstance(err, mmwal.MmwalError)
             assert "append.lock" in str(err)
         finally:
             holder._lock.release()
         assert [o[0] for o in read_log(store_path)] == [1]
-        assert _add(waiter, 2) == 2
+        assert add_doc(waiter, 2) == 2
     finally:
         holder.close()
         waiter.close()
