@@ -38,11 +38,11 @@ import numpy as np
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
+from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
 from ._types import CheckpointInfo, Config
-from ._wal import Appender, LogCursor, read_segment_header
-from .errors import CorruptionError, StorageIOError
+from ._wal import Appender, LogCursor
+from .errors import CorruptionError
 
 __all__ = ["CheckpointView", "list_checkpoints", "retire", "run_checkpoint"]
 
@@ -320,8 +320,6 @@ class _Stream:
             raise _io.io_error(exc, "open", path) from None
 
     def write(self, data: Any) -> None:
-        from ._fsutil import write_all
-
         mv = memoryview(data).cast("B")
         write_all(self.fd, mv, self.size, self.path)
         self.crc = zlib.crc32(mv, self.crc)
@@ -752,13 +750,3 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int) -> None:
         _rmtree(paths.checkpoint(c))
     if doomed:
         fsync_dir(paths.checkpoints)
-
-
-def log_start_seq(paths: Paths, seg: int) -> int:
-    """The first seq of segment ``seg`` (raises if it is missing or damaged)."""
-    try:
-        return read_segment_header(paths.segment(seg)).first_seq
-    except (OSError, StorageIOError) as exc:
-        raise CorruptionError(f"{paths.segment(seg)}: cannot read the segment the manifest "
-                              f"starts replay from ({exc})", path=paths.segment(seg),
-                              offset=0) from None
