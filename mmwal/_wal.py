@@ -258,7 +258,8 @@ class LogCursor:
                 off = nxt
                 self.offset = off
             # Not a valid continuing frame at ``off``: move on, wait, or complain.
-            if self._next_segment_continues():
+            next_exists, next_continues = self._next_segment_state()
+            if next_continues:
                 if status == F.FRAME_BAD or off < limit:
                     self.problems.append((m.path, off, "torn tail before the next segment"))
                 if self.stop_segment is not None and self.seg_id + 1 >= self.stop_segment:
@@ -266,8 +267,9 @@ class LogCursor:
                 self.seg_id += 1
                 self.offset = F.SEGMENT_HEADER_SIZE
                 continue
-            if (status == F.FRAME_END and off >= limit
-                    and not os.path.exists(self.paths.segment(self.seg_id + 1))
+            # (A next segment created since the look above is found by the next
+            # refresh; _settle re-checks under the lock whenever we do not return.)
+            if (status == F.FRAME_END and off >= limit and not next_exists
                     and not self._tail_claims_more(m, off)):
                 if not os.path.exists(m.path):
                     # Our segment was unlinked while mapped: a checkpoint retired
@@ -284,15 +286,19 @@ class LogCursor:
                 return
             # _settle found the bytes valid now (a writer just finished): go on.
 
-    def _next_segment_continues(self) -> bool:
+    def _next_segment_state(self) -> tuple[bool, bool]:
+        """(whether segment seg_id+1 exists, whether it continues the sequence)."""
         path = self.paths.segment(self.seg_id + 1)
         if not os.path.exists(path):
-            return False
+            return False, False
         try:
             h = read_segment_header(path)
         except (CorruptionError, StorageIOError):
-            return False
-        return h.first_seq == self.next_seq
+            return True, False
+        return True, h.first_seq == self.next_seq
+
+    def _next_segment_continues(self) -> bool:
+        return self._next_segment_state()[1]
 
     def _settle(self, m: _Mapped, off: int, why: str) -> bool:
         """Decide what invalid bytes at ``off`` are; True if a valid frame is there now.

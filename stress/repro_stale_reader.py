@@ -38,7 +38,7 @@ def main() -> int:
             st.add(f"d{i}", np.full(16, i + 1, np.float32), content="x" * 100)
         acknowledged = st.seq
     segments = len(os.listdir(os.path.join(d, "wal")))
-    orig = _wal.LogCursor._next_segment_continues
+    orig = _wal.LogCursor._next_segment_state
     fired: list[int] = []
 
     def checkpoint_now(self: _wal.LogCursor) -> bool:
@@ -48,11 +48,11 @@ def main() -> int:
                 other.checkpoint()
         return orig(self)
 
-    _wal.LogCursor._next_segment_continues = checkpoint_now  # type: ignore[method-assign]
+    _wal.LogCursor._next_segment_state = checkpoint_now  # type: ignore[method-assign]
     try:
         r = mmwal.Reader(d)
     finally:
-        _wal.LogCursor._next_segment_continues = orig  # type: ignore[method-assign]
+        _wal.LogCursor._next_segment_state = orig  # type: ignore[method-assign]
     print(f"{acknowledged} writes acknowledged across {segments} segments; a Reader opened "
           f"afterwards, racing a checkpoint, shows seq {r.seq} ({len(r)} documents)")
     stale = r.seq < acknowledged

@@ -18,7 +18,7 @@ def test_reader_opened_while_its_segments_are_retired_is_current(tmp_path, monke
         for i in range(200):
             st.add(f"d{i}", np.full(16, i + 1, np.float32), content="x" * 100)
         acknowledged = st.seq
-    orig = _wal.LogCursor._next_segment_continues
+    orig = _wal.LogCursor._next_segment_state
     fired: list[int] = []
 
     def checkpoint_now(self):
@@ -28,7 +28,7 @@ def test_reader_opened_while_its_segments_are_retired_is_current(tmp_path, monke
                 other.checkpoint()
         return orig(self)
 
-    monkeypatch.setattr(_wal.LogCursor, "_next_segment_continues", checkpoint_now)
+    monkeypatch.setattr(_wal.LogCursor, "_next_segment_state", checkpoint_now)
     with mmwal.Reader(path) as r:
         assert fired
         assert r.seq == acknowledged
