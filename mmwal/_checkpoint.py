@@ -140,6 +140,20 @@ class CheckpointView:
         self.docs = self._map("docs.lz4")
         self._chunk_cache: dict[int, list[Any]] = {}
 
+    def _open(self, path: str) -> int:
+        """Open a file of this checkpoint; a missing one is a CorruptionError.
+
+        A checkpoint retired by a newer one while it is being opened looks
+        like this too: the caller re-reads the MANIFEST before reporting it.
+        """
+        try:
+            return _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptionError(f"{path}: missing from checkpoint {self.id}", path=path,
+                                  offset=0) from None
+        except OSError as exc:
+            raise _io.io_error(exc, "open", path) from None
+
     def _size(self, name: str) -> int:
         path = os.path.join(self.dir, name)
         try:
@@ -147,6 +161,8 @@ class CheckpointView:
         except FileNotFoundError:
             raise CorruptionError(f"{path}: missing from checkpoint {self.id}", path=path,
                                   offset=0) from None
+        except OSError as exc:
+            raise _io.io_error(exc, "stat", path) from None
 
     def _npy(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         path = os.path.join(self.dir, name)
@@ -155,7 +171,7 @@ class CheckpointView:
         if self._size(name) != want:
             raise CorruptionError(f"{path}: {self._size(name)} bytes, expected {want} for "
                                   f"{dtype}{list(shape)}", path=path, offset=0)
-        fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+        fd = self._open(path)
         try:
             got = _io.layer.pread(fd, len(header), 0)
             if got != header:
@@ -186,7 +202,7 @@ class CheckpointView:
         size = self._size(name)
         if size == 0:
             return b""
-        fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
+        fd = self._open(path)
         try:
             return _io.layer.mmap(fd, size)
         except OSError as exc:

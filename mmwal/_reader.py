@@ -25,7 +25,7 @@ from . import _format as F
 from ._checkpoint import CheckpointView
 from ._fsutil import Paths
 from ._lock import FileLock
-from ._store import open_manifest
+from ._store import folded_past, open_manifest
 from ._types import Document, Hit
 from ._validate import as_vectors
 from ._wal import RECOVERY_MODES, LogCursor, Retired
@@ -193,7 +193,8 @@ class Reader:
         if self._cursor is not None:
             self._cursor.close()
         self._cursor = LogCursor(self._paths, manifest["replay_segment"], self.seq + 1,
-                                 mode=self.recovery, lock=self._lock)
+                                 mode=self.recovery, lock=self._lock,
+                                 folded=lambda seg: folded_past(self._paths, seg))
         self._version += 1
         self._cache: dict[str, Any] = {}
 

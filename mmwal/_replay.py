@@ -11,9 +11,13 @@ from ._fsutil import Paths, list_segments
 from ._lock import FileLock
 from ._types import Op, Problem
 from ._wal import LogCursor, Retired, read_segment_header
-from .errors import CorruptionError, MmwalError
+from .errors import CorruptionError, MmwalError, StorageIOError
 
-__all__ = ["iter_ops", "replay", "scan_log"]
+__all__ = ["LogSeeker", "close_cursor", "iter_ops", "replay", "scan_log"]
+
+#: Restarts in a row that found neither a newer MANIFEST nor new operations.
+_MAX_RESTARTS = 100
+
 
 def reader_lock(paths: Paths) -> FileLock | None:
     """A read-only lock object on append.lock for shared re-checks (None if missing)."""
@@ -63,15 +67,10 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
 
         raise InvalidInputError(f"after_seq must be an int >= 0, got {after_seq!r}")
     paths = Paths(os.fspath(path))
-    manifest = open_manifest(paths)
-    dim = manifest["dim"]
+    dim = open_manifest(paths)["dim"]
+    seeker = LogSeeker(paths, mode)
     while True:
-        segs = list_segments(paths)
-        if not segs:
-            raise CorruptionError(f"{paths.wal}: no log segment", path=paths.wal, offset=0)
-        start = _start_segment(paths, segs, after_seq)
-        h = read_segment_header(paths.segment(start))
-        cur = LogCursor(paths, start, h.first_seq, mode=mode, lock=reader_lock(paths))
+        cur = seeker.cursor(after_seq)
         try:
             for frame in cur.frames():
                 if frame.first_seq + frame.count - 1 <= after_seq:
@@ -82,11 +81,66 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
                         after_seq = op.seq
             return
         except Retired:
-            continue  # a checkpoint retired segments under us: start again after after_seq
+            seeker.retired(cur.seg_id, after_seq)
         finally:
-            cur.close()
-            if cur.lock is not None:
-                cur.lock.close()
+            close_cursor(cur)
+
+
+class LogSeeker:
+    """Opens cursors for a reader of the raw log that follows it across checkpoints.
+
+    ``cursor(after_seq)`` starts at the segment holding ``after_seq + 1``;
+    after the cursor raised :class:`Retired` (a checkpoint folded the segments
+    under it), ``retired()`` moves the floor to the MANIFEST's replay segment,
+    so the next cursor starts where the log now begins.  The cursors it opens
+    re-check the MANIFEST before they report damage (issue of a stale view).
+    """
+
+    def __init__(self, paths: Paths, mode: str = "strict") -> None:
+        self.paths = paths
+        self.mode = mode
+        self.floor = 0  # segments below it were folded by a checkpoint seen meanwhile
+        self._stuck = 0
+        self._last: tuple[int, int] = (-1, -1)
+
+    def cursor(self, after_seq: int) -> LogCursor:
+        from ._store import folded_past
+
+        paths = self.paths
+        for _ in range(_MAX_RESTARTS):
+            segs = [s for s in list_segments(paths) if s >= self.floor]
+            if not segs:
+                raise CorruptionError(f"{paths.wal}: no log segment", path=paths.wal, offset=0)
+            start = _start_segment(paths, segs, after_seq)
+            try:
+                h = read_segment_header(paths.segment(start))
+            except StorageIOError:
+                if os.path.exists(paths.segment(start)):
+                    raise
+                continue  # retired between the listing and the read
+            return LogCursor(paths, start, h.first_seq, mode=self.mode, lock=reader_lock(paths),
+                             folded=lambda seg: folded_past(paths, seg))
+        raise CorruptionError(f"{paths.wal}: log segments kept vanishing while being opened; "
+                              "run `mmwal verify`", path=paths.wal, offset=0)
+
+    def retired(self, seg_id: int, after_seq: int) -> None:
+        """The cursor at ``seg_id`` raised Retired having yielded up to ``after_seq``."""
+        from ._store import open_manifest
+
+        newer = max(self.floor, open_manifest(self.paths)["replay_segment"])
+        self._stuck = self._stuck + 1 if (newer, after_seq) == self._last else 0
+        if self._stuck > _MAX_RESTARTS:
+            path = self.paths.segment(seg_id)
+            raise CorruptionError(f"{path}: log segment vanished {self._stuck} times without a "
+                                  "newer MANIFEST; run `mmwal verify`", path=path, offset=0)
+        self.floor, self._last = newer, (newer, after_seq)
+
+
+def close_cursor(cur: LogCursor) -> None:
+    """Close a cursor and the read-only lock object it was given."""
+    cur.close()
+    if cur.lock is not None:
+        cur.lock.close()
 
 
 def _start_segment(paths: Paths, segs: list[int], after_seq: int) -> int:

@@ -64,6 +64,17 @@ def open_manifest(paths: Paths) -> dict[str, Any]:
     return F.decode_manifest(data, paths.manifest)
 
 
+def folded_past(paths: Paths, seg_id: int) -> bool:
+    """Whether the current MANIFEST starts replay after segment ``seg_id`` (it was folded).
+
+    False when the MANIFEST cannot be read: the caller then reports what it found.
+    """
+    try:
+        return bool(open_manifest(paths)["replay_segment"] > seg_id)
+    except MmwalError:
+        return False
+
+
 def _check_path(root: str) -> None:
     if os.path.exists(root) and not os.path.isdir(root):
         raise InvalidInputError(f"{root} exists and is not a directory; an mmwal store is a "

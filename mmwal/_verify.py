@@ -10,6 +10,7 @@ import numpy as np
 
 from ._checkpoint import FILES, CheckpointView, list_checkpoints
 from ._fsutil import Paths, list_segments
+from ._lock import FileLock
 from ._replay import iter_ops, reader_lock, scan_log
 from ._types import Problem, VerifyReport
 from ._wal import LogCursor, Retired, read_segment_header
@@ -18,7 +19,12 @@ from .errors import MmwalError
 __all__ = ["verify"]
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyReport:
+#: How long verify waits for a running checkpoint before raising LockTimeout.
+VERIFY_LOCK_TIMEOUT = 300.0
+
+
+def verify(path: str | os.PathLike[str], *,
+           lock_timeout: float | None = VERIFY_LOCK_TIMEOUT) -> VerifyReport:
     """Scan the whole store and report every problem found (never raises for damage).
 
     Checks the manifest; every log segment header, frame checksum, sequence
@@ -37,10 +43,35 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     >>> report = mmwal.verify(d)
     >>> report.ok, report.records
     (True, 1)
+
+    Notes
+    -----
+    Writers keep appending during a verify, but checkpoints wait: verify holds
+    ``locks/checkpoint.lock`` shared for its whole run, so the MANIFEST, the
+    checkpoint it names and the segments it needs cannot change or be retired
+    under it (a retired file is never reported as damage).  It waits up to
+    ``lock_timeout`` seconds (None: for ever) for a running checkpoint, then
+    raises :class:`mmwal.LockTimeout`.
     """
+    paths = Paths(os.fspath(path))
+    lock = FileLock.for_reader(paths.checkpoint_lock, lock_timeout)
+    if lock is not None:
+        try:
+            lock.acquire_shared()
+        except BaseException:
+            lock.close()
+            raise
+    try:
+        return _verify(paths)
+    finally:
+        if lock is not None:
+            lock.release_slow()
+            lock.close()
+
+
+def _verify(paths: Paths) -> VerifyReport:
     from ._store import open_manifest
 
-    paths = Paths(os.fspath(path))
     report = VerifyReport(path=paths.root)
     try:
         manifest = open_manifest(paths)

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from . import _format as F
@@ -168,7 +168,8 @@ class LogCursor:
 
     def __init__(self, paths: Paths, seg_id: int, next_seq: int, *, mode: str = "strict",
                  lock: FileLock | None = None, offset: int | None = None,
-                 stop_segment: int | None = None) -> None:
+                 stop_segment: int | None = None,
+                 folded: Callable[[int], bool] | None = None) -> None:
         if mode not in RECOVERY_MODES:
             from .errors import InvalidInputError
 
@@ -187,6 +188,10 @@ class LogCursor:
         # sealed segments and must not look at the active one, which writers
         # are appending to while it holds no lock).
         self.stop_segment = stop_segment
+        # folded(seg_id): whether the current MANIFEST has moved past segment
+        # seg_id (a newer checkpoint folded it).  Damage seen in a folded
+        # segment is a stale view, not a fact about the store (see _stale).
+        self.folded = folded
 
     def close(self) -> None:
         if self._map is not None:
@@ -319,6 +324,14 @@ class LogCursor:
             if self._next_segment_continues():
                 return True  # frames() moves to it
             committed = self._committed_beyond(m, mv, off)
+            # Before calling it damage, make sure the view is current: a slow
+            # cursor whose segment (and its successors) a checkpoint folded and
+            # retired meanwhile finds "no next segment" and the tail record far
+            # ahead - evidence about a log it is no longer reading.  Checked
+            # after the evidence was gathered: retirement follows the MANIFEST
+            # replace, so a MANIFEST read now reflects any retirement seen above.
+            if committed is not None and self._stale(m):
+                raise Retired(self.seg_id)
         finally:
             if lock is not None:
                 lock.release_slow()
@@ -345,6 +358,23 @@ class LogCursor:
             return False
         self.offset, self.next_seq = nxt
         return True
+
+    def _stale(self, m: _Mapped) -> bool:
+        """Whether segment ``m`` is no longer part of the current log.
+
+        True when its file was unlinked or replaced (a checkpoint retired it;
+        the mapping outlives the name) or the MANIFEST has moved past it.
+        """
+        try:
+            st = os.stat(m.path)
+            mine = os.fstat(m.fd)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # cannot tell: report what was found
+        if (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
+            return True
+        return self.folded is not None and self.folded(m.seg_id)
 
     def _tail_record(self) -> F.Tail | None:
         """The writers' tail record if it is valid for this boot (read-only), else None."""

@@ -453,31 +453,19 @@ class _LogFollower:
 
     def __init__(self, store: str, dim: int) -> None:
         from .._fsutil import Paths
+        from .._replay import LogSeeker
 
         self.paths = Paths(store)
         self.dim = dim
         self.cur: Any = None
+        self.seeker = LogSeeker(self.paths)
 
     def reset(self) -> None:
+        from .._replay import close_cursor
+
         cur, self.cur = self.cur, None
         if cur is not None:
-            cur.close()
-            if cur.lock is not None:
-                cur.lock.close()
-
-    def _seek(self, after_seq: int) -> None:
-        from .._fsutil import list_segments
-        from .._replay import _start_segment, reader_lock
-        from .._wal import LogCursor, read_segment_header
-
-        segs = list_segments(self.paths)
-        if not segs:
-            raise mmwal.CorruptionError(f"{self.paths.wal}: no log segment",
-                                        path=self.paths.wal, offset=0)
-        start = _start_segment(self.paths, segs, after_seq)
-        first = read_segment_header(self.paths.segment(start)).first_seq
-        self.cur = LogCursor(self.paths, start, first, mode="strict",
-                             lock=reader_lock(self.paths))
+            close_cursor(cur)
 
     def ops(self, after_seq: int) -> Generator[mmwal.Op, None, None]:
         """Every op with seq > ``after_seq`` written so far (a frame at a time)."""
@@ -487,7 +475,7 @@ class _LogFollower:
         for _ in range(100):
             try:
                 if self.cur is None:
-                    self._seek(after_seq)
+                    self.cur = self.seeker.cursor(after_seq)
                 for frame in self.cur.frames():
                     if frame.first_seq + frame.count - 1 <= after_seq:
                         continue
@@ -497,7 +485,10 @@ class _LogFollower:
                             after_seq = op.seq
                 return
             except Retired:
-                self.reset()  # a checkpoint retired segments under us: seek again
+                # A checkpoint folded the segments under us: seek again where
+                # the log now starts (the same rule replay follows).
+                self.seeker.retired(self.cur.seg_id, after_seq)
+                self.reset()
             except StorageIOError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
