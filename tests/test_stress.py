@@ -356,3 +356,30 @@ def test_injected_violation_fails_the_run(tmp_path, inject, kind):
     # A failed run keeps its store and says where.
     assert rep["kept"] is True and os.path.isdir(rep["store"])
     assert rep["store"] in res.stdout and "FAILED" in res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_retire_race_scenario_short_run_is_clean(tmp_path):
+    # The short mode of the retire-race scenario (stress/README.md has the long
+    # run): keep_checkpoints=1, a checkpoint a second, small segments, readers
+    # killed and reopened often, reader 0 running verify() during the run.
+    res, rep = _run(tmp_path, "--duration", "10", "--scenario", "retire-race",
+                    "--verify-interval", "3")
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
+    s = rep["settings"]
+    assert s["scenario"] == "retire-race" and s["keep_checkpoints"] == 1
+    assert s["segment_bytes"] == 64 << 10 and s["verify_interval"] == 3.0
+    assert rep["ok"] is True and rep["violation_counts"] == {}
+    assert rep["checkpoints"] >= 3 and rep["kills_by_role"].get("reader", 0) > 0
+    assert rep["lost"] == rep["phantoms"] == rep["duplicates"] == 0
+
+
+def test_a_scenario_changes_only_the_options_not_given():
+    p = argparse.ArgumentParser()
+    mmwal.stress.add_arguments(p)
+    s = Settings.from_namespace(p.parse_args(["--scenario", "retire-race",
+                                              "--segment-bytes", "8192"]))
+    mmwal.stress._scenarios.get(s.scenario).configure(s)
+    assert s.segment_bytes == 8192 and s.keep_checkpoints == 1
+    assert s.kill_weights["reader"] > 0.15

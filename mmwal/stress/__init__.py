@@ -92,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-rate", metavar="R", type=float,
       help=f"calls per second per writer, 0: as fast as possible ({both('max_rate')})")
     a("--quiet", action="store_true", default=None, help="no progress line")
+    a("--keep-checkpoints", metavar="N", type=int,
+      help="Config.keep_checkpoints of every role (default 2; 1 retires each checkpoint's "
+      "files as soon as the next one is published)")
+    a("--verify-interval", metavar="S", type=float,
+      help="reader 0 also runs mmwal.verify() every S seconds and reports any problem as a "
+      "violation (default 0: off)")
     # Hidden: plant a violation to prove the checker catches it (tests/test_stress.py).
     a("--inject", choices=INJECT_KINDS, help=argparse.SUPPRESS)
 

@@ -51,10 +51,8 @@ from ._workload import doc_id
 __all__ = ["Coordinator"]
 
 #: Where the killer aims for each kind of role when it waits for a busy moment.
-_BUSY = {"writer": Phase.APPEND, "reader": Phase.REFRESH, "checkpointer": Phase.CHECKPOINT}
-#: How the killer picks the kind of its next victim.  Readers write nothing, and a
-#: restarted reader rebuilds its model with a full scan: killed less often.
-_WEIGHTS = {"writer": 0.6, "reader": 0.15, "checkpointer": 0.25}
+_BUSY = {"writer": (Phase.APPEND,), "reader": (Phase.OPEN, Phase.REFRESH),
+         "checkpointer": (Phase.CHECKPOINT,)}
 _MAX_LISTED = 500
 _SAMPLE_EVERY = 0.5
 
@@ -185,7 +183,7 @@ class Coordinator:
             kinds.remove("checkpointer")
         if not kinds:
             return None
-        kind = self.rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
+        kind = self.rng.choices(kinds, weights=[self.s.kill_weights[k] for k in kinds])[0]
         role = self.rng.choice([r for r in free if r.kind == kind])
         if kind == "checkpointer":
             # Always aimed: a checkpointer is idle most of the time.
@@ -237,7 +235,7 @@ class Coordinator:
         end = time.monotonic() + 0.02
         while spin and time.monotonic() < end:
             for a in spin:
-                if self.board.get(a.role.slot, PHASE) == _BUSY[a.role.kind]:
+                if self.board.get(a.role.slot, PHASE) in _BUSY[a.role.kind]:
                     self._kill(a.role, now)
                     spin.remove(a)
                     break

@@ -83,7 +83,8 @@ class RunPaths:
 
 
 def store_config(s: Settings) -> mmwal.Config:
-    return mmwal.Config(segment_bytes=s.segment_bytes, keep_checkpoints=2, lock_timeout=120.0,
+    return mmwal.Config(segment_bytes=s.segment_bytes, keep_checkpoints=s.keep_checkpoints,
+                        lock_timeout=120.0,
                         sync_every_records=64, sync_every_ms=20.0)
 
 
@@ -338,6 +339,8 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
             jr.poll()
         row[CHECKED] += state.start(r)  # cheap: a restart must not cost a full scan
         next_full = time.monotonic() + FULL_EVERY
+        verifying = s.verify_interval > 0 and spec.index == 0
+        next_verify = time.monotonic() + s.verify_interval
         row[LAST_SEQ] = r.seq
         row[MAX_SEQ] = max(int(row[MAX_SEQ]), r.seq)
         while _alive(spec, board):
@@ -374,6 +377,14 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
             else:
                 row[CHECKED] += state.incremental(r)
             row[REFRESHES] += 1
+            if verifying and time.monotonic() >= next_verify:
+                # verify() beside the retiring checkpointer: a file retired under
+                # it must never be reported as damage.
+                _set_phase(row, Phase.CHECK)
+                report = mmwal.verify(paths.store)
+                for problem in report.problems[:5]:
+                    vlog("verify", f"reader {spec.index}: verify() during the run: {problem}", 1)
+                next_verify = time.monotonic() + s.verify_interval
             _set_phase(row, Phase.IDLE)
             time.sleep(0.005)  # a polling query worker, not a spinning one
     finally:

@@ -84,6 +84,38 @@ def get(name: str) -> Scenario:
 register(Scenario)
 
 
+@register
+class RetireRace(Scenario):
+    """Readers racing checkpoints that retire the files under them.
+
+    Aimed at the stale-view races: a Reader opened from a MANIFEST whose
+    segments (and checkpoint) a newer checkpoint folds and deletes while the
+    Reader is still catching up, often at a torn tail left by a writer killed
+    mid-append.  Small segments (every checkpoint seals one, writers roll
+    constantly), a checkpoint every second with ``keep_checkpoints=1`` (each
+    publish deletes the previous checkpoint's files at once), readers killed
+    and reopened often, and reader 0 running ``mmwal.verify()`` beside it all.
+    A reader or verify that reports damage of this healthy store is a
+    violation like any other.
+    """
+
+    name = "retire-race"
+    help = ("readers opened, killed and reopened while a checkpoint every second with "
+            "keep_checkpoints=1 retires the segments and checkpoint they are reading "
+            "(64 KiB segments, torn tails from writers killed mid-append, verify() beside)")
+    #: What the scenario sets, unless the option was given on the command line.
+    DEFAULTS: dict[str, Any] = {  # noqa: RUF012 (read-only class data)
+        "segment_bytes": 64 << 10, "checkpoint_interval": 1.0, "keep_checkpoints": 1,
+        "verify_interval": 15.0, "readers": 3,
+        "kill_weights": {"writer": 0.45, "reader": 0.4, "checkpointer": 0.15},
+    }
+
+    def configure(self, settings: Settings) -> None:
+        for name, value in self.DEFAULTS.items():
+            if name not in settings.given:
+                setattr(settings, name, value)
+
+
 class Campaign(Scenario):
     """A fault campaign run in-process by :mod:`mmwal._faults` instead of the kill loop.
 

@@ -50,6 +50,15 @@ class Settings:
     max_rate: float = 0.0
     quiet: bool = False
     inject: str | None = None
+    keep_checkpoints: int = 2
+    verify_interval: float = 0.0
+    #: Relative odds that the killer picks a writer, a reader or the checkpointer.
+    #: Readers write nothing, and a restarted reader rebuilds its model with a
+    #: full scan: by default they are killed less often.
+    kill_weights: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"writer": 0.6, "reader": 0.15, "checkpointer": 0.25})
+    #: The options given explicitly (a scenario changes only the others).
+    given: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> Settings:
@@ -57,11 +66,20 @@ class Settings:
         quick = bool(getattr(args, "quick", False))
         profile = PROFILES["quick" if quick else "full"]
         values: dict[str, Any] = {}
+        given = []
         for f in dataclasses.fields(cls):
+            if f.name == "given":
+                continue
             got = getattr(args, f.name, None)
             if got is None:
                 got = profile.get(f.name, f.default)
+                factory: Any = f.default_factory
+                if got is dataclasses.MISSING and factory is not dataclasses.MISSING:
+                    got = factory()
+            else:
+                given.append(f.name)
             values[f.name] = got
+        values["given"] = given
         values["quick"] = quick
         if not values["seed"]:
             values["seed"] = secrets.randbelow(1 << 31) + 1
@@ -93,6 +111,13 @@ class Settings:
             problems.append("--dim must be 4..4096")
         if self.max_rate < 0:
             problems.append("--max-rate must be >= 0 (0: as fast as possible)")
+        if not 0 <= self.keep_checkpoints <= 100:
+            problems.append("--keep-checkpoints must be 0..100")
+        if self.verify_interval < 0:
+            problems.append("--verify-interval must be >= 0 (0: off)")
+        if set(self.kill_weights) != {"writer", "reader", "checkpointer"} or \
+                any(not w >= 0 for w in self.kill_weights.values()):
+            problems.append("kill weights must give writer, reader and checkpointer odds >= 0")
         if self.inject is not None and self.inject not in INJECT_KINDS:
             problems.append(f"--inject must be one of {INJECT_KINDS}")
         if problems:
