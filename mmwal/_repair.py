@@ -430,6 +430,8 @@ def _walk(plan: Plan, scans: dict[int, tuple[F.SegmentHeader | None, list[Frame 
 class repair_locks:  # noqa: N801 (a context manager used like a function)
     """Hold checkpoint.lock, then append.lock: shared (for a look) or exclusive (to repair).
 
+    Either way no checkpoint can replace the MANIFEST or retire files meanwhile.
+
     Writers wait (up to their ``Config.lock_timeout``) while the exclusive pair is
     held; the order is the one ``run_checkpoint`` uses, so no deadlock.
     """
@@ -452,8 +454,13 @@ class repair_locks:  # noqa: N801 (a context manager used like a function)
                         raise
                     self._held.append(lock)
             else:
-                got = FileLock.for_reader(self.paths.append_lock, self.timeout)
-                if got is not None:
+                # Shared checkpoint.lock: no checkpoint moves the MANIFEST or
+                # retires a file while the store is looked at (a plan computed
+                # against files retired meanwhile would report false damage).
+                for path in (self.paths.checkpoint_lock, self.paths.append_lock):
+                    got = FileLock.for_reader(path, self.timeout)
+                    if got is None:
+                        continue
                     try:
                         got.acquire_shared()
                     except BaseException:

@@ -64,6 +64,13 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
          "--kill-interval", "0.7", "--max-rate", "60", "--batch-size", "8", "--segment-bytes",
          "4096"],
     ),
+    "retire-race": (
+        "readers opened, killed and reopened while a checkpoint every second with "
+        "keep_checkpoints=1 retires the segments and checkpoint they are reading (64 KiB "
+        "segments, torn tails from writers killed mid-append, verify() during the run)",
+        ["--duration", "1800", "--scenario", "retire-race", "--kill-interval", "0.2",
+         "--verify-interval", "60"],
+    ),
 }
 
 

@@ -8,6 +8,7 @@ import struct
 
 import helpers
 import numpy as np
+import pytest
 
 import mmwal
 from mmwal import _io, _wal
@@ -228,3 +229,28 @@ def test_verify_never_reports_a_checkpoint_retired_under_it(tmp_path):
     assert report.checkpoint == 1
     after = mmwal.verify(path)
     assert after.ok and after.checkpoint == 2
+
+
+def test_repair_look_and_verify_wait_for_a_running_checkpoint(tmp_path):
+    # Neither may look at a store whose MANIFEST a checkpoint is replacing and
+    # whose files it is retiring: both hold checkpoint.lock shared, so they
+    # wait for the checkpointer (here: a LockTimeout after a short wait).
+    from mmwal._lock import FileLock
+    from mmwal._repair import repair_locks
+
+    path = str(tmp_path / "s")
+    _store_with_checkpoint(path, mmwal.Config())
+    checkpointer = FileLock(os.path.join(path, "locks", "checkpoint.lock"), 1.0)
+    checkpointer.acquire_exclusive_slow()
+    try:
+        with pytest.raises(mmwal.LockTimeout):
+            with repair_locks(path, exclusive=False, timeout=0.2):
+                pass
+        with pytest.raises(mmwal.LockTimeout):
+            mmwal.verify(path, lock_timeout=0.2)
+    finally:
+        checkpointer.release_slow()
+        checkpointer.close()
+    with repair_locks(path, exclusive=False, timeout=0.2):
+        pass
+    assert mmwal.verify(path, lock_timeout=0.2).ok
