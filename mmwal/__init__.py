@@ -9,8 +9,9 @@ This module is the public contract: it only re-exports.
 
 from __future__ import annotations
 
-from ._reader import Reader
+from ._reader import Reader, ReaderStats
 from ._replay import replay
+from ._snapshot import Snapshot
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
 from ._verify import verify
@@ -29,6 +30,8 @@ __all__ = [
     "Op",
     "Problem",
     "Reader",
+    "ReaderStats",
+    "Snapshot",
     "Store",
     "StoreStats",
     "VerifyReport",

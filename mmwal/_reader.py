@@ -1,99 +1,110 @@
-"""``mmwal.Reader``: read-only, mmap'd, never blocks writers for long.
+"""``mmwal.Reader``: read-only, mmap'd, thread-safe and fork-safe; never blocks writers for long.
 
 A Reader maps the checkpoint the MANIFEST names and replays the log tail
 after it (also by mmap).  It never writes, truncates or repairs anything; the
 only lock it ever takes is a *shared* append lock, briefly, to tell a
 half-written frame from damage (docs/concepts.md).
 
-State = checkpoint rows (mapped) minus the rows the tail superseded, plus the
-tail's documents (a dict in the seq order of their last write).  Row order of
-``ids``/``embeddings`` is: surviving checkpoint rows in checkpoint order, then
-tail documents in the order of their last write.
+What a Reader shows is an immutable :class:`~mmwal._snapshot.Snapshot`
+(``_snapshot.py`` explains the append-only tail it is built on).  The Reader
+owns the refreshing side: the log cursor, the state it appends to, the lock
+that serialises refreshes, the optional background refresh thread, and the
+after-fork handling.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+import logging
 import os
-from collections.abc import Iterator, Sequence
-from itertools import repeat
-from typing import Any, overload
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import _format as F
+from . import _store as _st
 from ._checkpoint import CheckpointView
-from ._fsutil import Paths
+from ._fsutil import Paths, boot_id
 from ._lock import FileLock
+from ._snapshot import IdView, Snapshot, _Tail
 from ._store import folded_past, open_manifest
-from ._types import Document, Hit
-from ._validate import as_vectors
+from ._types import Document
 from ._wal import RECOVERY_MODES, LogCursor, Retired
-from .errors import ClosedError, CorruptionError, InvalidInputError
+from .errors import ClosedError, CorruptionError, InvalidInputError, MmwalError
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "ReaderStats", "Snapshot"]
 
-METRICS = ("cosine", "dot", "l2")
-#: Rows scored per step of a search over the mapped checkpoint.
-SEARCH_ROWS = 65536
-_MISSING = object()
+_log = logging.getLogger("mmwal")
 
-# A tail document: (seq, the frame's embedding bytes (count * dim float32), its
-# row in them, content, metadata) - the bytes are shared by a batch's documents.
-_TailDoc = tuple[int, bytes, int, str, "dict[str, Any] | None"]
+@dataclass(frozen=True)
+class ReaderStats:
+    """What a Reader serves and how current it is (``Reader.stats()``).
 
-
-class IdView(Sequence[str]):
-    """The live ids in row order (row i of ``Reader.embeddings`` is ``ids[i]``).
-
-    A lazy, read-only sequence: building a list of a million ids is not part
-    of opening a Reader.  Compares equal to a list or tuple of the same ids.
+    ``lag`` is the newest seq in the log (from the writers' tail record) minus
+    the applied ``seq``; None when the tail record cannot be trusted (e.g.
+    after a reboot, before the first write).  ``fragments`` describes the
+    mapped files: today one entry for the checkpoint.
     """
 
-    def __init__(self, reader: Reader) -> None:
-        self._r = reader
-        self._version = reader._version
-        self._ckpt_rows = reader._live_ckpt_rows()
-        self._tail_ids = [k for k, v in reader._tail.items() if v is not None]
+    path: str
+    dim: int
+    seq: int
+    newest_seq: int | None
+    lag: int | None
+    documents: int
+    checkpoint_id: int
+    checkpoint_seq: int
+    tail_records: int
+    tail_documents: int
+    refreshes: int
+    last_refresh: float  # time.time() of the last successful refresh (or of the open)
+    refresh_errors: int
+    last_refresh_error: str | None
+    refresh_every: float | None
+    fragments: list[dict[str, Any]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self._ckpt_rows) + len(self._tail_ids)
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self._ckpt_rows)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("row out of range")
-        if i < n:
-            ckpt = self._r._ckpt
-            assert ckpt is not None
-            return ckpt.id_at(int(self._ckpt_rows[i]))
-        return self._tail_ids[i - n]
 
-    def __iter__(self) -> Iterator[str]:
-        ckpt = self._r._ckpt
-        if ckpt is not None:
-            for row in self._ckpt_rows.tolist():
-                yield ckpt.id_at(row)
-        yield from self._tail_ids
+class _State:
+    """What the refreshing thread owns: the mapped checkpoint, the tail, the log position."""
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (IdView, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
+    __slots__ = ("ckpt", "ckpt_id", "ckpt_seq", "cursor", "mstat", "seq", "tail")
 
-    __hash__ = None  # type: ignore[assignment]
+    def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, ckpt_seq: int,
+                 tail: _Tail, cursor: LogCursor, mstat: tuple[int, ...]) -> None:
+        self.ckpt = ckpt
+        self.ckpt_id = ckpt_id
+        self.ckpt_seq = ckpt_seq
+        self.seq = ckpt_seq
+        self.tail = tail
+        self.cursor = cursor
+        self.mstat = mstat
 
-    def __repr__(self) -> str:
-        head = ", ".join(repr(x) for x in self[:5])
-        return f"IdView([{head}{', ...' if len(self) > 5 else ''}], len={len(self)})"
+
+_libc_trim: Callable[[int], int] | None = None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS after a tail was dropped (glibc only)."""
+    global _libc_trim
+    if _libc_trim is None:
+        fn: Any = lambda _pad: 0  # noqa: E731
+        name = ctypes.util.find_library("c")
+        if name and "libc" in name:
+            try:
+                fn = ctypes.CDLL(name).malloc_trim
+            except (OSError, AttributeError):
+                pass
+        _libc_trim = fn
+    _libc_trim(0)
 
 
 class Reader:
@@ -107,16 +118,30 @@ class Reader:
         What to do with a damaged log record that has valid records after it:
         ``"strict"`` (default) raises :class:`mmwal.CorruptionError`;
         ``"point-in-time"`` stops before it; ``"skip-bad"`` skips it.
+    refresh_every
+        Seconds between refreshes done by a background daemon thread, so that
+        request paths never pay for them (None: only explicit ``refresh()``).
+        A failed background refresh keeps the last good snapshot, is counted
+        in ``stats()`` and logged (logger ``"mmwal"``) once per error message.
 
     Notes
     -----
+    *Threads.* A Reader may be shared by threads.  Every read uses the
+    immutable :class:`Snapshot` current when it started; ``refresh()`` builds
+    the next one aside and publishes it with one reference swap (refreshes
+    are serialised).  Use :meth:`snapshot` when several reads must agree.
+
+    *Fork.* A Reader opened before ``fork`` works in the child: on its first
+    use there it reopens its lock descriptor (so the child never shares the
+    parent's flock) and its locks, and restarts its refresh thread; the
+    read-only mappings stay shared with the parent.
+
     ``embeddings`` is a zero-copy read-only memmap of the checkpoint when the
     log tail is empty (nothing added, replaced or removed since the
     checkpoint).  Otherwise it is a new read-only in-memory array holding the
     surviving checkpoint rows followed by the tail documents, built on first
-    access after each change; ``search`` never builds it (it scores the mapped
-    checkpoint and the tail separately).  Run ``Store.checkpoint()`` to get back
-    to zero-copy.
+    access to each snapshot; ``search`` never builds it.  Run
+    ``Store.checkpoint()`` to get back to zero-copy.
 
     Examples
     --------
@@ -129,74 +154,97 @@ class Reader:
     2 True why [Hit(id='x', score=0.9938837...)]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, recovery: str = "strict") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, recovery: str = "strict",
+                 refresh_every: float | None = None) -> None:
         self._closed = True
+        self._thread: threading.Thread | None = None
         if recovery not in RECOVERY_MODES:
             raise InvalidInputError(f"recovery must be one of {RECOVERY_MODES}, got "
                                     f"{recovery!r}", got=recovery)
+        if refresh_every is not None and (
+                isinstance(refresh_every, bool) or not isinstance(refresh_every, (int, float))
+                or not 0 < refresh_every < 1e9):
+            raise InvalidInputError(f"refresh_every must be None or a number of seconds > 0, "
+                                    f"got {refresh_every!r}", got=refresh_every)
         self.path = os.path.abspath(os.fspath(path))
         self.recovery = recovery
+        self.refresh_every = None if refresh_every is None else float(refresh_every)
+        self.on_refresh: Callable[[Reader, int], None] | None = None
         self._paths = Paths(self.path)
         manifest = open_manifest(self._paths)
         self.dim: int = manifest["dim"]
         self._lock = FileLock.for_reader(self._paths.append_lock)
-        self._version = 0
-        self._ckpt: CheckpointView | None = None
-        self._cursor: LogCursor | None = None
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._generation = _st._fork_generation
+        self._state: _State | None = None
+        self._refreshes = 0
+        self._refresh_errors = 0
+        self._last_error: str | None = None
+        self._warned: set[str] = set()
         self._closed = False
         try:
-            self._load(manifest)
+            self._state = self._load(manifest)
             self._catch_up()
+            self._publish()
         except BaseException:
             self.close()
             raise
+        self._last_refresh = time.time()
+        if self.refresh_every is not None:
+            self._start_thread()
 
     # ------------------------------------------------------------------ state
-    def _load(self, manifest: dict[str, Any]) -> None:
-        """Start over from the checkpoint ``manifest`` names (or a newer one).
+    def _new_state(self, manifest: dict[str, Any]) -> _State:
+        try:
+            st = os.stat(self._paths.manifest)
+            mstat: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            mstat = ()
+        cid = manifest["checkpoint"]
+        old = self._state
+        if old is not None and old.ckpt_id == cid:
+            ckpt = old.ckpt
+        else:
+            ckpt = CheckpointView(self._paths, cid, self.dim) if cid else None
+        if ckpt is not None and ckpt.seq != manifest["checkpoint_seq"]:
+            raise CorruptionError(
+                f"{self._paths.manifest}: names checkpoint {cid} at seq "
+                f"{manifest['checkpoint_seq']}, its descriptor says {ckpt.seq}",
+                path=self._paths.manifest, offset=F.MANIFEST_HEADER.size)
+        seq = manifest["checkpoint_seq"]
+        paths = self._paths
+        cursor = LogCursor(paths, manifest["replay_segment"], seq + 1, mode=self.recovery,
+                           lock=self._lock, folded=lambda seg: folded_past(paths, seg))
+        return _State(ckpt, cid, seq, _Tail(self.dim, False), cursor, mstat)
+
+    def _load(self, manifest: dict[str, Any]) -> _State:
+        """A fresh state at the checkpoint ``manifest`` names (or a newer one).
 
         A slow Reader can find the checkpoint it was told about already
         retired by a newer one: then the MANIFEST has changed, and it moves on.
         """
-        for _ in range(100):
+        for attempt in range(100):
             try:
-                self._load_once(manifest)
-                return
+                return self._new_state(manifest)
             except CorruptionError:
                 newer = open_manifest(self._paths)
-                if newer == manifest:
+                if newer == manifest or attempt == 99:
                     raise
                 manifest = newer
-        self._load_once(manifest)
+        raise AssertionError("unreachable")
 
-    def _load_once(self, manifest: dict[str, Any]) -> None:
-        try:
-            st = os.stat(self._paths.manifest)
-            self._mstat: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            self._mstat = ()
-        cid = manifest["checkpoint"]
-        if self._ckpt is None or self._ckpt.id != cid:
-            self._ckpt = CheckpointView(self._paths, cid, self.dim) if cid else None
-        if self._ckpt is not None and self._ckpt.seq != manifest["checkpoint_seq"]:
-            raise CorruptionError(
-                f"{self._paths.manifest}: names checkpoint {cid} at seq "
-                f"{manifest['checkpoint_seq']}, its descriptor says {self._ckpt.seq}",
-                path=self._paths.manifest, offset=F.MANIFEST_HEADER.size)
-        self._ckpt_id = cid
-        self._tail: dict[str, _TailDoc | None] = {}
-        self._tail_live = 0
-        self._cleared = False
-        self._dead: set[int] = set()
-        self._unresolved: list[str] = []
-        self.seq: int = manifest["checkpoint_seq"]
-        if self._cursor is not None:
-            self._cursor.close()
-        self._cursor = LogCursor(self._paths, manifest["replay_segment"], self.seq + 1,
-                                 mode=self.recovery, lock=self._lock,
-                                 folded=lambda seg: folded_past(self._paths, seg))
-        self._version += 1
-        self._cache: dict[str, Any] = {}
+    def _switch(self, manifest: dict[str, Any], reuse: bool = True) -> None:
+        old = self._state
+        if not reuse:
+            self._state = None  # map the checkpoint again too
+        self._state = self._load(manifest)
+        if old is not None:
+            old.cursor.close()
+            if old.tail.n:
+                self._trim = True
+
+    _trim = False
 
     def _apply_log(self) -> int:
         """Apply every valid frame after the position; return the ops applied."""
@@ -213,253 +261,205 @@ class Reader:
                 gc.enable()
 
     def _apply_frames(self) -> int:
-        cur = self._cursor
-        assert cur is not None
-        tail = self._tail
-        unresolved = self._unresolved
+        state = self._state
+        assert state is not None
         dim = self.dim
         decode_add = F.decode_add
+        ckpt = state.ckpt
         applied = 0
-        for kind, seq, count, payload, path, offset in cur.frames():
-            if kind == 1:  # add
+        for kind, seq, count, payload, path, offset in state.cursor.frames():
+            tail = state.tail
+            if kind == F.KIND_ADD:
                 _ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset)
-                if count == 1:
-                    key = ids[0]
-                    old = tail.pop(key, _MISSING)
-                    if old is _MISSING:
-                        unresolved.append(key)
-                        self._tail_live += 1
-                    elif old is None:
-                        self._tail_live += 1
-                    tail[key] = (seq, emb, 0, contents[0], metas[0])
-                else:
-                    self._add_batch(seq, count, ids, contents, metas, emb)
-            elif kind == 2:  # remove
-                key = F.decode_payload(kind, count, payload, dim, path, offset)[1]
-                old = tail.pop(key, _MISSING)
-                if old is _MISSING:
-                    unresolved.append(key)
-                elif old is not None:
-                    self._tail_live -= 1
-                tail[key] = None
+                tail.add(ids, emb, contents, metas, ckpt)
+            elif kind == F.KIND_REMOVE:
+                tail.remove(F.decode_payload(kind, count, payload, dim, path, offset)[1], ckpt)
             else:  # clear
                 F.decode_payload(kind, count, payload, dim, path, offset)
-                tail.clear()
-                self._tail_live = 0
-                self._cleared = True
-                self._dead.clear()
-                unresolved.clear()
+                state.tail = _Tail(dim, True)
             applied += count
-            self.seq = seq + count - 1
-        if applied:
-            self._version += 1
-            self._cache = {}
+            state.seq = seq + count - 1
         return applied
-
-    def _add_batch(self, seq: int, count: int, ids: list[str], contents: list[str],
-                   metas: list[Any], emb: bytes) -> None:
-        """Apply an add_many frame: C-level dict and set operations where possible."""
-        tail = self._tail
-        docs = zip(range(seq, seq + count), repeat(emb), range(count), contents, metas)
-        if len(set(ids)) != count:
-            # Repeated ids within the batch: the last one wins, in its position.
-            for key, doc in zip(ids, docs):
-                old = tail.pop(key, _MISSING)
-                if old is _MISSING:
-                    self._unresolved.append(key)
-                if old is _MISSING or old is None:
-                    self._tail_live += 1
-                tail[key] = doc
-            return
-        present = tail.keys() & set(ids)
-        if present:
-            for key in present:
-                if tail.pop(key) is not None:
-                    self._tail_live -= 1  # replaced: counted again below
-            self._unresolved.extend(k for k in ids if k not in present)
-        else:
-            self._unresolved.extend(ids)
-        tail.update(zip(ids, docs))
-        self._tail_live += count
-
-    def _resolve(self) -> None:
-        """Mark checkpoint rows superseded by tail ids (lazily: lookups cost)."""
-        if self._unresolved:
-            ckpt = self._ckpt
-            if ckpt is not None and not self._cleared:
-                for key in self._unresolved:
-                    row = ckpt.lookup(key.encode("utf-8"))
-                    if row >= 0:
-                        self._dead.add(row)
-            self._unresolved = []
-
-    def _live_ckpt_rows(self) -> np.ndarray:
-        got = self._cache.get("rows")
-        if got is None:
-            self._resolve()
-            ckpt = self._ckpt
-            if ckpt is None or self._cleared:
-                got = np.empty(0, dtype=np.int64)
-            elif not self._dead:
-                got = np.arange(ckpt.count, dtype=np.int64)
-            else:
-                mask = np.ones(ckpt.count, dtype=bool)
-                mask[np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))] = False
-                got = np.flatnonzero(mask)
-            self._cache["rows"] = got
-        return got  # type: ignore[no-any-return]
-
-    def _dead_mask(self) -> np.ndarray | None:
-        """A bool mask of superseded checkpoint rows, or None when there are none."""
-        self._resolve()
-        if not self._dead:
-            return None
-        got = self._cache.get("dead")
-        if got is None:
-            ckpt = self._ckpt
-            assert ckpt is not None
-            got = np.zeros(ckpt.count, dtype=bool)
-            got[np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))] = True
-            self._cache["dead"] = got
-        return got  # type: ignore[no-any-return]
-
-    def _tail_matrix(self) -> tuple[list[str], np.ndarray]:
-        got = self._cache.get("tail")
-        if got is None:
-            ids = [k for k, v in self._tail.items() if v is not None]
-            mat = np.empty((len(ids), self.dim), dtype=np.float32)
-            row = 4 * self.dim
-            flat = mat.reshape(-1).view(np.uint8) if ids else None
-            for j, key in enumerate(ids):
-                doc = self._tail[key]
-                assert doc is not None and flat is not None
-                flat[j * row : (j + 1) * row] = np.frombuffer(doc[1], dtype=np.uint8, count=row,
-                                                              offset=row * doc[2])
-            got = (ids, mat)
-            self._cache["tail"] = got
-        return got  # type: ignore[no-any-return]
-
-    # ------------------------------------------------------------------ public
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError(f"Reader({self.path!r}) is closed", path=self.path)
-
-    def refresh(self) -> int:
-        """Apply new log records, or move to a newer checkpoint; return how far seq moved.
-
-        The return value is the number of operations by which ``seq`` advanced
-        (after a move to a newer checkpoint, the net advance).
-        """
-        self._check()
-        before = self.seq
-        try:
-            st = os.stat(self._paths.manifest)
-            mstat: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            mstat = ()
-        if mstat != self._mstat:
-            m = open_manifest(self._paths)
-            if m["checkpoint"] != self._ckpt_id:
-                self._load(m)
-            else:
-                self._mstat = mstat
-        self._catch_up()
-        return max(0, self.seq - before)
 
     def _catch_up(self) -> None:
         """Apply the log; when a checkpoint retired our segment, move to that checkpoint."""
         for _ in range(100):
             try:
                 self._apply_log()
-                break
+                return
             except Retired:
-                # A checkpoint retired the segment we were reading: move to it.
+                # A checkpoint folded (and is retiring) the segment we were reading.
+                state = self._state
+                assert state is not None
                 m = open_manifest(self._paths)
-                if m["checkpoint"] == self._ckpt_id:
-                    missing = self._cursor.seg_id if self._cursor else 0
+                if m["checkpoint"] == state.ckpt_id:
+                    missing = self._paths.segment(state.cursor.seg_id)
                     raise CorruptionError(
-                        f"{self._paths.segment(missing)}: log segment missing while the "
-                        "manifest still needs it; run `mmwal verify`",
-                        path=self._paths.segment(missing), offset=0) from None
-                self._load(m)
+                        f"{missing}: log segment missing while the manifest still needs it; "
+                        "run `mmwal verify`", path=missing, offset=0) from None
+                self._switch(m)
+        raise CorruptionError(f"{self._paths.manifest}: the store kept moving to newer "
+                              "checkpoints while this Reader caught up; retry",
+                              path=self._paths.manifest, offset=0)
 
+    def _publish(self) -> None:
+        s = self._state
+        assert s is not None
+        self._snap = Snapshot(s.ckpt, s.ckpt_id, s.tail, s.seq, self.dim)
+        if self._trim:
+            self._trim = False
+            _trim_heap()
+
+    # ------------------------------------------------------------------ public
+    def _use(self) -> Snapshot:
+        """The current snapshot, after the checks every public call makes."""
+        if self._closed:
+            raise ClosedError(f"Reader({self.path!r}) is closed", path=self.path)
+        if self._generation != _st._fork_generation:
+            self._after_fork()
+        return self._snap
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: own locks and descriptors, keep the mappings."""
+        # The parent's refresh lock may have been held by a parent thread that
+        # does not exist here; the flock descriptor is the parent's open file
+        # description (sharing it would share the lock).
+        self._refresh_lock = threading.Lock()
+        if self._lock is not None:
+            self._lock.after_fork()
+        self._generation = _st._fork_generation
+        self._stop = threading.Event()
+        if self.refresh_every is not None:
+            self._start_thread()
+
+    def snapshot(self) -> Snapshot:
+        """The current immutable view (``ids``, ``embeddings``, ``get``, ``search``, ``seq``).
+
+        Examples
+        --------
+        >>> import mmwal, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with mmwal.Store(d, dim=2, durability="os") as s:
+        ...     _ = s.add("a", [1.0, 2.0])
+        >>> with mmwal.Reader(d) as r:
+        ...     snap = r.snapshot()
+        ...     snap.ids[0], snap.embeddings[0].tolist(), snap.seq
+        ('a', [1.0, 2.0], 1)
+        """
+        return self._use()
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number applied (the snapshot's)."""
+        return self._use().seq
+
+    def refresh(self) -> int:
+        """Apply new log records, or move to a newer checkpoint; return how far seq moved.
+
+        The return value is the number of operations by which ``seq`` advanced
+        (after a move to a newer checkpoint, the net advance).  Costs what was
+        appended since the last refresh (plus mapping a newer checkpoint, if
+        any); concurrent calls are serialised.
+        """
+        self._use()
+        with self._refresh_lock:
+            advanced = self._refresh_locked()
+        hook = self.on_refresh
+        if hook is not None:
+            hook(self, advanced)
+        return advanced
+
+    def _refresh_locked(self) -> int:
+        if self._closed:
+            raise ClosedError(f"Reader({self.path!r}) is closed", path=self.path)
+        before = self._snap.seq
+        try:
+            if self._dirty:
+                # The last refresh failed part way (damage, an I/O error, an
+                # interrupt): its state may hold half a frame.  Start over from
+                # the MANIFEST; the published snapshot was never touched.
+                self._switch(open_manifest(self._paths), reuse=False)
+                self._dirty = False
+            self._refresh_state()
+        except BaseException:
+            self._dirty = True
+            raise
+        self._refreshes += 1
+        self._last_refresh = time.time()
+        return max(0, self._snap.seq - before)
+
+    _dirty = False
+
+    def _refresh_state(self) -> None:
+        state = self._state
+        assert state is not None
+        try:
+            st = os.stat(self._paths.manifest)
+            mstat: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            mstat = ()
+        if mstat != state.mstat:
+            m = open_manifest(self._paths)
+            if m["checkpoint"] != state.ckpt_id:
+                self._switch(m)
+            else:
+                state.mstat = mstat
+        self._catch_up()
+        self._publish()
+
+    # ------------------------------------------------------------ background
+    def _start_thread(self) -> None:
+        t = threading.Thread(target=self._refresh_loop, name=f"mmwal-refresh {self.path}",
+                             daemon=True)
+        self._thread = t
+        t.start()
+
+    def _refresh_loop(self) -> None:
+        every = self.refresh_every
+        stop = self._stop
+        assert every is not None
+        while not stop.wait(every):
+            if self._closed:
+                return
+            try:
+                self.refresh()
+            except ClosedError:
+                return
+            except Exception as exc:  # any failure: keep serving the last snapshot
+                self._refresh_errors += 1
+                msg = f"{type(exc).__name__}: {exc}"
+                self._last_error = msg
+                if msg not in self._warned and len(self._warned) < 100:
+                    self._warned.add(msg)  # once per distinct error, not every period
+                    _log.warning("background refresh of %s failed: %s; the Reader keeps "
+                                 "serving seq %d", self.path, msg, self._snap.seq)
+
+    # ------------------------------------------------------------------ views
     def __len__(self) -> int:
-        self._check()
-        ckpt = self._ckpt
-        if ckpt is None or self._cleared:
-            return self._tail_live
-        self._resolve()
-        return int(ckpt.count) - len(self._dead) + self._tail_live
+        return len(self._use())
 
     def __contains__(self, id: object) -> bool:
-        return isinstance(id, str) and self.get(id) is not None
+        return id in self._use()
 
     def __getitem__(self, id: str) -> Document:
-        doc: Document | None = self.get(id)
-        if doc is None:
-            raise KeyError(id)
-        return doc
+        return self._use()[id]
 
     def get(self, id: str, default: Any = None) -> Any:
         """The Document with this id, or ``default`` (None) when there is none."""
-        self._check()
-        if not isinstance(id, str):
-            raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
-        t = self._tail.get(id, _MISSING)
-        if t is not _MISSING:
-            if t is None:
-                return default
-            doc: _TailDoc = t  # type: ignore[assignment]
-            vec = np.frombuffer(doc[1], dtype="<f4", count=self.dim, offset=4 * self.dim * doc[2])
-            return Document(id, vec, doc[3], doc[4])
-        ckpt = self._ckpt
-        if ckpt is None or self._cleared:
-            return default
-        row = ckpt.lookup(id.encode("utf-8"))
-        if row < 0:
-            return default
-        content, meta = ckpt.doc(row)
-        return Document(id, ckpt.embeddings[row], content, meta)
+        return self._use().get(id, default)
 
     @property
     def ids(self) -> IdView:
-        """Live ids in row order: row i of ``embeddings`` is ``ids[i]``."""
-        self._check()
-        got = self._cache.get("ids")
-        if got is None:
-            got = self._cache["ids"] = IdView(self)
-        return got  # type: ignore[no-any-return]
+        """Live ids in row order: row i of ``embeddings`` is ``ids[i]`` (of one snapshot)."""
+        return self._use().ids
 
     @property
     def embeddings(self) -> np.ndarray:
         """(n, dim) float32, read-only; zero-copy memmap when the log tail is empty."""
-        self._check()
-        got = self._cache.get("emb")
-        if got is not None:
-            return got  # type: ignore[no-any-return]
-        ckpt = self._ckpt
-        if ckpt is not None and not self._cleared and not self._tail_live:
-            self._resolve()
-            if not self._dead:  # the log tail changes nothing: the map itself, zero-copy
-                self._cache["emb"] = ckpt.embeddings
-                return ckpt.embeddings
-        rows = self._live_ckpt_rows()
-        _ids, tail = self._tail_matrix()
-        if ckpt is not None and not self._cleared and len(rows) == ckpt.count and not len(tail):
-            got = ckpt.embeddings
-        else:
-            parts = []
-            if ckpt is not None and len(rows):
-                parts.append(ckpt.embeddings if len(rows) == ckpt.count
-                             else ckpt.embeddings[rows])
-            parts.append(tail)
-            got = np.concatenate(parts) if len(parts) > 1 else tail.copy()
-            got.flags.writeable = False
-        self._cache["emb"] = got
-        return got
+        return self._use().embeddings
 
     def search(self, q: Any, k: int = 10, metric: str = "cosine") -> Any:
-        """Exact top-k search over every live document.
+        """Exact top-k search over every live document (see :meth:`Snapshot.search`).
 
         Parameters
         ----------
@@ -475,106 +475,53 @@ class Reader:
         -------
         list[Hit] best first, or a list of such lists for a 2-D ``q``.
         """
-        self._check()
-        if metric not in METRICS:
-            raise InvalidInputError(f"metric must be one of {METRICS}, got {metric!r}",
-                                    got=metric)
-        if type(k) is not int or k < 1:
-            raise InvalidInputError(f"k must be an int >= 1, got {k!r}", got=k)
-        arr = np.asarray(q) if not isinstance(q, np.ndarray) else q
-        single = arr.ndim == 1
-        if arr.ndim not in (1, 2):
-            raise InvalidInputError(f"q must have shape (dim,) or (m, dim), got {arr.shape}")
-        Q = as_vectors(arr, self.dim, None if single else arr.shape[0], "q")
-        if single:
-            Q = Q[None, :]
-        m = Q.shape[0]
-        qn = np.linalg.norm(Q, axis=1).astype(np.float32)
-        best_s = [np.empty(0, np.float32) for _ in range(m)]
-        best_r = [np.empty(0, np.int64) for _ in range(m)]
+        return self._use().search(q, k, metric)
 
-        def take(scores: np.ndarray, base: int) -> None:
-            # scores: (c, m), higher is better; keep the top k per query.
-            c = scores.shape[0]
-            kk = min(k, c)
-            if kk < c:
-                idx = np.argpartition(-scores, kk - 1, axis=0)[:kk]
-            else:
-                idx = np.broadcast_to(np.arange(c)[:, None], (c, m))
-            for j in range(m):
-                col = idx[:, j]
-                s = np.concatenate([best_s[j], scores[col, j]])
-                r = np.concatenate([best_r[j], col.astype(np.int64) + base])
-                if len(s) > k:
-                    keep = np.argpartition(-s, k - 1)[:k]
-                    s, r = s[keep], r[keep]
-                best_s[j], best_r[j] = s, r
-
-        ckpt = self._ckpt
-        n_ckpt = 0
-        if ckpt is not None and not self._cleared and ckpt.count:
-            n_ckpt = ckpt.count
-            dead = self._dead_mask()
-            E, norms = ckpt.embeddings, ckpt.norms
-            for a in range(0, n_ckpt, SEARCH_ROWS):
-                b = min(n_ckpt, a + SEARCH_ROWS)
-                s = _score(E[a:b], norms[a:b], Q, qn, metric)
-                if dead is not None:
-                    s[dead[a:b]] = -np.inf
-                take(s, a)
-        tail_ids, T = self._tail_matrix()
-        if len(T):
-            tnorms = self._cache.get("tnorms")
-            if tnorms is None:
-                tnorms = self._cache["tnorms"] = np.linalg.norm(T, axis=1).astype(np.float32)
-            take(_score(T, tnorms, Q, qn, metric), n_ckpt)
-        out: list[list[Hit]] = []
-        for j in range(m):
-            s, r = best_s[j], best_r[j]
-            ok = np.isfinite(s)
-            s, r = s[ok], r[ok]
-            if metric == "l2" and len(r):
-                # The expanded form |v|^2 - 2 v.q + |q|^2 loses precision near 0 in
-                # float32: recompute the k winners' distances exactly.
-                vecs = np.stack([ckpt.embeddings[x] if x < n_ckpt and ckpt is not None
-                                 else T[x - n_ckpt] for x in r.tolist()])
-                diff = vecs.astype(np.float64) - Q[j].astype(np.float64)
-                s = -np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            order = np.lexsort((r, -s))
-            hits = []
-            for i in order.tolist():
-                row = int(r[i])
-                score = float(s[i])
-                if metric == "l2":
-                    score = -score
-                if row < n_ckpt:
-                    assert ckpt is not None
-                    hid = ckpt.id_at(row)
-                else:
-                    hid = tail_ids[row - n_ckpt]
-                hits.append(Hit(hid, score))
-            out.append(hits)
-        return out[0] if single else out
+    def stats(self) -> ReaderStats:
+        """Counters of what this Reader serves and how far behind the log it is."""
+        snap = self._use()
+        state = self._state
+        ckpt_seq = state.ckpt_seq if state is not None else 0
+        newest = _newest_seq(self._paths)
+        ckpt = snap._ckpt
+        frag: list[dict[str, Any]] = []
+        if state is not None and state.ckpt is not None:
+            frag.append({"checkpoint": state.ckpt_id, "rows": state.ckpt.count,
+                         "dead_rows": state.ckpt.count - snap._ckpt_live if ckpt is not None
+                         else state.ckpt.count, "index": None, "columns": []})
+        return ReaderStats(
+            path=self.path, dim=self.dim, seq=snap.seq, newest_seq=newest,
+            lag=None if newest is None else max(0, newest - snap.seq), documents=len(snap),
+            checkpoint_id=snap.checkpoint_id, checkpoint_seq=ckpt_seq,
+            tail_records=snap.seq - ckpt_seq, tail_documents=snap._tail_live,
+            refreshes=self._refreshes, last_refresh=self._last_refresh,
+            refresh_errors=self._refresh_errors, last_refresh_error=self._last_error,
+            refresh_every=self.refresh_every, fragments=frag)
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def checkpoint_id(self) -> int:
         """Id of the checkpoint this Reader maps (0: none yet)."""
-        return int(self._ckpt_id)
+        return int(self._use().checkpoint_id)
 
     def close(self) -> None:
-        """Drop the mappings and descriptors; idempotent."""
+        """Stop the refresh thread, drop the mappings and descriptors; idempotent.
+
+        Snapshots taken before keep their mappings until they are dropped.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._cursor is not None:
-            self._cursor.close()
-            self._cursor = None
-        self._ckpt = None
-        self._tail = {}
-        self._cache = {}
-        if self._lock is not None:
-            self._lock.close()
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread() and t.is_alive():
+            t.join(timeout=60)
+        with self._refresh_lock:
+            if self._state is not None:
+                self._state.cursor.close()
+                self._state = None
+            if self._lock is not None:
+                self._lock.close()  # a plain close: it never unlocks a parent's lock
 
     def __enter__(self) -> Reader:
         return self
@@ -585,27 +532,25 @@ class Reader:
     def __repr__(self) -> str:
         if self._closed:
             return f"Reader({self.path!r}, closed)"
-        return f"Reader({self.path!r}, seq={self.seq}, checkpoint={self._ckpt_id})"
+        return f"Reader({self.path!r}, seq={self._snap.seq}, checkpoint={self._snap.checkpoint_id})"
 
 
-def _score(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
-           metric: str) -> np.ndarray:
-    """(rows, m) scores, higher is better (l2 returns the negated distance)."""
-    with np.errstate(all="ignore"):  # damaged (non-finite) rows must not warn-raise
-        return _score_unchecked(E, norms, Q, qn, metric)
-
-
-def _score_unchecked(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
-                     metric: str) -> np.ndarray:
-    s: np.ndarray = E @ Q.T
-    if metric == "dot":
-        return s
-    if metric == "cosine":
-        denom = norms[:, None] * qn[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.where(denom > 0, s / np.where(denom > 0, denom, 1), 0.0)
-        cos: np.ndarray = out.astype(np.float32, copy=False)
-        return cos
-    d2 = (norms[:, None] ** 2) - 2 * s + (qn[None, :] ** 2)
-    neg: np.ndarray = -np.sqrt(np.maximum(d2, 0, out=d2))
-    return neg
+def _newest_seq(paths: Paths) -> int | None:
+    """The last seq the writers' tail record announces, if it can be trusted now."""
+    try:
+        fd = os.open(paths.tail, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, F.TAIL_SIZE, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(raw) != F.TAIL_SIZE:
+        return None
+    try:
+        t = F.decode_tail(raw, boot_id())
+    except MmwalError:
+        return None
+    return None if t is None else t.last_seq

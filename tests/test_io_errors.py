@@ -246,7 +246,7 @@ def test_failed_manifest_replace_keeps_the_old_checkpoint(store_path, layer):
     assert exc.value.path.endswith("MANIFEST") and exc.value.errno == errno.EIO
     layer.heal()
     with mmwal.Reader(store_path) as r:
-        assert r._ckpt_id == first.id and r.seq == 6
+        assert r.checkpoint_id == first.id and r.seq == 6
     assert s.checkpoint().seq == 6
     s.close()
     expect_state(store_path, range(6))

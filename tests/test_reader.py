@@ -9,7 +9,7 @@ import pytest
 from ckpt_helpers import DIM, content_of, key_vec, key_vecs, meta_of, snapshot
 
 import mmwal
-from mmwal import _reader
+from mmwal import _snapshot
 from mmwal._checkpoint import CheckpointView
 
 Model = dict[str, tuple[np.ndarray, str, object]]
@@ -189,7 +189,7 @@ def check_hits(hits: list[mmwal.Hit], model: Model, q: np.ndarray, k: int, metri
 @pytest.mark.parametrize("chunked", [False, True])
 def test_search_equals_brute_force(store_path, monkeypatch, metric, chunked):
     if chunked:  # score the mapped checkpoint in many small steps
-        monkeypatch.setattr(_reader, "SEARCH_ROWS", 37)
+        monkeypatch.setattr(_snapshot, "SEARCH_ROWS", 37)
     dim = 16
     model = mixed_store(store_path, dim=dim, vecf=gauss_vecs)
     rng = np.random.default_rng(7)

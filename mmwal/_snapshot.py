@@ -1,0 +1,453 @@
+"""Immutable views of a store: the append-only tail columns and the :class:`Snapshot`.
+
+A Reader (``_reader.py``) shows an immutable :class:`Snapshot`: the mapped
+checkpoint, and a prefix of the tail (the documents added since the
+checkpoint) as *append-only columns* (:class:`_Tail`): ids, vectors and norms
+in arrays that grow by doubling, content and metadata, and the order in which
+rows died (replaced or removed).  A refresh appends the new records to the
+columns and publishes a new snapshot with one reference swap; a snapshot that
+saw ``n`` rows and ``k`` deaths keeps seeing exactly those, because rows are
+never rewritten and a death is recorded with its position in the death order
+("alive in a snapshot iff ``death[row] >= its k``").  So threads search and
+read their snapshot while another thread refreshes, and a refresh costs what
+was appended, not the tail's size.
+
+Row order of ``ids``/``embeddings``: surviving checkpoint rows in checkpoint
+order, then live tail documents in the order of their last write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+import numpy as np
+
+from ._checkpoint import CheckpointView
+from ._types import Document, Hit
+from ._validate import as_vectors
+from .errors import InvalidInputError
+
+__all__ = ["METRICS", "IdView", "Snapshot"]
+
+METRICS = ("cosine", "dot", "l2")
+#: Rows scored per step of a search over the mapped checkpoint.
+SEARCH_ROWS = 65536
+_ALIVE = np.iinfo(np.int64).max  # death position of a row that has not died
+
+
+def _row_norms(block: np.ndarray) -> np.ndarray:
+    """Euclidean norms of float32 rows, computed in float64 (no overflow for huge values)."""
+    sq: np.ndarray = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+    out: np.ndarray = np.sqrt(sq).astype(np.float32)
+    return out
+
+
+class _Tail:
+    """The log tail since the checkpoint, as append-only columns shared by snapshots.
+
+    Only the thread that refreshes (holding the Reader's refresh lock) appends.
+    A clear starts a new ``_Tail`` (with ``cleared`` set), so snapshots taken
+    before it keep theirs.
+    """
+
+    def __init__(self, dim: int, cleared: bool) -> None:
+        self.dim = dim
+        self.cleared = cleared  # a clear in the tail: every checkpoint row is dead
+        self.ids: list[str] = []
+        self.docs: list[tuple[str, dict[str, Any] | None]] = []
+        self.prev: list[int] = []  # the previous tail row of the same id, or -1
+        self.newest: dict[str, int] = {}  # id -> its newest tail row (alive or not)
+        self.vecs = np.empty((0, dim), np.float32)
+        self.norms = np.empty(0, np.float32)
+        self.death = np.empty(0, np.int64)  # row -> position in ``deaths``, or _ALIVE
+        self.deaths: list[int] = []  # tail rows, in the order they died
+        self.ckpt_deaths: list[int] = []  # checkpoint rows, in the order they died
+        self.ckpt_death: dict[int, int] = {}  # checkpoint row -> its position there
+        self.n = 0
+        self.live = 0
+
+    def _reserve(self, extra: int) -> None:
+        cap = len(self.vecs)
+        if self.n + extra <= cap:
+            return
+        new = max(64, 2 * cap, self.n + extra)
+        # New arrays, filled, then swapped in: a snapshot keeps the arrays it
+        # was given, whose first n rows never change.
+        vecs = np.empty((new, self.dim), np.float32)
+        vecs[: self.n] = self.vecs[: self.n]
+        norms = np.empty(new, np.float32)
+        norms[: self.n] = self.norms[: self.n]
+        death = np.full(new, _ALIVE, np.int64)
+        death[: self.n] = self.death[: self.n]
+        self.vecs, self.norms, self.death = vecs, norms, death
+
+    def _kill_tail_row(self, row: int) -> None:
+        if self.death[row] == _ALIVE:
+            self.death[row] = len(self.deaths)
+            self.deaths.append(row)
+            self.live -= 1
+
+    def _kill(self, key: str, ckpt: CheckpointView | None) -> int:
+        """Kill the current version of ``key`` (tail row or checkpoint row); its tail row."""
+        old = self.newest.get(key, -1)
+        if old >= 0:
+            self._kill_tail_row(old)
+        elif ckpt is not None and not self.cleared:
+            row = ckpt.lookup(key.encode("utf-8"))
+            if row >= 0 and row not in self.ckpt_death:
+                self.ckpt_death[row] = len(self.ckpt_deaths)
+                self.ckpt_deaths.append(row)
+        return old
+
+    def add(self, ids: list[str], emb: bytes, contents: list[str], metas: list[Any],
+            ckpt: CheckpointView | None) -> None:
+        count = len(ids)
+        self._reserve(count)
+        n0 = self.n
+        block = np.frombuffer(emb, dtype="<f4").reshape(count, self.dim)
+        self.vecs[n0 : n0 + count] = block
+        self.norms[n0 : n0 + count] = _row_norms(block)
+        prev, newest, kill = self.prev, self.newest, self._kill
+        for row, key in enumerate(ids, n0):
+            prev.append(kill(key, ckpt))  # before newest[key]: see Snapshot._tail_row
+            newest[key] = row
+        self.ids.extend(ids)
+        self.docs.extend(zip(contents, metas))
+        self.n = n0 + count
+        self.live += count
+
+    def remove(self, key: str, ckpt: CheckpointView | None) -> None:
+        self._kill(key, ckpt)
+
+
+class Snapshot:
+    """An immutable view of a store at one seq: ``ids``, ``embeddings``, ``get``, ``search``.
+
+    Everything read through one snapshot agrees: row ``i`` of
+    ``snap.embeddings`` is always ``snap.ids[i]``, ``len(snap)`` counts exactly
+    the documents ``get`` finds, and no refresh changes any of it.  Get one
+    with :meth:`Reader.snapshot`; it stays valid after the Reader refreshes
+    (its files stay mapped) and is cheap to keep for the length of a request.
+    """
+
+    __slots__ = ("_cache", "_ckpt", "_ckpt_live", "_death", "_k", "_kc", "_n", "_norms",
+                 "_tail", "_tail_live", "_vecs", "checkpoint_id", "dim", "seq")
+
+    def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, tail: _Tail, seq: int,
+                 dim: int) -> None:
+        self._ckpt = None if tail.cleared else ckpt
+        self.checkpoint_id = ckpt_id
+        self._tail = tail
+        self._n = tail.n
+        self._k = len(tail.deaths)
+        self._kc = len(tail.ckpt_deaths)
+        self._vecs = tail.vecs
+        self._norms = tail.norms
+        self._death = tail.death
+        self._ckpt_live = (self._ckpt.count - self._kc) if self._ckpt is not None else 0
+        self._tail_live = tail.live
+        self.seq = seq
+        self.dim = dim
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ rows
+    def _ckpt_dead(self) -> np.ndarray | None:
+        """Bool mask of checkpoint rows dead in this snapshot, or None when there are none."""
+        if not self._kc or self._ckpt is None:
+            return None
+        got = self._cache.get("ckpt_dead")
+        if got is None:
+            got = np.zeros(self._ckpt.count, dtype=bool)
+            got[np.asarray(self._tail.ckpt_deaths[: self._kc], dtype=np.int64)] = True
+            self._cache["ckpt_dead"] = got
+        return got  # type: ignore[no-any-return]
+
+    def _ckpt_rows(self) -> np.ndarray:
+        got = self._cache.get("ckpt_rows")
+        if got is None:
+            ckpt = self._ckpt
+            if ckpt is None:
+                got = np.empty(0, np.int64)
+            else:
+                dead = self._ckpt_dead()
+                got = (np.arange(ckpt.count, dtype=np.int64) if dead is None
+                       else np.flatnonzero(~dead))
+            self._cache["ckpt_rows"] = got
+        return got  # type: ignore[no-any-return]
+
+    def _tail_alive(self) -> np.ndarray:
+        """Bool mask of the snapshot's tail rows that are alive in it."""
+        got = self._cache.get("tail_alive")
+        if got is None:
+            got = self._cache["tail_alive"] = self._death[: self._n] >= self._k
+        return got  # type: ignore[no-any-return]
+
+    def _tail_rows(self) -> np.ndarray:
+        got = self._cache.get("tail_rows")
+        if got is None:
+            got = self._cache["tail_rows"] = np.flatnonzero(self._tail_alive())
+        return got  # type: ignore[no-any-return]
+
+    def _tail_row(self, key: str) -> int:
+        """The tail row holding ``key`` as of this snapshot (alive or dead), or -1."""
+        tail = self._tail
+        row = tail.newest.get(key, -1)
+        prev = tail.prev
+        while row >= self._n:  # written after this snapshot: step back in time
+            row = prev[row]
+        return row
+
+    # ------------------------------------------------------------------ public
+    def __len__(self) -> int:
+        return self._ckpt_live + self._tail_live
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self.get(id) is not None
+
+    def __getitem__(self, id: str) -> Document:
+        doc: Document | None = self.get(id)
+        if doc is None:
+            raise KeyError(id)
+        return doc
+
+    def get(self, id: str, default: Any = None) -> Any:
+        """The Document with this id, or ``default`` (None) when there is none."""
+        if not isinstance(id, str):
+            raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+        row = self._tail_row(id)
+        if row >= 0:
+            if self._death[row] < self._k:
+                return default  # removed or replaced within this snapshot's tail
+            vec = self._vecs[row]
+            vec.flags.writeable = False
+            content, meta = self._tail.docs[row]
+            return Document(id, vec, content, meta)
+        ckpt = self._ckpt
+        if ckpt is None:
+            return default
+        try:
+            key = id.encode("utf-8")
+        except UnicodeEncodeError:
+            return default  # no stored id is not valid UTF-8
+        crow = ckpt.lookup(key)
+        if crow < 0:
+            return default
+        pos = self._tail.ckpt_death.get(crow)
+        if pos is not None and pos < self._kc:
+            return default
+        content, meta = ckpt.doc(crow)
+        return Document(id, ckpt.embeddings[crow], content, meta)
+
+    @property
+    def ids(self) -> IdView:
+        """Live ids in row order: row i of ``embeddings`` is ``ids[i]``."""
+        got = self._cache.get("ids")
+        if got is None:
+            got = self._cache["ids"] = IdView(self)
+        return got  # type: ignore[no-any-return]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(n, dim) float32, read-only; a zero-copy memmap when nothing supersedes the checkpoint.
+
+        With tail documents or superseded checkpoint rows it is a new read-only
+        array (surviving checkpoint rows, then live tail rows), built once per
+        snapshot; ``search`` never builds it.
+        """
+        got = self._cache.get("emb")
+        if got is not None:
+            return got  # type: ignore[no-any-return]
+        ckpt = self._ckpt
+        if ckpt is not None and not self._kc and not self._tail_live:
+            got = ckpt.embeddings  # the map itself, zero-copy
+        else:
+            parts = []
+            if ckpt is not None and self._ckpt_live:
+                parts.append(ckpt.embeddings if not self._kc
+                             else ckpt.embeddings[self._ckpt_rows()])
+            parts.append(self._vecs[self._tail_rows()])
+            got = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            got.flags.writeable = False
+        self._cache["emb"] = got
+        return got
+
+    def search(self, q: Any, k: int = 10, metric: str = "cosine") -> Any:
+        """Exact top-k search over every live document of this snapshot.
+
+        Parameters
+        ----------
+        q
+            A query vector (dim,) or a batch (m, dim).
+        k
+            How many hits per query (fewer when the store holds fewer).
+        metric
+            ``"cosine"`` or ``"dot"`` (similarity, higher is better) or ``"l2"``
+            (Euclidean distance, lower is better).
+
+        Returns
+        -------
+        list[Hit] best first, or a list of such lists for a 2-D ``q``.
+        """
+        if metric not in METRICS:
+            raise InvalidInputError(f"metric must be one of {METRICS}, got {metric!r}",
+                                    got=metric)
+        if type(k) is not int or k < 1:
+            raise InvalidInputError(f"k must be an int >= 1, got {k!r}", got=k)
+        arr = np.asarray(q) if not isinstance(q, np.ndarray) else q
+        single = arr.ndim == 1
+        if arr.ndim not in (1, 2):
+            raise InvalidInputError(f"q must have shape (dim,) or (m, dim), got {arr.shape}")
+        Q = as_vectors(arr, self.dim, None if single else arr.shape[0], "q")
+        if single:
+            Q = Q[None, :]
+        m = Q.shape[0]
+        qn = _row_norms(Q)
+        best_s = [np.empty(0, np.float32) for _ in range(m)]
+        best_r = [np.empty(0, np.int64) for _ in range(m)]
+
+        def take(scores: np.ndarray, base: int) -> None:
+            # scores: (c, m), higher is better; keep the top k per query.
+            c = scores.shape[0]
+            kk = min(k, c)
+            if kk < c:
+                idx = np.argpartition(-scores, kk - 1, axis=0)[:kk]
+            else:
+                idx = np.broadcast_to(np.arange(c)[:, None], (c, m))
+            for j in range(m):
+                col = idx[:, j]
+                s = np.concatenate([best_s[j], scores[col, j]])
+                r = np.concatenate([best_r[j], col.astype(np.int64) + base])
+                if len(s) > k:
+                    keep = np.argpartition(-s, k - 1)[:k]
+                    s, r = s[keep], r[keep]
+                best_s[j], best_r[j] = s, r
+
+        ckpt = self._ckpt
+        n_ckpt = 0
+        if ckpt is not None and ckpt.count and self._ckpt_live:
+            n_ckpt = ckpt.count
+            dead = self._ckpt_dead()
+            E, norms = ckpt.embeddings, ckpt.norms
+            for a in range(0, n_ckpt, SEARCH_ROWS):
+                b = min(n_ckpt, a + SEARCH_ROWS)
+                s = _score(E[a:b], norms[a:b], Q, qn, metric)
+                if dead is not None:
+                    s[dead[a:b]] = -np.inf
+                take(s, a)
+        n = self._n
+        if self._tail_live:
+            T = self._vecs[:n]
+            s = _score(T, self._norms[:n], Q, qn, metric)
+            if self._tail_live < n:
+                s[~self._tail_alive()] = -np.inf
+            take(s, n_ckpt)
+        out: list[list[Hit]] = []
+        for j in range(m):
+            s, r = best_s[j], best_r[j]
+            ok = np.isfinite(s)
+            s, r = s[ok], r[ok]
+            if metric == "l2" and len(r):
+                # The expanded form |v|^2 - 2 v.q + |q|^2 loses precision near 0 in
+                # float32: recompute the k winners' distances exactly.
+                vecs = np.stack([ckpt.embeddings[x] if x < n_ckpt and ckpt is not None
+                                 else self._vecs[x - n_ckpt] for x in r.tolist()])
+                diff = vecs.astype(np.float64) - Q[j].astype(np.float64)
+                s = -np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            order = np.lexsort((r, -s))
+            hits = []
+            for i in order.tolist():
+                row = int(r[i])
+                score = float(s[i])
+                if metric == "l2":
+                    score = -score
+                if row < n_ckpt:
+                    assert ckpt is not None
+                    hid = ckpt.id_at(row)
+                else:
+                    hid = self._tail.ids[row - n_ckpt]
+                hits.append(Hit(hid, score))
+            out.append(hits)
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        return f"Snapshot(seq={self.seq}, documents={len(self)}, checkpoint={self.checkpoint_id})"
+
+
+class IdView(Sequence[str]):
+    """The live ids of one snapshot in row order (row i of its ``embeddings`` is ``ids[i]``).
+
+    A lazy, read-only sequence: building a list of a million ids is not part
+    of opening a Reader.  It belongs to the snapshot it was taken from: a
+    refresh of the Reader does not change it.  Compares equal to a list or
+    tuple of the same ids.
+    """
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._ckpt_rows = snap._ckpt_rows()
+        self._tail_rows = snap._tail_rows()
+
+    def __len__(self) -> int:
+        return len(self._ckpt_rows) + len(self._tail_rows)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self._ckpt_rows)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("row out of range")
+        if i < n:
+            ckpt = self._snap._ckpt
+            assert ckpt is not None
+            return ckpt.id_at(int(self._ckpt_rows[i]))
+        return self._snap._tail.ids[int(self._tail_rows[i - n])]
+
+    def __iter__(self) -> Iterator[str]:
+        ckpt = self._snap._ckpt
+        if ckpt is not None:
+            for row in self._ckpt_rows.tolist():
+                yield ckpt.id_at(row)
+        ids = self._snap._tail.ids
+        for row in self._tail_rows.tolist():
+            yield ids[row]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (IdView, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(x) for x in self[:5])
+        return f"IdView([{head}{', ...' if len(self) > 5 else ''}], len={len(self)})"
+
+
+def _score(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
+           metric: str) -> np.ndarray:
+    """(rows, m) scores, higher is better (l2 returns the negated distance)."""
+    with np.errstate(all="ignore"):  # damaged (non-finite) rows must not warn-raise
+        return _score_unchecked(E, norms, Q, qn, metric)
+
+
+def _score_unchecked(E: np.ndarray, norms: np.ndarray, Q: np.ndarray, qn: np.ndarray,
+                     metric: str) -> np.ndarray:
+    s: np.ndarray = E @ Q.T
+    if metric == "dot":
+        return s
+    if metric == "cosine":
+        denom = norms[:, None] * qn[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(denom > 0, s / np.where(denom > 0, denom, 1), 0.0)
+        cos: np.ndarray = out.astype(np.float32, copy=False)
+        return cos
+    d2 = (norms[:, None] ** 2) - 2 * s + (qn[None, :] ** 2)
+    neg: np.ndarray = -np.sqrt(np.maximum(d2, 0, out=d2))
+    return neg
