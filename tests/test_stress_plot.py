@@ -233,6 +233,11 @@ def test_stress_plot_refuses_a_missing_or_invalid_report(tmp_path):
     res = _cli("stress", "plot", str(campaign), "-o", str(tmp_path / "x.png"))
     assert res.returncode == 2 and "no timeline" in res.stderr and "powerloss" in res.stderr
     assert not (tmp_path / "x.png").exists()
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(synthetic_report(10, 20, run_s=10)))
+    res = _cli("stress", "plot", str(good), "-o", str(tmp_path))  # a directory
+    assert res.returncode == 2 and "is a directory" in res.stderr
+    assert not (tmp_path.parent / (tmp_path.name + ".png")).exists()
 
 
 def test_stress_plot_without_matplotlib_says_how_to_install_it(tmp_path):

@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--quick", action="store_true", default=None,
       help="a short run: under a minute on 2 cores, start to verdict")
     a("--json", metavar="REPORT", help="write the full report as JSON to this file")
-    a("--plot", metavar="PNG", help="plot throughput and reader lag over time, with kill and "
-      "checkpoint markers (needs matplotlib: pip install 'mmwal[plot]')")
+    a("--plot", metavar="PNG", help="plot throughput, reader lag, kills per time bin and "
+      "checkpoint durations (needs matplotlib: pip install 'mmwal[plot]'); "
+      "'mmwal stress plot' redraws it later from a --json report")
     a("--scenario", choices=sorted(SCENARIOS), help="what else happens besides kills "
       "(default: 'default', SIGKILL only)")
     a("--keep", action="store_true", default=None,
@@ -132,6 +133,8 @@ def plot_command(args: argparse.Namespace) -> int:
     try:
         if os.path.abspath(out) == os.path.abspath(args.report):
             raise InvalidInputError(f"the output {out} is the report itself: give -o PNG")
+        if os.path.isdir(out):
+            raise InvalidInputError(f"cannot write {out}: it is a directory; give -o FILE.png")
         parent = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(parent):
             raise InvalidInputError(f"cannot write {out}: no directory {parent}")

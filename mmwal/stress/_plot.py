@@ -224,4 +224,4 @@ def figure(rep: dict[str, Any]) -> Any:
 def write(path: str, rep: dict[str, Any]) -> None:
     """Draw ``rep`` into the PNG file ``path``."""
     fig = figure(rep)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the name as given: no ".png" appended
