@@ -132,12 +132,14 @@ def plot_command(args: argparse.Namespace) -> int:
     out = args.output or (os.path.splitext(args.report)[0] + ".png")
     try:
         if os.path.abspath(out) == os.path.abspath(args.report):
-            raise InvalidInputError(f"the output {out} is the report itself: give -o PNG")
+            raise InvalidInputError(f"the output {out} is the report itself: give -o PNG",
+                                    path=out)
         if os.path.isdir(out):
-            raise InvalidInputError(f"cannot write {out}: it is a directory; give -o FILE.png")
+            raise InvalidInputError(f"cannot write {out}: it is a directory; give -o FILE.png",
+                                    path=out)
         parent = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(parent):
-            raise InvalidInputError(f"cannot write {out}: no directory {parent}")
+            raise InvalidInputError(f"cannot write {out}: no directory {parent}", path=out)
         rep = load_report(args.report)
     except InvalidInputError as exc:
         print(f"mmwal stress plot: {exc}", file=sys.stderr)
