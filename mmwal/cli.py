@@ -612,9 +612,13 @@ Starts writer, reader and checkpointer processes, kills them with SIGKILL at
 random moments, restarts them, and verifies every acknowledged write at the
 end.  Run it on the disk you will use.
 
+`mmwal stress plot REPORT.json -o PNG` redraws the plot of a report saved
+with --json (`mmwal stress plot --help`).
+
 examples:
   mmwal stress --quick
-  mmwal stress --dir /mnt/nvme/tmp --duration 600""",
+  mmwal stress --dir /mnt/nvme/tmp --duration 600 --json run.json
+  mmwal stress plot run.json -o run.png""",
     "bench": """\
 Runs a micro-benchmark in a temporary directory: per-op add ("os" and
 "fsync"), add_many(1000), Reader open, one search; medians of several rounds,

@@ -19,12 +19,17 @@ writer) and Qdrant's crasher.  A run starts real processes:
 The exit code is 0 when every check passed, 1 when any failed (the store is
 then kept and its path printed), 2 for bad options.
 
+``mmwal stress plot REPORT.json [-o PNG]`` redraws the plot of a saved report
+(the JSON written by ``--json`` is the source of truth; ``--plot`` draws with
+the same code during the run).
+
 Examples
 --------
 From a shell::
 
     mmwal stress --quick --json report.json
     mmwal stress --dir /mnt/nvme/tmp --duration 600 --writers 8 --plot run.png
+    mmwal stress plot report.json -o report.png
 
 From Python (``python -m mmwal.stress`` is the same command)::
 
@@ -37,6 +42,7 @@ From Python (``python -m mmwal.stress`` is the same command)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -46,7 +52,17 @@ from typing import Any
 from ._scenarios import SCENARIOS, Scenario, register
 from ._settings import DURABILITY_CHOICES, INJECT_KINDS, PROFILES, Settings
 
-__all__ = ["SCENARIOS", "Scenario", "add_arguments", "register", "run"]
+__all__ = ["SCENARIOS", "Scenario", "add_arguments", "plot_command", "register", "run"]
+
+_PLOT_EPILOG = """\
+Draws throughput, reader lag with the checkpoint completions, kills per time
+bin by role and checkpoint durations from a report written by
+`mmwal stress --json` (the same drawing as --plot during the run).  Exit 2 if
+the report is missing or is not a kill-loop report, or matplotlib is missing.
+
+examples:
+  mmwal stress plot report.json -o report.png
+  mmwal stress plot stress/results/soak.json      # writes stress/results/soak.png"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--quick", action="store_true", default=None,
       help="a short run: under a minute on 2 cores, start to verdict")
     a("--json", metavar="REPORT", help="write the full report as JSON to this file")
-    a("--plot", metavar="PNG", help="plot throughput and reader lag over time, with kill and "
-      "checkpoint markers (needs matplotlib: pip install 'mmwal[plot]')")
+    a("--plot", metavar="PNG", help="plot throughput, reader lag, kills per time bin and "
+      "checkpoint durations (needs matplotlib: pip install 'mmwal[plot]'); "
+      "'mmwal stress plot' redraws it later from a --json report")
     a("--scenario", choices=sorted(SCENARIOS), help="what else happens besides kills "
       "(default: 'default', SIGKILL only)")
     a("--keep", action="store_true", default=None,
@@ -100,6 +117,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "violation (default 0: off)")
     # Hidden: plant a violation to prove the checker catches it (tests/test_stress.py).
     a("--inject", choices=INJECT_KINDS, help=argparse.SUPPRESS)
+    # An optional sub-command: without it the options above run a test, as always.
+    sub = parser.add_subparsers(dest="stress_command", metavar="plot", required=False,
+                                title="re-render a saved report (mmwal stress plot --help)")
+    pp = sub.add_parser("plot", help="draw the plot of a report written by --json, again",
+                        description="Draw the plot of a stress run from its JSON report.",
+                        epilog=_PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pp.add_argument("report", metavar="REPORT.json", help="a report written by "
+                    "mmwal stress --json (or kept in a failed run's directory)")
+    pp.add_argument("-o", "--output", metavar="PNG", help="the image to write (default: the "
+                    "report's path with .png instead of .json)")
+    pp.set_defaults(func=plot_command)
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    """``mmwal stress plot REPORT.json [-o PNG]``: redraw a saved report; return the exit code."""
+    from ..errors import InvalidInputError
+    from ._report import load_report, plot_available, write_plot
+
+    out = args.output or (os.path.splitext(args.report)[0] + ".png")
+    try:
+        if os.path.abspath(out) == os.path.abspath(args.report):
+            raise InvalidInputError(f"the output {out} is the report itself: give -o PNG",
+                                    path=out)
+        if os.path.isdir(out):
+            raise InvalidInputError(f"cannot write {out}: it is a directory; give -o FILE.png",
+                                    path=out)
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise InvalidInputError(f"cannot write {out}: no directory {parent}", path=out)
+        rep = load_report(args.report)
+    except InvalidInputError as exc:
+        print(f"mmwal stress plot: {exc}", file=sys.stderr)
+        return 2
+    if not plot_available():
+        print("mmwal stress plot: matplotlib is missing; install it with "
+              "pip install 'mmwal[plot]'", file=sys.stderr)
+        return 2
+    try:
+        write_plot(out, rep)
+    except InvalidInputError as exc:
+        print(f"mmwal stress plot: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mmwal stress plot: cannot write {out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
 def _run_campaign(settings: Any, root: str, progress: Any) -> dict[str, Any]:
@@ -118,7 +182,12 @@ def _run_campaign(settings: Any, root: str, progress: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one stress test as ``args`` says; return the exit code (0: every check passed)."""
+    """Run one stress test as ``args`` says; return the exit code (0: every check passed).
+
+    ``args.stress_command == "plot"`` redraws a saved report instead (:func:`plot_command`).
+    """
+    if getattr(args, "stress_command", None) == "plot":
+        return plot_command(args)
     from . import _scenarios
     from ._coordinator import Coordinator
     from ._report import Progress, plot_available, summary, write_json, write_plot
@@ -132,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mmwal stress: {exc}", file=sys.stderr)
         return 2
     if settings.plot and not plot_available():
-        print("mmwal stress: matplotlib is missing: install mmwal[plot] for --plot",
-              file=sys.stderr)
+        print("mmwal stress: matplotlib is missing: install mmwal[plot] for --plot "
+              "(pip install 'mmwal[plot]')", file=sys.stderr)
         return 2
     if settings.dir:
         os.makedirs(settings.dir, exist_ok=True)
@@ -161,7 +230,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(settings.json, rep)
     if settings.plot:
         try:
-            write_plot(settings.plot, rep)
+            # Drawn from the report as its JSON reads back, so that `mmwal stress plot`
+            # on the saved report draws the very same picture.
+            write_plot(settings.plot, json.loads(json.dumps(rep, default=str)))
         except Exception as exc:  # a plot is a nicety: never hide the verdict behind it
             print(f"mmwal stress: could not write the plot: {exc}", file=sys.stderr)
     print(summary(rep))

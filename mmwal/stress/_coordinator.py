@@ -33,6 +33,7 @@ from ._status import (
     CHECKED,
     CHECKPOINTS,
     CKPT_MICROS,
+    CKPT_SEQ,
     DOCS,
     FULL_CHECKS,
     INJECTED,
@@ -92,8 +93,12 @@ class Coordinator:
         self.restarts = 0
         self.spared = 0  # aimed kills called off (the checkpoint finished first)
         self._ckpts_at_kill = -1  # checkpoints completed when the checkpointer was last killed
-        self.kill_events: list[tuple[float, str, str]] = []
+        self.kill_events: list[list[Any]] = []  # [seconds, role, phase], as in the JSON
+        # Completed checkpoints: when (seconds since the start), how long, up to which seq.
         self.ckpt_events: list[float] = []
+        self.ckpt_seconds: list[float | None] = []
+        self.ckpt_seqs: list[int | None] = []
+        self._ckpts_seen = 0
         self.samples: dict[str, list[float]] = {k: [] for k in (
             "t", "docs", "ops", "docs_per_s", "ops_per_s", "lag_max", "lag_mean", "tail_seq")}
         self.lags: list[int] = []
@@ -142,7 +147,7 @@ class Coordinator:
         if role.kind == "checkpointer":
             self._ckpts_at_kill = self._checkpoints_done()
         self.kills_by_phase[f"{role.kind}:{phase}"] += 1
-        self.kill_events.append((round(now - self.t0, 3), role.name, phase))
+        self.kill_events.append([round(now - self.t0, 3), role.name, phase])
         self._start(role)
         self.restarts += 1
 
@@ -269,6 +274,26 @@ class Coordinator:
         sm["lag_mean"].append(sum(lags) / len(lags) if lags else 0)
         sm["tail_seq"].append(tail)
 
+    def _watch_checkpoints(self, now: float) -> None:
+        """Record each checkpoint completed since the last look (every loop turn).
+
+        The board keeps only the last checkpoint's duration and seq; looking every
+        few milliseconds sees each one (a checkpoint takes longer than that).  Two
+        completed between looks: the earlier one's duration is unknown (None).
+        """
+        ck = self._checkpoints_done()
+        if ck <= self._ckpts_seen:
+            return
+        slot = next(r.slot for r in self.roles if r.kind == "checkpointer")
+        t = round(now - self.t0, 3)
+        for i in range(ck - self._ckpts_seen):
+            last = i == ck - self._ckpts_seen - 1
+            self.ckpt_events.append(t)
+            self.ckpt_seconds.append(
+                round(self.board.get(slot, CKPT_MICROS) / 1e6, 4) if last else None)
+            self.ckpt_seqs.append(self.board.get(slot, CKPT_SEQ) if last else None)
+        self._ckpts_seen = ck
+
     def _checkpoints_done(self) -> int:
         return sum(self.board.get(r.slot, CHECKPOINTS) for r in self.roles
                    if r.kind == "checkpointer")
@@ -332,6 +357,9 @@ class Coordinator:
             run_s = time.monotonic() - self.t0
             self.progress.finish()
             self._stop()
+            if s.checkpoint_interval > 0:
+                # One may have completed while the roles stopped: the report counts it.
+                self._watch_checkpoints(time.monotonic())
             self.progress.message(f"stopped all roles after {run_s:.1f} s; verifying "
                                   f"{self.st.seq:,} records ...")
             self.st.close()
@@ -357,7 +385,6 @@ class Coordinator:
         next_kill = self._next_kill_time(self.t0) if s.kill_interval > 0 else float("inf")
         armed: list[_Armed] = []
         next_sample = self.t0
-        last_ckpts = 0
         inject_at = self.t0 + 0.3 * s.duration if s.inject == "drop-ack" else float("inf")
         while not self.interrupted:
             now = time.monotonic()
@@ -371,16 +398,14 @@ class Coordinator:
                 next_kill = self._next_kill_time(now)  # waiting for a moment is not a pause
             if armed:
                 armed = self._tick_killer(armed, now)
+            if s.checkpoint_interval > 0:
+                self._watch_checkpoints(time.monotonic())
             if now >= inject_at and self.injected is None:
                 self._inject_drop(now)
             if now >= next_sample:
                 next_sample = now + _SAMPLE_EVERY
                 self.auditor.step(0.08)
                 self._sample(now)
-                ck = self._checkpoints_done()
-                if ck > last_ckpts:
-                    self.ckpt_events.extend([round(now - self.t0, 3)] * (ck - last_ckpts))
-                    last_ckpts = ck
                 self.progress.update(self._progress_line(now))
             else:
                 self.auditor.step(0.03)
@@ -526,7 +551,11 @@ class Coordinator:
             "violation_kinds": {k: KINDS.get(k, "") for k in sorted(counts)},
             "violations": violations,
             "timeline": {k: [round(float(x), 3) for x in v] for k, v in sm.items()},
-            "events": {"kills": self.kill_events, "checkpoints": self.ckpt_events},
+            # Kills: [seconds, role, phase].  Checkpoints: completion times, with their
+            # durations and seqs in parallel lists (absent from reports of older harnesses).
+            "events": {"kills": self.kill_events, "checkpoints": self.ckpt_events,
+                       "checkpoint_seconds": self.ckpt_seconds,
+                       "checkpoint_seqs": self.ckpt_seqs},
         }
         rep["notes"] = self._notes(rep)
         if s.inject == "drop-ack":

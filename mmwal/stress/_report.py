@@ -1,14 +1,26 @@
-"""What a stress run tells its user: a live progress line, a summary, JSON, a plot."""
+"""What a stress run tells its user: a live progress line, a summary, JSON, a plot.
+
+The summary and the plot are made from the report alone (the dict that is also
+written as JSON), so ``mmwal stress plot REPORT.json`` redraws exactly what
+``--plot`` drew during the run.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["Progress", "plot_available", "summary", "write_json", "write_plot"]
+from ..errors import InvalidInputError
+
+__all__ = ["Progress", "interval_lines", "load_report", "plot_available", "summary",
+           "write_json", "write_plot"]
+
+#: Rows of the summary's per-interval table: enough to see a trend, whatever the run length.
+MAX_INTERVALS = 16
 
 
 class Progress:
@@ -99,6 +111,12 @@ def summary(rep: dict[str, Any]) -> str:
                  f"landed; verify() {'ok' if rep['verify']['ok'] else 'FOUND PROBLEMS'}")
     lines.append(f"  lost {rep['lost']}  phantoms {rep['phantoms']}  duplicates "
                  f"{rep['duplicates']}  violations {sum(rep['violation_counts'].values())}")
+    timeline = rep.get("timeline")
+    if isinstance(timeline, dict) and timeline.get("t"):
+        try:
+            lines.extend(interval_lines(rep))
+        except InvalidInputError as exc:  # a summary never fails over its table
+            lines.append(f"  (no per-interval table: {exc})")
     for note in rep.get("notes", []):
         lines.append(f"  note: {note}")
     if rep["violations"]:
@@ -110,6 +128,76 @@ def summary(rep: dict[str, Any]) -> str:
         if more > 0:
             lines.append(f"    ... and {more} more (see the JSON report)")
     return "\n".join(lines)
+
+
+def _k(x: float) -> str:
+    """A count in at most 6 characters: 950, 12.3k, 4.1M."""
+    if math.isnan(x):
+        return "-"
+    if abs(x) < 10_000:
+        return f"{x:,.0f}"
+    if abs(x) < 1e6:
+        return f"{x / 1e3:.1f}k" if abs(x) < 1e5 else f"{x / 1e3:.0f}k"
+    return f"{x / 1e6:.1f}M"
+
+
+def interval_lines(rep: dict[str, Any], max_rows: int = MAX_INTERVALS) -> list[str]:
+    """The run cut in at most ``max_rows`` intervals: docs/s, kills, checkpoints, reader lag.
+
+    One row per interval of a round width (``nice_width``), so a trend shows
+    without a picture: throughput falling, checkpoints getting slower, lag
+    growing.  Raises InvalidInputError if the report has no usable timeline.
+    """
+    from ._timeline import ROLE_KINDS, Timeline, bin_timeline
+
+    tl = Timeline.from_report(rep)
+    b = bin_timeline(tl, max_rows)
+    kinds = [k for k in ROLE_KINDS if k in b.kills] + [k for k in b.kills if k not in ROLE_KINDS]
+    by = "/".join(k[0] for k in kinds)
+    known = tl.checkpoint_seconds is not None
+    out = [f"  per interval of {b.width:g} s (kills by role {by}: "
+           + ", ".join(kinds) + "; reader lag in records):",
+           f"    {'t (s)':>13} {'docs/s':>8} {'kills':>6} {by:>11} {'ckpts':>5} "
+           f"{'ckpt max s':>10} {'lag mean':>8} {'lag max':>8}"]
+    for i in range(b.n):
+        a, z = b.edges[i], b.edges[i + 1]
+        k = [int(b.kills[x][i]) for x in kinds]
+        ck = int(b.checkpoints[i])
+        cs = b.checkpoint_max_s[i]
+        ckpt_s = f"{cs:.2f}" if known and ck and not math.isnan(cs) else "-"
+        span = f"{round(a, 1):g}-{round(z, 1):g}"
+        out.append(f"    {span:>13} {_k(b.docs_per_s[i]):>8} {sum(k):>6,} "
+                   f"{'/'.join(str(x) for x in k):>11} {ck:>5} {ckpt_s:>10} "
+                   f"{_k(b.lag_mean[i]):>8} {_k(b.lag_max[i]):>8}")
+    if not known and len(tl.checkpoints):
+        out.append("    (checkpoint durations are not recorded in this report: an older "
+                   "harness wrote it)")
+    return out
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read a JSON report written by ``--json``; InvalidInputError says what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such file: {path} (give the path of a report written "
+                                "by mmwal stress --json)", path=path) from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{path} is a directory, not a JSON report", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc}", path=path) from None
+    try:
+        rep = json.loads(text)
+    except ValueError as exc:
+        lineno, colno = getattr(exc, "lineno", "?"), getattr(exc, "colno", "?")
+        raise InvalidInputError(f"{path} is not valid JSON (line {lineno}, column {colno}: "
+                                f"{getattr(exc, 'msg', exc)}); was the run interrupted "
+                                "while writing it?", path=path) from None
+    from ._timeline import Timeline
+
+    Timeline.from_report(rep, where=path)  # raises if the plot could not be drawn
+    return rep  # type: ignore[no-any-return]
 
 
 def write_json(path: str, rep: dict[str, Any]) -> None:
@@ -129,41 +217,10 @@ def plot_available() -> bool:
 
 
 def write_plot(path: str, rep: dict[str, Any]) -> None:
-    """Throughput and reader lag over time, with kill and checkpoint markers."""
-    import matplotlib
+    """Draw the report's timeline to ``path`` (PNG): the live ``--plot`` and ``mmwal stress plot``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    See :mod:`mmwal.stress._plot`; needs matplotlib (``pip install 'mmwal[plot]'``).
+    """
+    from ._plot import write
 
-    tl = rep["timeline"]
-    ev = rep["events"]
-    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5))
-    ax1.plot(tl["t"], tl["docs_per_s"], color="tab:blue", lw=1.2, label="documents/s")
-    ax1.plot(tl["t"], tl["ops_per_s"], color="tab:cyan", lw=0.9, label="calls/s")
-    ax1.set_ylabel("acknowledged per second")
-    ax2.plot(tl["t"], tl["lag_max"], color="tab:red", lw=1.0, label="max over readers")
-    ax2.plot(tl["t"], tl["lag_mean"], color="tab:orange", lw=1.0, label="mean over readers")
-    ax2.set_ylabel("reader lag (records)")
-    ax2.set_xlabel("seconds")
-    colors = {"writer": "tab:purple", "reader": "tab:green", "checkpointer": "tab:brown"}
-    seen: set[str] = set()
-    for t, role, _phase in ev["kills"]:
-        kind = role.split("-")[0]
-        lab = f"kill {kind}" if kind not in seen else None
-        seen.add(kind)
-        for ax in (ax1, ax2):
-            ax.axvline(t, color=colors.get(kind, "gray"), lw=0.6, alpha=0.45,
-                       label=lab if ax is ax1 else None)
-    for i, t in enumerate(ev["checkpoints"]):
-        for ax in (ax1, ax2):
-            ax.axvline(t, color="black", lw=0.8, ls=":", alpha=0.6,
-                       label="checkpoint" if (i == 0 and ax is ax1) else None)
-    ax1.legend(loc="upper right", fontsize=8, ncol=3)
-    ax2.legend(loc="upper right", fontsize=8)
-    s = rep["settings"]
-    fig.suptitle(f"mmwal stress ({'PASSED' if rep['ok'] else 'FAILED'}): {s['writers']} writers, "
-                 f"{s['readers']} readers, durability {s['durability']}, {rep['kills']} kills, "
-                 f"{rep['checkpoints']} checkpoints", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write(path, rep)

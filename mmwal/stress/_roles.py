@@ -34,6 +34,7 @@ from ._status import (
     CHECKED,
     CHECKPOINTS,
     CKPT_MICROS,
+    CKPT_SEQ,
     DOCS,
     FULL_CHECKS,
     INJECTED,
@@ -305,11 +306,14 @@ def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
                 break
             _set_phase(row, Phase.CHECKPOINT)
             t0 = time.perf_counter()
-            st.checkpoint()
+            info = st.checkpoint()
             dt = time.perf_counter() - t0
             _set_phase(row, Phase.IDLE)
-            row[CHECKPOINTS] += 1
+            # Duration and seq first, the count last: the coordinator reads the first two
+            # when it sees the count move.
             row[CKPT_MICROS] = int(dt * 1e6)
+            row[CKPT_SEQ] = int(info.seq)
+            row[CHECKPOINTS] += 1
 
 
 # ============================================================================ readers

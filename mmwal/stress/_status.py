@@ -42,6 +42,7 @@ CHECKPOINTS = 10  # checkpoints completed
 CKPT_MICROS = 11  # duration of the last checkpoint
 VIOLATIONS = 12
 PHASE_SINCE = 13  # time.monotonic_ns() when the phase began
+CKPT_SEQ = 14  # the last seq folded into the last checkpoint
 FIELDS = 16
 
 # Fields of the global row (row 0).
