@@ -510,7 +510,10 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     def source() -> Iterable[Any]:
         if frames is not None:
             return frames()
-        return _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery)
+        # Always strict, whatever Config.recovery says: a checkpoint retires the
+        # segments it folds, so a salvage mode here would discard acknowledged
+        # records for good, silently.  Salvage is `mmwal repair`, which reports.
+        return _delta_frames(paths, start_seg, end_seg, first_seq, "strict")
 
     # Pass 1: the final state of every id touched since prev (bounded by the delta).
     touched: dict[str, _Touch] = {}
@@ -519,6 +522,11 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     for frame in source():
         if frame.first_seq > last_seq:
             break
+        if frames is None and frame.first_seq != seq + 1:
+            raise CorruptionError(
+                f"{frame.path}: offset {frame.offset}: frame starts at seq {frame.first_seq}, "
+                f"expected {seq + 1}; the checkpoint does not drop records: run `mmwal verify` "
+                "and see `mmwal repair`", path=frame.path, offset=frame.offset)
         body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
                                 frame.offset)
         if frame.kind == F.KIND_ADD:
@@ -535,7 +543,8 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     if seq != last_seq:
         raise CorruptionError(
             f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
-            "run `mmwal verify`", path=paths.wal, offset=0)
+            "nothing was published: run `mmwal verify` and see `mmwal repair`",
+            path=paths.wal, offset=0)
     dropped = np.empty(0, dtype=np.int64)
     keep_prev = prev is not None and not cleared
     if keep_prev:
