@@ -717,7 +717,10 @@ def _copy_rows(prev: CheckpointView, dropped: np.ndarray, b: _Builder,
             vecs = vecs[keep]
         else:
             ids, docs = all_ids, all_docs
-        b.add(ids, vecs, docs)
+        # Damaged rows may hold junk whose norm overflows: no warning for that,
+        # the checksum check below refuses the whole checkpoint anyway.
+        with np.errstate(over="ignore", invalid="ignore"):
+            b.add(ids, vecs, docs)
         # Keep resident memory flat: these mapped pages are not needed again.
         _dontneed(prev.id_offsets, prev.ids_bin, prev.docs)
 
