@@ -11,8 +11,11 @@ The design (docs/cli.md has the full story and a crash table):
   range, every segment that is missing or has a damaged header.
 * The recovery mode decides what survives: ``point-in-time`` keeps the frames
   before the first damage, ``skip-bad`` keeps every valid frame.
-* With ``--yes``: the MANIFEST, the ``tail`` file and every segment are
-  copied into ``<store>/repair-backup-<UTC time>/`` (fsynced); the current
+* With ``--yes``: the MANIFEST, the ``tail`` file, every segment and the
+  current checkpoint are copied into ``<store>/repair-backup-<UTC time>/``
+  (fsynced, listed with sizes and CRC-32s in ``REPAIR.json``, written last),
+  so that :func:`restore` rebuilds the pre-repair store from the backup
+  alone, after any later checkpoint; the current
   checkpoint plus the surviving frames are folded into a new checkpoint by the
   library's own fold (``_checkpoint.fold``), published at ``max_seen`` - the
   highest seq any segment header, frame, damaged frame header or the tail
@@ -22,7 +25,8 @@ The design (docs/cli.md has the full story and a crash table):
   point); only then are the old segments (already backed up) unlinked.
 
 Sequence numbers of dropped records are never reused: they are a gap that the
-new checkpoint covers.
+new checkpoint covers.  Every file operation goes through ``mmwal._io.layer``
+so that the fault campaigns (``mmwal._faults.run_repair_faults``) reach it.
 """
 
 from __future__ import annotations
