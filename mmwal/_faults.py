@@ -2172,7 +2172,7 @@ def run_repair_faults(workdir: str, *, quick: bool, seed: int,
                 _repair(work)
             except MmwalError:
                 pass
-            except Exception as exc:  # noqa: BLE001 - the campaign reports it
+            except Exception as exc:
                 violations.append(f"crash: repair with {cat} #{n} failing: {_fmt_exc(exc)}")
             finally:
                 set_layer(old)
@@ -2309,8 +2309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "tmpfs (/dev/shm), which is the default when present")
     args = parser.parse_args(argv)
     work = args.dir or tempfile.mkdtemp(prefix=f"mmwal-{args.scenario}-")
-    run: Callable[..., dict[str, Any]] = {"powerloss": run_powerloss, "io-errors": run_io_errors,
-                                          "repair": run_repair_faults}[args.scenario]
+    runs: dict[str, Callable[..., dict[str, Any]]] = {
+        "powerloss": run_powerloss, "io-errors": run_io_errors, "repair": run_repair_faults}
+    run = runs[args.scenario]
 
     def progress(done: int, total: int) -> None:
         print(f"\r{args.scenario}: {done}/{total}", end="", file=sys.stderr, flush=True)

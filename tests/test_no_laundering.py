@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 from helpers import add_doc, frame_spans, segment_files
 
