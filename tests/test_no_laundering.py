@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -22,6 +23,7 @@ from helpers import add_doc, frame_spans, segment_files
 
 import mmwal
 from mmwal import _faults, _io, cli
+from mmwal import _repair as _repair_mod
 from mmwal._fsutil import Paths
 from mmwal._store import open_manifest
 
@@ -229,3 +231,25 @@ def test_repair_under_io_errors_and_power_loss(tmp_path):
     assert rep["io_cases"] >= 20 and rep["powerloss_states"] >= 20, rep
     assert rep["outcomes"].get("repaired") and rep["outcomes"].get("unrepaired"), rep
     assert rep["violations"] == [], rep["violations"][:5]
+
+
+def test_enospc_during_the_backup_changes_nothing_and_leaves_an_incomplete_backup(tmp_path):
+    path = str(tmp_path / "s")
+    damaged_store(path)
+    before = tree(path)
+    layer = _faults.ErrorLayer("write", nth=5, err=errno.ENOSPC)
+    old = _io.set_layer(layer)
+    try:
+        with pytest.raises(mmwal.errors.StorageIOError) as ei:
+            _faults._repair(path)
+    finally:
+        _io.set_layer(old)
+    assert ei.value.err == errno.ENOSPC and "repair-backup-" in ei.value.path
+    after = tree(path)
+    assert {k: v for k, v in after.items() if not k.startswith("repair-backup-")} == before
+    (backup,) = {k.split("/")[0] for k in after if k.startswith("repair-backup-")}
+    with pytest.raises(mmwal.CorruptionError, match="not a complete repair backup"):
+        _repair_mod.restore(os.path.join(path, backup), str(tmp_path / "r"))
+    assert not os.path.exists(tmp_path / "r")
+    _faults._repair(path)  # space freed: the repair goes through
+    assert mmwal.verify(path).ok
