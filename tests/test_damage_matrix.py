@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -32,6 +33,11 @@ WHERE = (0, 30, 60, 90)
 SPAN = 64  # bytes overwritten by junk / zeros
 CKPT_FILES = ("embeddings.npy", "norms.npy", "ids_offsets.npy", "docs_offsets.npy", "index.npy",
               "ids.bin", "docs.lz4", "DESCRIPTOR")
+#: Outcome of the checkpoint run over each damaged case, per kind (for
+#: stress/faults/damage_summary.py): "refused" (an MmwalError, nothing
+#: published), "exact" (it served exactly what strict reads served), "reported"
+#: (verify still reports the damage).
+CHECKPOINT_OVER: dict[str, Counter[str]] = {}
 KINDS = ("segment-first", "segment-middle", "segment-last", *CKPT_FILES, "MANIFEST", "tail")
 
 
@@ -244,7 +250,8 @@ def run_case(p, work, kind, how, pct):
     if kind.startswith("segment-"):
         check_salvage(p, work)
     if changed and (kind in CKPT_FILES or kind.startswith("segment-")):
-        check_checkpoint_over(p, work, kind, None if read_error is not None else got)
+        after = check_checkpoint_over(p, work, kind, None if read_error is not None else got)
+        CHECKPOINT_OVER.setdefault(kind, Counter())[after] += 1
     return outcome if changed else "unchanged"
 
 
@@ -275,14 +282,16 @@ def check_checkpoint_over(p, work, kind, strict_read):
             assert isinstance(exc, mmwal.CorruptionError), exc
         assert published(work) == before, "a refused checkpoint published something"
         assert not [n for n in before[1] if n.startswith(".tmp-")]
-        return
+        return "refused"
     report = mmwal.verify(work)
-    if report.ok:
-        assert strict_read is not None, f"{kind}: a checkpoint made unreadable damage clean"
-        got = read_all(work)
-        assert exactly(p, got, p.state_at(strict_read[0])), \
-            f"{kind}: after a checkpoint over damage verify is clean but the data is not"
-        assert got[0] == strict_read[0], f"{kind}: the checkpoint dropped records"
+    if not report.ok:
+        return "reported"
+    assert strict_read is not None, f"{kind}: a checkpoint made unreadable damage clean"
+    got = read_all(work)
+    assert exactly(p, got, p.state_at(strict_read[0])), \
+        f"{kind}: after a checkpoint over damage verify is clean but the data is not"
+    assert got[0] == strict_read[0], f"{kind}: the checkpoint dropped records"
+    return "exact"
 
 
 def check_salvage(p, work):
