@@ -46,7 +46,7 @@ from typing import Any
 from . import _format as F
 from . import _io
 from ._checkpoint import CheckpointView, _rmtree, clean_orphans, fold, list_checkpoints
-from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, write_all
+from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
 from ._types import Config, VerifyReport
 from ._wal import RawFrame, create_segment
@@ -747,8 +747,7 @@ def restore(backup: str, dest: str, *, show_progress: bool = False) -> dict[str,
         raise InvalidInputError(f"{dest} exists; restore builds a new store: give a path that "
                                 "does not exist yet", path=dest)
     try:
-        with open(index_path, "rb") as f:
-            index = json.loads(f.read())
+        index = json.loads(read_file(index_path, 1 << 26))
         files = index["files"]
         if not isinstance(files, dict) or "MANIFEST" not in files or not all(
                 isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
