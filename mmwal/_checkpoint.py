@@ -526,7 +526,10 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     def source() -> Iterable[Any]:
         if frames is not None:
             return frames()
-        return _delta_frames(paths, start_seg, end_seg, first_seq, config.recovery)
+        # Always strict, whatever Config.recovery says: a checkpoint retires the
+        # segments it folds, so a salvage mode here would discard acknowledged
+        # records for good, silently.  Salvage is `mmwal repair`, which reports.
+        return _delta_frames(paths, start_seg, end_seg, first_seq, "strict")
 
     # Pass 1: the final state of every id touched since prev (bounded by the delta).
     touched: dict[str, _Touch] = {}
@@ -535,6 +538,11 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     for frame in source():
         if frame.first_seq > last_seq:
             break
+        if frames is None and frame.first_seq != seq + 1:
+            raise CorruptionError(
+                f"{frame.path}: offset {frame.offset}: frame starts at seq {frame.first_seq}, "
+                f"expected {seq + 1}; the checkpoint does not drop records: run `mmwal verify` "
+                "and see `mmwal repair`", path=frame.path, offset=frame.offset)
         body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
                                 frame.offset)
         if frame.kind == F.KIND_ADD:
@@ -551,12 +559,17 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
     if seq != last_seq:
         raise CorruptionError(
             f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
-            "run `mmwal verify`", path=paths.wal, offset=0)
+            "nothing was published: run `mmwal verify` and see `mmwal repair`",
+            path=paths.wal, offset=0)
     dropped = np.empty(0, dtype=np.int64)
     keep_prev = prev is not None and not cleared
     if keep_prev:
         assert prev is not None
-        rows = [prev.lookup(k.encode("utf-8")) for k in touched]
+        try:
+            rows = [prev.lookup(k.encode("utf-8")) for k in touched]
+        except CorruptionError as exc:
+            check_files(prev)  # name the damaged file when its checksum can
+            raise exc from None
         dropped = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
     n_prev = prev.count if (keep_prev and prev is not None) else 0
     live = sum(1 for t in touched.values() if t.live)
@@ -585,40 +598,147 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
         raise
 
 
-def _copy_prev(prev: CheckpointView, dropped: np.ndarray, b: _Builder) -> None:
-    """Stream the previous checkpoint's surviving rows into ``b`` in bounded chunks."""
-    path = os.path.join(prev.dir, "embeddings.npy")
-    hdr = len(npy_header("<f4", (prev.count, b.dim)))
-    row_bytes = 4 * b.dim
-    fd = _io.layer.open(path, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        for start in range(0, prev.count, COPY_ROWS):
-            k = min(COPY_ROWS, prev.count - start)
+class _FileCheck:
+    """The CRC-32 of one file of the previous checkpoint, computed as the copy reads it.
+
+    The copy streams the previous checkpoint a block of rows at a time; each
+    file is followed to the point those rows need (``upto``), or fed the very
+    bytes the copy read (``feed``), so the whole file is checked once, in
+    bounded memory, and :meth:`finish` compares it with the descriptor before
+    anything is published.  Without this a flipped bit would be copied into
+    the new checkpoint under a fresh, valid checksum (laundered).
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, prev: CheckpointView, name: str) -> None:
+        self.name = name
+        self.path = os.path.join(prev.dir, name)
+        self.size, self.want = prev.descriptor["files"][name]
+        self.pos = 0
+        self.crc = 0
+        try:
+            self.fd = _io.layer.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", self.path) from None
+
+    def feed(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.pos += len(data)
+
+    def upto(self, end: int) -> None:
+        end = min(max(end, self.pos), self.size)
+        while self.pos < end:
+            n = min(self.BLOCK, end - self.pos)
             try:
-                raw = _io.layer.pread(fd, k * row_bytes, hdr + start * row_bytes)
+                block = _io.layer.pread(self.fd, n, self.pos)
             except OSError as exc:
-                raise _io.io_error(exc, "read", path) from None
-            if len(raw) != k * row_bytes:
-                raise CorruptionError(f"{path}: short read at row {start}", path=path,
-                                      offset=hdr + start * row_bytes)
-            vecs = np.frombuffer(raw, dtype="<f4").reshape(k, b.dim)
-            lo, hi = np.searchsorted(dropped, [start, start + k])
-            keep = np.ones(k, dtype=bool)
-            keep[dropped[lo:hi] - start] = False
-            all_ids = prev.id_block(start, k)
-            all_docs = prev.doc_block(start, k)
-            if hi > lo:
-                sel = np.flatnonzero(keep).tolist()
-                ids = [all_ids[i] for i in sel]
-                docs = [all_docs[i] for i in sel]
-                vecs = vecs[keep]
-            else:
-                ids, docs = all_ids, all_docs
-            b.add(ids, vecs, docs)
-            # Keep resident memory flat: these mapped pages are not needed again.
-            _dontneed(prev.id_offsets, prev.ids_bin, prev.docs)
+                raise _io.io_error(exc, "read", self.path) from None
+            if not block:
+                break  # shorter than the descriptor says: finish() reports it
+            self.feed(block)
+
+    def finish(self) -> None:
+        self.upto(self.size)
+        if self.pos != self.size or self.crc != self.want:
+            raise CorruptionError(
+                f"{self.path}: CRC-32 {self.crc:#010x} over {self.pos} bytes, the descriptor "
+                f"says {self.want:#010x} over {self.size}: the previous checkpoint is damaged "
+                "and nothing was published (run `mmwal verify`; restore the checkpoint from a "
+                "backup)", path=self.path, offset=0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            _io.layer.close(self.fd)
+            self.fd = -1
+
+
+def check_files(prev: CheckpointView) -> None:
+    """Raise CorruptionError for the first file of ``prev`` whose CRC-32 is not recorded one."""
+    for name in FILES:
+        chk = _FileCheck(prev, name)
+        try:
+            chk.finish()
+        finally:
+            chk.close()
+
+
+def _copy_prev(prev: CheckpointView, dropped: np.ndarray, b: _Builder) -> None:
+    """Stream the previous checkpoint's surviving rows into ``b`` in bounded chunks.
+
+    Every file of ``prev`` is checked against its descriptor CRC-32 as the
+    rows stream (:class:`_FileCheck`); a mismatch raises CorruptionError
+    before the new checkpoint is finished, so damage is never re-published.
+    """
+    checks = {name: _FileCheck(prev, name) for name in FILES}
+    try:
+        try:
+            _copy_rows(prev, dropped, b, checks)
+            for chk in checks.values():
+                chk.finish()
+        except CorruptionError as exc:
+            # Damage that made a block undecodable: name the file whose checksum
+            # says so (e.g. docs_offsets.npy rather than the docs.lz4 it misled).
+            for name in FILES:
+                chk = checks[name]
+                if chk.pos != chk.size or chk.crc != chk.want:
+                    try:
+                        chk.finish()
+                    except CorruptionError as named:
+                        raise named from exc
+            raise
     finally:
-        _io.layer.close(fd)
+        for chk in checks.values():
+            chk.close()
+
+
+def _copy_rows(prev: CheckpointView, dropped: np.ndarray, b: _Builder,
+               checks: dict[str, _FileCheck]) -> None:
+    emb = checks["embeddings.npy"]
+    n = prev.count
+    hdr = len(npy_header("<f4", (n, b.dim)))
+    emb.upto(hdr)
+    row_bytes = 4 * b.dim
+    c = prev.chunk_docs
+    for start in range(0, n, COPY_ROWS):
+        k = min(COPY_ROWS, n - start)
+        try:
+            raw = _io.layer.pread(emb.fd, k * row_bytes, hdr + start * row_bytes)
+        except OSError as exc:
+            raise _io.io_error(exc, "read", emb.path) from None
+        if len(raw) != k * row_bytes:
+            raise CorruptionError(f"{emb.path}: short read at row {start}", path=emb.path,
+                                  offset=hdr + start * row_bytes)
+        emb.feed(raw)  # exactly the bytes copied
+        vecs = np.frombuffer(raw, dtype="<f4").reshape(k, b.dim)
+        lo, hi = np.searchsorted(dropped, [start, start + k])
+        keep = np.ones(k, dtype=bool)
+        keep[dropped[lo:hi] - start] = False
+        all_ids = prev.id_block(start, k)
+        all_docs = prev.doc_block(start, k)
+        # Follow the other files as far as these rows reach into them.
+        end = start + k
+        last_chunk = (end - 1) // c
+        checks["ids_offsets.npy"].upto(128 + 8 * (end + 1))
+        checks["ids.bin"].upto(int(prev.id_offsets[end]))
+        checks["docs_offsets.npy"].upto(128 + 8 * (last_chunk + 2))
+        checks["docs.lz4"].upto(int(prev.doc_offsets[last_chunk + 1]))
+        checks["norms.npy"].upto(128 + 4 * end)
+        idx = checks["index.npy"]
+        idx.upto(idx.size * end // n)
+        if hi > lo:
+            sel = np.flatnonzero(keep).tolist()
+            ids = [all_ids[i] for i in sel]
+            docs = [all_docs[i] for i in sel]
+            vecs = vecs[keep]
+        else:
+            ids, docs = all_ids, all_docs
+        # Damaged rows may hold junk whose norm overflows: no warning for that,
+        # the checksum check below refuses the whole checkpoint anyway.
+        with np.errstate(over="ignore", invalid="ignore"):
+            b.add(ids, vecs, docs)
+        # Keep resident memory flat: these mapped pages are not needed again.
+        _dontneed(prev.id_offsets, prev.ids_bin, prev.docs)
 
 
 def _dontneed(*arrays: Any) -> None:

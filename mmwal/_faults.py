@@ -1955,6 +1955,269 @@ def run_io_errors(workdir: str, *, quick: bool, seed: int,
     }
 
 
+# ============================================================================ repair
+def _damaged_store(path: str) -> None:
+    """A small store for the repair campaign: a checkpoint, four segments, one bad frame."""
+    from ._fsutil import Paths
+    from ._store import Store, open_manifest
+    from ._types import Config
+    from ._wal import read_segment_header
+
+    cfg = Config(segment_bytes=4096, keep_checkpoints=1, chunk_documents=4)
+    with Store(path, dim=DIM, durability="os", config=cfg) as s:
+        for k in range(12):
+            s.add(f"doc-{k}", doc_vec(k), content=doc_content(k), metadata=doc_meta(k))
+        s.checkpoint()
+        for k in range(12, 100):
+            s.add(f"doc-{k}", doc_vec(k), content=doc_content(k), metadata=doc_meta(k))
+        s.remove("doc-3")
+    paths = Paths(path)
+    start = open_manifest(paths)["replay_segment"]
+    seg = paths.segment(start + 1)  # sealed, with segments after it
+    h = read_segment_header(seg)
+    from . import _format as F
+
+    with open(seg, "r+b") as f:
+        data = f.read()
+        st, _k, _c, _n, nxt, _w = F.check_frame(data, F.SEGMENT_HEADER_SIZE, len(data),
+                                                 h.seed, h.first_seq)
+        assert st == F.FRAME_OK
+        f.seek(nxt + F.FRAME_HEADER_SIZE + 3)  # the payload of its second frame
+        f.write(bytes([data[nxt + F.FRAME_HEADER_SIZE + 3] ^ 0x5A]))
+
+
+def _observe(path: str, mode: str) -> dict[str, Any]:
+    """What a store holds (a Reader in ``mode``, the replay) and what verify reports."""
+    from ._reader import Reader
+    from ._replay import replay
+    from ._verify import verify
+
+    root = os.path.abspath(path)
+    report = verify(path)
+    with Reader(path, recovery=mode) as r:
+        docs = {i: (r[i].embedding.tobytes(), r[i].content, r[i].metadata) for i in r.ids}
+        seq = r.seq
+    # The whole history only in a salvage mode: a repaired store may still hold
+    # the damaged segments below its replay start (their unlink failed or was
+    # lost), which a strict replay of everything rightly refuses.
+    ops = [] if mode == "strict" else [(op.seq, op.kind, op.id)
+                                       for op in replay(path, mode=mode)]
+    return {"ok": report.ok, "seq": seq, "docs": docs, "ops": ops,
+            "problems": sorted((os.path.relpath(p.file, root), p.offset)
+                               for p in report.problems)}
+
+
+def _repair(path: str) -> dict[str, Any]:
+    from ._repair import apply_plan, make_plan, repair_locks
+    from ._types import Config
+
+    with repair_locks(path, exclusive=True, timeout=10.0):
+        plan = make_plan(path, "skip-bad")
+        try:
+            return apply_plan(plan, Config(lock_timeout=10.0))
+        finally:
+            plan.close()
+
+
+def _judge_repair(store: str, before: dict[str, Any], after: dict[str, Any], scratch: str,
+                  ) -> tuple[str, list[str]]:
+    """Classify a store a faulted repair left: "repaired" or "unrepaired", never broken.
+
+    Repaired: verify() is clean and the strict Reader serves exactly what a
+    repair without faults gives.  Unrepaired: the salvage reads are exactly
+    what they were before, and a repair run now gives the repaired state.
+    Either way every complete backup (its REPAIR.json written) restores the
+    pre-repair store exactly; an incomplete one is refused.
+    """
+    from ._repair import BACKUP_INDEX, restore
+    from .errors import CorruptionError
+
+    bad: list[str] = []
+    outcome = "broken"
+    try:
+        if _observe(store, "strict") == after:
+            outcome = "repaired"
+    except MmwalError:
+        pass
+    if outcome != "repaired":
+        try:
+            now = _observe(store, "skip-bad")
+            if now["docs"] == before["docs"] and now["ops"] == before["ops"] and not now["ok"]:
+                outcome = "unrepaired"
+        except MmwalError as exc:
+            bad.append(f"recovery: the faulted repair left a store that cannot be read: "
+                       f"{_fmt_exc(exc)}")
+    for name in sorted(os.listdir(store)):
+        if not name.startswith("repair-backup-"):
+            continue
+        backup = os.path.join(store, name)
+        dest = os.path.join(scratch, f"restored-{name}-{random.getrandbits(32):08x}")
+        complete = os.path.exists(os.path.join(backup, BACKUP_INDEX))
+        try:
+            restore(backup, dest)
+        except CorruptionError as exc:
+            if complete:
+                bad.append(f"lost: complete backup {name} does not restore: {_fmt_exc(exc)}")
+            continue
+        except MmwalError as exc:
+            bad.append(f"continue: restoring {name} failed: {_fmt_exc(exc)}")
+            continue
+        try:
+            got = _observe(dest, "skip-bad")
+            if got != before:
+                bad.append(f"lost: backup {name} restores a store other than the pre-repair one")
+        except MmwalError as exc:
+            bad.append(f"lost: the store restored from {name} cannot be read: {_fmt_exc(exc)}")
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+    if outcome == "unrepaired":
+        try:
+            _repair(store)
+            if _observe(store, "strict") != after:
+                bad.append("continue: a repair after the fault does not give the repaired state")
+        except MmwalError as exc:
+            bad.append(f"continue: a repair after the fault failed: {_fmt_exc(exc)}")
+    elif outcome == "broken":
+        bad.append("recovery: the faulted repair left the store neither repaired nor as it was")
+    return outcome, bad
+
+
+def run_repair_faults(workdir: str, *, quick: bool, seed: int,
+                      progress: Progress | None = None, fast_scratch: bool = True,
+                      per_category: int | None = None) -> dict[str, Any]:
+    """``mmwal repair`` (skip-bad) under injected I/O errors and simulated power loss.
+
+    A damaged store (a checkpoint, four segments, a bad frame in a sealed one)
+    is repaired once without faults: the reference.  Then, on copies: EIO (and,
+    in the full run, ENOSPC) at the Nth operation of each I/O-error category
+    (quick: a sample of ``per_category`` per category; full: every N), and a
+    power loss before each sync/namespace operation of the repair (quick: a
+    sample), each crash image in the ``drop`` and ``keep`` states (full: all
+    variants).  Every outcome must be an MmwalError or success, and the store
+    either repaired or as it was (and repairable), never broken; every backup
+    that says it is complete restores the pre-repair store (see
+    :func:`_judge_repair`).
+    """
+    from ._io import set_layer
+
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    os.makedirs(workdir, exist_ok=True)
+    scratch = scratch_dir(workdir, fast_scratch)
+    violations: list[str] = []
+    outcomes: Counter[str] = Counter()
+    io_cases = states = 0
+    try:
+        pristine = os.path.join(scratch, "pristine")
+        _damaged_store(pristine)
+        before = _observe(pristine, "skip-bad")
+        ref = os.path.join(scratch, "reference")
+        shutil.copytree(pristine, ref)
+        _repair(ref)
+        after = _observe(ref, "strict")
+        assert after["ok"], after["problems"]
+        shutil.rmtree(ref)
+
+        # How many operations of each category one repair does.
+        dry = os.path.join(scratch, "dry")
+        shutil.copytree(pristine, dry)
+        counter = ErrorLayer()
+        old = set_layer(counter)
+        try:
+            _repair(dry)
+        finally:
+            set_layer(old)
+        shutil.rmtree(dry)
+        counts = dict(counter.counts)
+        per = per_category if per_category is not None else (4 if quick else None)
+        errnos = (_errno.EIO,) if quick else (_errno.EIO, _errno.ENOSPC)
+        cases: list[tuple[str, int, int]] = []
+        for cat in ERROR_CATEGORIES:
+            ns = list(range(1, counts.get(cat, 0) + 1))
+            if per is not None and len(ns) > per:
+                ns = sorted({ns[0], ns[-1], *rng.sample(ns, per - 2)})
+            cases += [(cat, n, e) for n in ns for e in errnos]
+
+        # Power loss: capture an image before every crash point of one repair.
+        run = os.path.join(scratch, "powerloss")
+        os.makedirs(run)
+        store = os.path.join(run, "store")
+        shutil.copytree(pristine, store)
+        layer: PowerLossLayer
+        images: list[CrashImage] = []
+
+        def on_point(n: int, op: str, path: str) -> None:
+            images.append(layer.capture(n, op, path))
+
+        layer = PowerLossLayer(run, on_point=on_point)
+        old = set_layer(layer)
+        try:
+            _repair(store)
+        finally:
+            set_layer(old)
+            layer.release()
+        images.append(layer.capture(-1, "end", ""))
+        if quick:
+            images = _thin(images, 12)
+        variants = ("drop", "keep") if quick else tuple(VARIANTS)
+        total = len(cases) + len(images) * len(variants)
+        done = 0
+
+        for cat, n, err in cases:
+            work = os.path.join(scratch, f"io-{cat}-{n}-{err}")
+            shutil.copytree(pristine, work)
+            fault = ErrorLayer(cat, n, err)
+            old = set_layer(fault)
+            try:
+                _repair(work)
+            except MmwalError:
+                pass
+            except Exception as exc:
+                violations.append(f"crash: repair with {cat} #{n} failing: {_fmt_exc(exc)}")
+            finally:
+                set_layer(old)
+            got, bad = _judge_repair(work, before, after, scratch)
+            outcomes[got] += 1
+            violations += [f"{v} (repair, {cat} #{n} {_errno.errorcode.get(err, err)})"
+                           for v in bad]
+            io_cases += 1
+            shutil.rmtree(work, ignore_errors=True)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        for image in images:
+            for state in crash_states(image, os.path.join(scratch, "states"),
+                                      seed=rng.getrandbits(32), variants=variants):
+                with simulated_reboot():
+                    got, bad = _judge_repair(os.path.join(state.root, "store"), before, after,
+                                             scratch)
+                outcomes[got] += 1
+                where = f"{image.op} {image.path or ''} #{image.index}"
+                violations += [f"{v} (repair, power loss before {where}, {state.label})"
+                               for v in bad]
+                states += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    return {
+        "scenario": "repair-faults",
+        "ok": not violations,
+        "io_cases": io_cases,
+        "powerloss_states": states,
+        "outcomes": dict(outcomes),
+        "violations": violations[:200],
+        "violation_count": len(violations),
+        "violation_counts": _count_kinds(violations),
+        "throughput": {"elapsed_s": round(elapsed, 3)},
+        "settings": {"quick": quick, "seed": seed, "operations_per_category": counts,
+                     "per_category": per, "variants": list(variants)},
+    }
+
+
 # ============================================================================ harness report
 def stress_report(rep: dict[str, Any], *, run_dir: str = "", run_s: float | None = None,
                   ) -> dict[str, Any]:
@@ -2034,8 +2297,9 @@ def stress_report(rep: dict[str, Any], *, run_dir: str = "", run_s: float | None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmwal._faults",
-        description="Run the power-loss or I/O-error campaign standalone.")
-    parser.add_argument("scenario", choices=("powerloss", "io-errors"))
+        description="Run the power-loss, I/O-error or repair-under-faults campaign "
+        "standalone.")
+    parser.add_argument("scenario", choices=("powerloss", "io-errors", "repair"))
     parser.add_argument("--quick", action="store_true", help="a sample of the sweep")
     parser.add_argument("--json", metavar="PATH", help="write the report here")
     parser.add_argument("--seed", type=int, default=0)
@@ -2045,7 +2309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "tmpfs (/dev/shm), which is the default when present")
     args = parser.parse_args(argv)
     work = args.dir or tempfile.mkdtemp(prefix=f"mmwal-{args.scenario}-")
-    run = run_powerloss if args.scenario == "powerloss" else run_io_errors
+    runs: dict[str, Callable[..., dict[str, Any]]] = {
+        "powerloss": run_powerloss, "io-errors": run_io_errors, "repair": run_repair_faults}
+    run = runs[args.scenario]
 
     def progress(done: int, total: int) -> None:
         print(f"\r{args.scenario}: {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -2061,10 +2327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
-    summary = {k: report[k] for k in ("ok", "acknowledged", "lost", "phantoms", "duplicates",
-                                      "checkpoints", "violation_count")}
-    summary["crash_states" if "crash_states" in report else "faults"] = report.get(
-        "crash_states", report.get("faults"))
+    if args.scenario == "repair":
+        summary = {k: report[k] for k in ("ok", "io_cases", "powerloss_states", "outcomes",
+                                          "violation_count")}
+    else:
+        summary = {k: report[k] for k in ("ok", "acknowledged", "lost", "phantoms",
+                                          "duplicates", "checkpoints", "violation_count")}
+        summary["crash_states" if "crash_states" in report else "faults"] = report.get(
+            "crash_states", report.get("faults"))
     print(json.dumps(summary))
     for v in report["violations"][:10]:
         print("violation:", v.splitlines()[0])

@@ -11,8 +11,11 @@ The design (docs/cli.md has the full story and a crash table):
   range, every segment that is missing or has a damaged header.
 * The recovery mode decides what survives: ``point-in-time`` keeps the frames
   before the first damage, ``skip-bad`` keeps every valid frame.
-* With ``--yes``: the MANIFEST, the ``tail`` file and every segment are
-  copied into ``<store>/repair-backup-<UTC time>/`` (fsynced); the current
+* With ``--yes``: the MANIFEST, the ``tail`` file, every segment and the
+  current checkpoint are copied into ``<store>/repair-backup-<UTC time>/``
+  (fsynced, listed with sizes and CRC-32s in ``REPAIR.json``, written last),
+  so that :func:`restore` rebuilds the pre-repair store from the backup
+  alone, after any later checkpoint; the current
   checkpoint plus the surviving frames are folded into a new checkpoint by the
   library's own fold (``_checkpoint.fold``), published at ``max_seen`` - the
   highest seq any segment header, frame, damaged frame header or the tail
@@ -22,32 +25,34 @@ The design (docs/cli.md has the full story and a crash table):
   point); only then are the old segments (already backed up) unlinked.
 
 Sequence numbers of dropped records are never reused: they are a gap that the
-new checkpoint covers.
+new checkpoint covers.  Every file operation goes through ``mmwal._io.layer``
+so that the fault campaigns (``mmwal._faults.run_repair_faults``) reach it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import mmap
 import os
 import secrets
-import shutil
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _format as F
 from . import _io
-from ._checkpoint import CheckpointView, clean_orphans, fold, list_checkpoints
-from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments
+from ._checkpoint import CheckpointView, _rmtree, clean_orphans, fold, list_checkpoints
+from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
 from ._types import Config, VerifyReport
 from ._wal import RawFrame, create_segment
-from .errors import CorruptionError, FormatVersionError
+from .errors import CorruptionError, FormatVersionError, InvalidInputError, MmwalError
 
-__all__ = ["MODES", "Plan", "apply_plan", "make_plan", "read_tail_hint", "repair_locks"]
+__all__ = ["MODES", "Plan", "apply_plan", "make_plan", "read_tail_hint", "repair_locks", "restore"]
 
 MODES = ("point-in-time", "skip-bad")
 #: A seq read from an unverified frame header counts toward ``max_seen`` only
@@ -210,12 +215,18 @@ def _scan_segment(paths: Paths, seg: int, dim: int, plan: Plan,
     Returns (header or None, events, highest seq mentioned anywhere in it).
     """
     path = paths.segment(seg)
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    io = _io.layer
     try:
-        size = os.fstat(fd).st_size
-        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        fd = io.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", path) from None
+    try:
+        size = io.fstat(fd).st_size
+        mm = io.mmap(fd, size) if size else None
+    except OSError as exc:
+        raise _io.io_error(exc, "mmap", path) from None
     finally:
-        os.close(fd)
+        io.close(fd)
     if mm is None:
         return None, [Damage(path, 0, 0, "empty segment file (no header)")], 0
     plan.maps.append(mm)
@@ -272,14 +283,17 @@ def _why(msg: str, path: str) -> str:
 
 def read_tail_hint(paths: Paths) -> tuple[int, int, int] | None:
     """(segment, end, last seq) of the tail record, when it is valid for this boot."""
+    io = _io.layer
     try:
-        fd = os.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
+        fd = io.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
     except OSError:
         return None
     try:
-        raw = os.pread(fd, F.TAIL_SIZE, 0)
+        raw = io.pread(fd, F.TAIL_SIZE, 0)
+    except OSError:
+        return None  # a hint only: without it the scan trusts the log alone
     finally:
-        os.close(fd)
+        io.close(fd)
     if len(raw) != F.TAIL_SIZE:
         return None
     t = F.decode_tail(raw, boot_id())
@@ -481,17 +495,89 @@ class repair_locks:  # noqa: N801 (a context manager used like a function)
                 lock.close()
 
 
-# ============================================================================ applying
-def _copy_durably(src: str, dst: str, advance: Callable[[int], None]) -> None:
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        while block := fin.read(1 << 20):
-            fout.write(block)
-            advance(len(block))
-        fout.flush()
-        os.fsync(fout.fileno())
+# ============================================================================ backup
+#: Name of the file that lists what a backup holds; written last, so a backup
+#: without it is incomplete (a crash or an error during the copy).
+BACKUP_INDEX = "REPAIR.json"
+_BLOCK = 1 << 20
+
+
+def _mkdir(path: str) -> None:
+    try:
+        _io.layer.mkdir(path)
+    except OSError as exc:
+        raise _io.io_error(exc, "mkdir", path) from None
+
+
+def _copy_file(src: str, dst: str, advance: Callable[[int], None]) -> list[int]:
+    """Copy ``src`` to the new file ``dst`` durably, through the I/O layer; -> [size, CRC-32]."""
+    io = _io.layer
+    try:
+        fin = io.open(src, os.O_RDONLY | _O_CLOEXEC)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", src) from None
+    try:
+        try:
+            fout = io.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _io.io_error(exc, "open", dst) from None
+        try:
+            pos = crc = 0
+            while True:
+                try:
+                    block = io.pread(fin, _BLOCK, pos)
+                except OSError as exc:
+                    raise _io.io_error(exc, "read", src) from None
+                if not block:
+                    break
+                write_all(fout, block, pos, dst)
+                crc = zlib.crc32(block, crc)
+                pos += len(block)
+                advance(len(block))
+            try:
+                io.fsync(fout)
+            except OSError as exc:
+                raise _io.io_error(exc, "fsync", dst) from None
+        finally:
+            io.close(fout)
+    finally:
+        io.close(fin)
+    return [pos, crc]
+
+
+def _backup_files(plan: Plan) -> list[str]:
+    """What the backup holds, relative to the store: enough to rebuild the store alone.
+
+    MANIFEST, the tail record, every segment in ``wal/`` and every file of the
+    checkpoint the MANIFEST names: the next checkpoint retires that checkpoint
+    and those segments, and a backup that only pointed at them could then no
+    longer be restored.
+    """
+    paths = Paths(plan.root)
+    rel = ["MANIFEST"]
+    if os.path.exists(paths.tail):
+        rel.append("tail")
+    rel += [os.path.relpath(paths.segment(s), paths.root) for s in list_segments(paths)]
+    cid = plan.manifest["checkpoint"]
+    if cid:
+        cdir = paths.checkpoint(cid)
+        try:
+            names = _io.layer.listdir(cdir)
+        except OSError as exc:
+            raise _io.io_error(exc, "listdir", cdir) from None
+        rel += [os.path.relpath(os.path.join(cdir, n), paths.root) for n in sorted(names)]
+    return rel
 
 
 def _backup(plan: Plan, show: bool) -> str:
+    """Copy everything the pre-repair store needs into ``repair-backup-<time>/``, durably.
+
+    The copy goes through the I/O layer; each file's size and CRC-32 goes into
+    ``REPAIR.json``, written last (atomically): a backup without it is
+    incomplete and ``restore`` refuses it.  The checkpoint's files are checked
+    against their descriptor as they are copied (the backup must not hold
+    damage the repair did not see).
+    """
     from ._progress import progress
 
     paths = Paths(plan.root)
@@ -501,28 +587,48 @@ def _backup(plan: Plan, show: bool) -> str:
     while os.path.exists(backup):
         n += 1
         backup = os.path.join(paths.root, f"repair-backup-{stamp}-{n}")
-    os.mkdir(backup)
-    os.mkdir(os.path.join(backup, "wal"))
-    files = [(paths.manifest, "MANIFEST")]
-    if os.path.exists(paths.tail):
-        files.append((paths.tail, "tail"))
-    files += [(paths.segment(s), os.path.join("wal", os.path.basename(paths.segment(s))))
-              for s in list_segments(paths)]
-    total = sum(os.path.getsize(src) for src, _name in files)
-    with progress(total, "backup", "B", enabled=None if show else False) as bar:
-        for src, name in files:
-            _copy_durably(src, os.path.join(backup, name), bar.update)
-    with open(os.path.join(backup, "REPAIR.json"), "w", encoding="utf-8") as f:
-        json.dump({**plan.as_dict(), "started": time.time(),
-                   "restore": "stop every process using the store, then copy MANIFEST, tail "
-                   "and wal/ from here back into the store (delete the store's wal/*.seg "
-                   "first)"}, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(os.path.join(backup, "wal"))
-    fsync_dir(backup)
+    files = _backup_files(plan)
+    cid = plan.manifest["checkpoint"]
+    cdir = os.path.relpath(paths.checkpoint(cid), paths.root) if cid else None
+    _mkdir(backup)
     fsync_dir(paths.root)
+    for d in ("wal", "checkpoints", *([cdir] if cdir else [])):
+        _mkdir(os.path.join(backup, d))
+    try:
+        total = sum(_io.layer.stat(os.path.join(paths.root, r)).st_size for r in files)
+    except OSError as exc:
+        raise _io.io_error(exc, "stat", paths.root) from None
+    held: dict[str, list[int]] = {}
+    descriptor = None
+    if cid:
+        view = CheckpointView(paths, cid, plan.manifest["dim"])
+        descriptor = view.descriptor["files"]
+        del view
+    with progress(total, "backup", "B", enabled=None if show else False) as bar:
+        for r in files:
+            got = held[r] = _copy_file(os.path.join(paths.root, r), os.path.join(backup, r),
+                                       bar.update)
+            name = os.path.basename(r)
+            if (descriptor is not None and r.startswith("checkpoints" + os.sep)
+                    and name in descriptor and got != list(descriptor[name])):
+                raise CorruptionError(
+                    f"{os.path.join(paths.root, r)}: size/CRC-32 {got[0]}/{got[1]:#010x}, the "
+                    f"descriptor says {descriptor[name][0]}/{descriptor[name][1]:#010x}: the "
+                    "checkpoint is damaged; nothing was repaired", path=os.path.join(
+                        paths.root, r), offset=0)
+    for d in (*([cdir] if cdir else []), "checkpoints", "wal", ""):
+        fsync_dir(os.path.join(backup, d))
+    index = {**plan.as_dict(), "started": time.time(), "files": held,
+             "restore": RESTORE_HOWTO}
+    atomic_write(os.path.join(backup, BACKUP_INDEX),
+                 json.dumps(index, indent=2).encode("utf-8"))
     return backup
+
+
+RESTORE_HOWTO = ("`mmwal restore THIS_DIRECTORY NEW_PATH` rebuilds the store as it was before "
+                 "the repair at NEW_PATH (it checks every file against the sizes and CRC-32s "
+                 "listed under \"files\" first); then stop every process using the store and "
+                 "move NEW_PATH into its place")
 
 
 def _raw_frames(frames: list[Frame]) -> Callable[[], Iterator[RawFrame]]:
@@ -555,15 +661,19 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
     ckpt_id = max([prev_id, *list_checkpoints(paths)]) + 1
     final = paths.checkpoint(ckpt_id)
     tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
-    os.mkdir(tmp)
+    _mkdir(tmp)
     try:
         body = fold(paths, dim, prev, manifest["replay_segment"], 0,
                     manifest["checkpoint_seq"] + 1, plan.last_kept, tmp, ckpt_id, config,
                     frames=_raw_frames(plan.keep), seq_as=plan.max_seen)
         fsync_dir(tmp)
-        os.rename(tmp, final)
+        try:
+            _io.layer.rename(tmp, final)
+        except OSError as exc:
+            raise _io.io_error(exc, "rename", final) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError, MmwalError):
+            _rmtree(tmp)  # else a leftover the next checkpoint removes
         raise
     fsync_dir(paths.checkpoints)
     del prev
@@ -572,15 +682,21 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
     #    pointing at it (pending word first, as a roll does: a crash in between
     #    makes the next writer rebuild the record from the newest segment).
     new_seg = max([manifest["replay_segment"], *list_segments(paths)]) + 1
-    fd = _io.layer.open(paths.tail, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
     try:
-        if _io.layer.fstat(fd).st_size < F.TAIL_FILE_SIZE:
-            _io.layer.ftruncate(fd, F.TAIL_FILE_SIZE)  # a lost tail file: grows only
-        _io.layer.pwrite(fd, (1).to_bytes(8, "little"), F.PENDING_OFFSET)
+        fd = _io.layer.open(paths.tail, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _io.io_error(exc, "open", paths.tail) from None
+    try:
+        try:
+            if _io.layer.fstat(fd).st_size < F.TAIL_FILE_SIZE:
+                _io.layer.ftruncate(fd, F.TAIL_FILE_SIZE)  # a lost tail file: grows only
+        except OSError as exc:
+            raise _io.io_error(exc, "write", paths.tail) from None
+        write_all(fd, (1).to_bytes(8, "little"), F.PENDING_OFFSET, paths.tail)
         create_segment(paths, new_seg, plan.max_seen + 1)
         seg_end = F.SEGMENT_HEADER_SIZE
         tail = F.Tail(new_seg, seg_end, plan.max_seen, 0, new_seg, seg_end)
-        _io.layer.pwrite(fd, F.encode_tail(boot_id(), tail), 0)
+        write_all(fd, F.encode_tail(boot_id(), tail), 0, paths.tail)
     finally:
         _io.layer.close(fd)
 
@@ -602,7 +718,97 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
                 _io.layer.unlink(paths.segment(s))
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise _io.io_error(exc, "unlink", paths.segment(s)) from None
     fsync_dir(paths.wal)
     return {"backup": backup, "checkpoint": ckpt_id, "documents": body["count"],
             "seq": plan.max_seen, "next_seq": plan.max_seen + 1, "segment": new_seg}
 
+
+
+# ============================================================================ restore
+def restore(backup: str, dest: str, *, show_progress: bool = False) -> dict[str, Any]:
+    """Rebuild, at the new path ``dest``, the store a repair backup was taken of.
+
+    Every file listed in the backup's ``REPAIR.json`` is checked against its
+    recorded size and CRC-32 while it is copied (through the I/O layer) into a
+    temporary directory next to ``dest``; the directory is renamed to ``dest``
+    only when all of them match, so ``dest`` is either absent or complete.
+    The store in place is not touched: stop the processes that use it, then
+    move ``dest`` into its place.
+
+    Raises
+    ------
+    InvalidInputError
+        ``dest`` exists.
+    CorruptionError
+        The backup is incomplete (no ``REPAIR.json``: the repair failed
+        before finishing it) or a file differs from what it lists.
+    """
+    from ._progress import progress
+
+    backup = os.path.abspath(backup)
+    dest = os.path.abspath(dest)
+    index_path = os.path.join(backup, BACKUP_INDEX)
+    if os.path.lexists(dest):
+        raise InvalidInputError(f"{dest} exists; restore builds a new store: give a path that "
+                                "does not exist yet", path=dest)
+    try:
+        index = json.loads(read_file(index_path, 1 << 26))
+        files = index["files"]
+        if not isinstance(files, dict) or "MANIFEST" not in files or not all(
+                isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+                for v in files.values()):
+            raise ValueError("no valid \"files\" listing with a MANIFEST")
+    except FileNotFoundError:
+        raise CorruptionError(f"{index_path}: missing; {backup} is not a complete repair "
+                              "backup (the repair stopped before finishing it: the store "
+                              "itself was not changed)", path=index_path, offset=0) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptionError(f"{index_path}: unreadable ({exc}); the backup cannot be "
+                              "checked, so it is not restored", path=index_path,
+                              offset=0) from None
+    for rel in files:
+        parts = rel.split("/")
+        if os.path.isabs(rel) or ".." in parts or not all(parts):
+            raise CorruptionError(f"{index_path}: lists {rel!r}, not a path inside the backup",
+                                  path=index_path, offset=0)
+    parent = os.path.dirname(dest)
+    tmp = os.path.join(parent, f".tmp-restore-{os.path.basename(dest)}-{secrets.token_hex(4)}")
+    _mkdir(tmp)
+    try:
+        dirs = sorted({os.path.dirname(r) for r in files} | {"wal", "checkpoints", "locks"})
+        for d in dirs:
+            if d and not os.path.isdir(os.path.join(tmp, d)):
+                head = ""
+                for part in d.split("/"):
+                    head = os.path.join(head, part)
+                    if not os.path.isdir(os.path.join(tmp, head)):
+                        _mkdir(os.path.join(tmp, head))
+        total = sum(v[0] for v in files.values())
+        with progress(total, "restore", "B", enabled=None if show_progress else False) as bar:
+            for rel, want in sorted(files.items()):
+                src = os.path.join(backup, *rel.split("/"))
+                if not os.path.exists(src):
+                    raise CorruptionError(f"{src}: missing from the backup ({index_path} "
+                                          "lists it)", path=src, offset=0)
+                got = _copy_file(src, os.path.join(tmp, *rel.split("/")), bar.update)
+                if got != want:
+                    raise CorruptionError(
+                        f"{src}: size/CRC-32 {got[0]}/{got[1]:#010x}, {BACKUP_INDEX} says "
+                        f"{want[0]}/{want[1]:#010x}: the backup is damaged; nothing was "
+                        "restored", path=src, offset=0)
+        for d in sorted(dirs, key=lambda d: -d.count("/")):
+            fsync_dir(os.path.join(tmp, d))
+        try:
+            _io.layer.rename(tmp, dest)
+        except OSError as exc:
+            raise _io.io_error(exc, "rename", dest) from None
+    except BaseException:
+        with contextlib.suppress(OSError, MmwalError):
+            _rmtree(tmp)
+        raise
+    fsync_dir(parent)
+    return {"backup": backup, "path": dest, "files": len(files),
+            "bytes": sum(v[0] for v in files.values()),
+            "checkpoint": index.get("checkpoint"), "checkpoint_seq": index.get("checkpoint_seq")}

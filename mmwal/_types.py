@@ -49,6 +49,9 @@ class Config:
     recovery
         ``"strict"`` (default), ``"point-in-time"`` or ``"skip-bad"``: what
         readers do with a damaged frame that has valid frames after it.
+        ``Store.checkpoint()`` ignores it and is always strict: it never
+        discards an acknowledged record on its own (it raises
+        :class:`mmwal.CorruptionError`); salvage is ``mmwal repair``.
 
     Examples
     --------

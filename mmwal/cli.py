@@ -450,7 +450,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
                     _print_json({**summary, "repaired": False})
                 else:
                     print("nothing was changed.  Re-run with --yes to repair; first, MANIFEST, "
-                          "tail and every log segment are copied to "
+                          "tail, every log segment and the checkpoint are copied to "
                           f"{os.path.join(args.path, 'repair-backup-<time>')}/")
                 return 1
             result = apply_plan(plan, Config(lock_timeout=timeout), show_progress=not args.json)
@@ -463,11 +463,36 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         print(f"repaired: checkpoint {result['checkpoint']} holds {result['documents']:,} "
               f"documents at seq {result['seq']:,}; new writes start at seq "
               f"{result['next_seq']:,} in segment {result['segment']}")
-        print(f"backup:   {result['backup']}/ (REPAIR.json there says how to restore)")
+        print(f"backup:   {result['backup']}/ (restore it with `mmwal restore "
+              f"{result['backup']} NEW_PATH`)")
         print(f"verify:   {'ok' if report.ok else 'PROBLEMS REMAIN'}")
         for p in report.problems:
             print(f"problem: {p}")
     return 0 if report.ok else 1
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from ._repair import restore
+    from ._verify import verify
+
+    result = restore(args.backup, args.dest, show_progress=not args.json)
+    report = verify(result["path"]) if args.verify else None
+    if report is not None:
+        result["verify_ok"] = report.ok
+        result["problems"] = [str(p) for p in report.problems]
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"restored: {result['path']}: {_n(result['files'], 'file')} "
+              f"({_size(result['bytes'])}) from {result['backup']}, checked against the "
+              "backup's sizes and CRC-32s")
+        print("next:     stop every process using the store, then move the restored "
+              "directory into its place")
+        if report is not None:
+            print(f"verify:   {'ok' if report.ok else 'problems (as before the repair)'}")
+            for p in report.problems:
+                print(f"problem: {p}")
+    return 0
 
 
 # ============================================================================ stress
@@ -607,6 +632,20 @@ exit codes: 0 repaired or nothing to repair, 1 damage found but not repaired
 examples:
   mmwal repair my.store --mode point-in-time          # explain only
   mmwal repair my.store --mode skip-bad --yes         # repair""",
+    "restore": """\
+Rebuilds, at a new path, the store a repair backup (PATH/repair-backup-<time>/)
+was taken of: the MANIFEST, tail record, log segments and checkpoint exactly
+as they were before the repair, each checked against the size and CRC-32 the
+backup's REPAIR.json lists.  The result appears at DEST only when complete;
+the store in place is not touched.  To put it back: stop every process using
+the store, move the store aside and DEST into its place.  Damage the repair
+salvaged is there again (that is the point).
+
+exit codes: 0 restored, 1 the backup is incomplete or damaged, 2 DEST exists.
+
+examples:
+  mmwal restore my.store/repair-backup-20260101T120000Z /srv/my.store.restored
+  mmwal restore BACKUP DEST --json --no-verify""",
     "stress": """\
 Starts writer, reader and checkpointer processes, kills them with SIGKILL at
 random moments, restarts them, and verifies every acknowledged write at the
@@ -689,6 +728,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan and result as JSON")
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the store's locks (default 30)")
+
+    p = add("restore", "rebuild the pre-repair store from a repair backup, at a new path",
+            _cmd_restore)
+    p.add_argument("backup", metavar="BACKUP", help="a repair-backup-<time> directory")
+    p.add_argument("dest", metavar="DEST", help="where to build the store (must not exist)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not run verify on the restored store")
 
     p = add("stress", "kill -9 loops that check the guarantees on your disk",
             _cmd_stress_missing)

@@ -25,7 +25,8 @@ import mmwal
 from mmwal import cli
 
 DIM = 8
-COMMANDS = ("demo", "inspect", "verify", "dump", "checkpoint", "repair", "stress", "bench")
+COMMANDS = ("demo", "inspect", "verify", "dump", "checkpoint", "repair", "restore", "stress",
+            "bench")
 
 
 def _console_script() -> list[str]:
@@ -275,10 +276,10 @@ def test_repair_refuses_without_yes_and_repairs_with_it(damaged_store, mode):
     backups = [d for d in os.listdir(path) if d.startswith("repair-backup-")]
     assert len(backups) == 1
     backup = os.path.join(path, backups[0])
-    assert set(os.listdir(backup)) == {"MANIFEST", "tail", "wal", "REPAIR.json"}
-    # the backup holds the damaged files exactly as they were
+    assert set(os.listdir(backup)) == {"MANIFEST", "tail", "wal", "checkpoints", "REPAIR.json"}
+    # the backup holds the damaged files exactly as they were, and the checkpoint
     for rel, digest in before.items():
-        if rel == "MANIFEST" or rel == "tail" or rel.startswith("wal/"):
+        if rel == "MANIFEST" or rel == "tail" or rel.startswith(("wal/", "checkpoints/")):
             got = snapshot(backup).get(rel)
             assert got == digest, rel
 

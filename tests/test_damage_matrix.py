@@ -5,7 +5,11 @@ pristine store: ``verify()`` and a strict Reader either detect the damage (a
 problem in the report, an MmwalError on read) or the reads are exactly right -
 never a silently wrong answer, never an exception that is not an MmwalError.
 The salvage modes recover what they document: ``point-in-time`` a prefix of
-the log, ``skip-bad`` only records that are exactly what was written.  The tail
+the log, ``skip-bad`` only records that are exactly what was written.  Then a
+checkpoint is run over the damaged store (with a salvage recovery mode
+configured) and verified: it refuses and publishes nothing, or the result is
+exactly what strict reads served, or verify still reports the damage - never
+a clean verify over laundered data.  The tail
 hint is rebuilt, so its damage is harmless; damage of the MANIFEST is always
 detected.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -28,6 +33,11 @@ WHERE = (0, 30, 60, 90)
 SPAN = 64  # bytes overwritten by junk / zeros
 CKPT_FILES = ("embeddings.npy", "norms.npy", "ids_offsets.npy", "docs_offsets.npy", "index.npy",
               "ids.bin", "docs.lz4", "DESCRIPTOR")
+#: Outcome of the checkpoint run over each damaged case, per kind (for
+#: stress/faults/damage_summary.py): "refused" (an MmwalError, nothing
+#: published), "exact" (it served exactly what strict reads served), "reported"
+#: (verify still reports the damage).
+CHECKPOINT_OVER: dict[str, Counter[str]] = {}
 KINDS = ("segment-first", "segment-middle", "segment-last", *CKPT_FILES, "MANIFEST", "tail")
 
 
@@ -239,7 +249,49 @@ def run_case(p, work, kind, how, pct):
 
     if kind.startswith("segment-"):
         check_salvage(p, work)
+    if changed and (kind in CKPT_FILES or kind.startswith("segment-")):
+        after = check_checkpoint_over(p, work, kind, None if read_error is not None else got)
+        CHECKPOINT_OVER.setdefault(kind, Counter())[after] += 1
     return outcome if changed else "unchanged"
+
+
+def published(work):
+    """The MANIFEST's bytes and the checkpoint directories: what a checkpoint publishes."""
+    with open(os.path.join(work, "MANIFEST"), "rb") as f:
+        return f.read(), sorted(os.listdir(os.path.join(work, "checkpoints")))
+
+
+def check_checkpoint_over(p, work, kind, strict_read):
+    """Checkpoint the damaged store (salvage recovery configured), then verify.
+
+    The damage must never be laundered: either the checkpoint raises an
+    MmwalError (a CorruptionError for a damaged checkpoint file) and publishes
+    nothing, or what it publishes serves exactly what a strict read served
+    before (no acknowledged record dropped, no damaged byte re-published), or
+    verify() still reports the damage.  keep_checkpoints=1: a successful
+    checkpoint retires the damaged one, so only re-published damage is left
+    for verify to find.
+    """
+    before = published(work)
+    cfg = mmwal.Config(keep_checkpoints=1, recovery="skip-bad", chunk_documents=4)
+    try:
+        with mmwal.Store(work, config=cfg) as s:
+            s.checkpoint()
+    except mmwal.MmwalError as exc:
+        if kind in CKPT_FILES:
+            assert isinstance(exc, mmwal.CorruptionError), exc
+        assert published(work) == before, "a refused checkpoint published something"
+        assert not [n for n in before[1] if n.startswith(".tmp-")]
+        return "refused"
+    report = mmwal.verify(work)
+    if not report.ok:
+        return "reported"
+    assert strict_read is not None, f"{kind}: a checkpoint made unreadable damage clean"
+    got = read_all(work)
+    assert exactly(p, got, p.state_at(strict_read[0])), \
+        f"{kind}: after a checkpoint over damage verify is clean but the data is not"
+    assert got[0] == strict_read[0], f"{kind}: the checkpoint dropped records"
+    return "exact"
 
 
 def check_salvage(p, work):
