@@ -14,12 +14,19 @@ from ._replay import replay
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
 from ._verify import verify
-from .errors import CorruptionError, LockTimeout, MmwalError
+from .errors import (
+    CheckpointWarning,
+    CorruptionError,
+    LockTimeout,
+    MmwalError,
+    StoreClosedError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointInfo",
+    "CheckpointWarning",
     "Config",
     "CorruptionError",
     "Document",
@@ -30,6 +37,7 @@ __all__ = [
     "Problem",
     "Reader",
     "Store",
+    "StoreClosedError",
     "StoreStats",
     "VerifyReport",
     "__version__",
