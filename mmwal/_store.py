@@ -6,6 +6,7 @@ import functools
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -18,6 +19,7 @@ from ._types import DURABILITY_MODES, Config, StoreStats
 from ._validate import as_vectors, check_id, check_metadata, check_sequence, check_text
 from ._wal import Appender, create_segment
 from .errors import (
+    CheckpointWarning,
     DimensionError,
     InvalidInputError,
     LockTimeout,
@@ -180,6 +182,10 @@ class Store:
         self._flush_wake = threading.Event()
         self._flush_stop = threading.Event()  # set by close(): ends the flusher's wait
         self._state_lock = threading.Lock()
+        # The last automatic checkpoint failure (until a checkpoint succeeds),
+        # and the seq before which no automatic checkpoint is tried again.
+        self._auto_error: Exception | None = None
+        self._auto_retry_seq = 0
         self._closed = False
         self._closing = False
         _stores.add(self)
@@ -364,8 +370,28 @@ class Store:
         else:
             self._interval(seg, end, count)
         if self.config.auto_checkpoint:
-            self._maybe_checkpoint(first + count - 1)
+            self._auto_checkpoint(first + count - 1)
         return first
+
+    def _auto_checkpoint(self, seq: int) -> None:
+        """Checkpoint if due; a failure is reported, never raised (the record is committed).
+
+        Raising here made a committed add look failed: the caller retried and
+        the document was logged twice.
+        """
+        try:
+            self._maybe_checkpoint(seq)
+        except Exception as exc:  # whatever the cause: the write it follows succeeded
+            self._auto_error = exc
+            self._auto_retry_seq = seq + self.config.checkpoint_threshold
+            # stacklevel 5: _auto_checkpoint <- _write <- add/add_many/... <- gate <- caller
+            warnings.warn(CheckpointWarning(
+                f"the automatic checkpoint of {self.path} after seq {seq} failed: "
+                f"{type(exc).__name__}: {exc}; the write was committed and its seq returned. "
+                f"No automatic checkpoint is tried before seq {self._auto_retry_seq}; "
+                "Store.stats().auto_checkpoint_error keeps this error until a checkpoint "
+                "succeeds, and Store.checkpoint() runs one now (raising the current cause)"),
+                stacklevel=5)
 
     def _durable(self, seg: int, end: int) -> None:
         try:
@@ -588,6 +614,8 @@ class Store:
             log_segments=len(segs), log_bytes=self._log_bytes(0),
             log_bytes_since_checkpoint=self._log_bytes(m["replay_segment"]),
             checkpoint_bytes=ckpt_bytes,
+            auto_checkpoint_error=None if self._auto_error is None else (
+                f"{type(self._auto_error).__name__}: {self._auto_error}"),
         )
 
     @property
@@ -601,6 +629,8 @@ class Store:
     def _maybe_checkpoint(self, seq: int) -> None:
         if seq - self._manifest["checkpoint_seq"] < self.config.checkpoint_threshold:
             return
+        if seq < self._auto_retry_seq:
+            return  # it failed recently: do not pay a failing fold on every write
         # Internal calls, not the public ones: this runs inside an admitted
         # add, and the public entry would refuse it once close() has begun.
         if self._needs_checkpoint() and self._ckpt_lock.try_exclusive():
@@ -609,7 +639,14 @@ class Store:
 
     @_admitted
     def checkpoint(self) -> Any:
-        """Fold the log into a new checkpoint (see docs/concepts.md)."""
+        """Fold the log into a new checkpoint (see docs/concepts.md).
+
+        After a failed automatic checkpoint (``Config(auto_checkpoint=True)``,
+        reported by a :class:`mmwal.CheckpointWarning` and
+        ``stats().auto_checkpoint_error``) this is the way to retry at once: it
+        runs a checkpoint as usual and raises whatever makes it fail now (not
+        the old exception); once one succeeds the report is cleared.
+        """
         self._check()
         return self._checkpoint()
 
@@ -617,6 +654,8 @@ class Store:
         from ._checkpoint import run_checkpoint
 
         info = run_checkpoint(self._paths, self._log, self._ckpt_lock, self.config)
+        self._auto_error = None
+        self._auto_retry_seq = 0
         self._refresh_manifest()
         return info
 

@@ -102,3 +102,61 @@ def test_store_closed_error_is_public() -> None:
     assert "StoreClosedError" in mmwal.__all__
     assert mmwal.__all__ == sorted(mmwal.__all__)
     assert mmwal.StoreClosedError is mmwal.errors.StoreClosedError
+
+
+# ------------------------------------------------------------------ automatic checkpoints
+class _FailingCheckpointFiles(_io.OSLayer):
+    """The real OS, except that creating a file under ``checkpoints/`` fails (ENOSPC)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = True
+        self.failures = 0
+        real = self.open
+
+        def open_(path: str, flags: int, mode: int = 0o777) -> int:
+            if self.fail and flags & os.O_CREAT and f"{os.sep}checkpoints{os.sep}" in path:
+                self.failures += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            return real(path, flags, mode)
+
+        self.open = open_
+
+
+def test_failed_auto_checkpoint_keeps_the_committed_add(tmp_path: Any) -> None:
+    layer = _FailingCheckpointFiles()
+    _io.set_layer(layer)
+    path = str(tmp_path / "s")
+    cfg = mmwal.Config(auto_checkpoint=True, checkpoint_threshold=3)
+    store = mmwal.Store(path, dim=DIM, durability="os", config=cfg)
+    seqs = [store.add(doc_id(k), vec(k)) for k in range(2)]
+    with pytest.warns(mmwal.CheckpointWarning, match="automatic checkpoint") as rec:
+        seqs.append(store.add(doc_id(2), vec(2)))  # reaches the threshold; the fold fails
+    assert layer.failures >= 1 and len(rec) == 1
+    assert rec[0].filename == __file__  # points at the caller's line
+    assert seqs == [1, 2, 3], "the add committed and must return its seq, not raise"
+    st = store.stats()
+    assert st.checkpoint_id == 0
+    assert st.auto_checkpoint_error is not None and "checkpoints" in st.auto_checkpoint_error
+    assert [op[0] for op in read_log(path)] == [1, 2, 3]  # in the log once: nothing to retry
+    # No new attempt (and no warning, which filterwarnings=error would raise)
+    # before another checkpoint_threshold records.
+    seqs += [store.add(doc_id(k), vec(k)) for k in range(3, 5)]
+    assert layer.failures == 1
+    with pytest.warns(mmwal.CheckpointWarning):
+        seqs += store.add_many([doc_id(5), doc_id(6)], np.stack([vec(5), vec(6)]))
+    assert seqs == list(range(1, 8)) and layer.failures == 2
+    # The next explicit checkpoint runs and raises the current cause while it persists...
+    with pytest.raises(mmwal.errors.StorageIOError) as ei:
+        store.checkpoint()
+    assert ei.value.errno == errno.ENOSPC
+    assert store.stats().auto_checkpoint_error is not None
+    # ...and once the cause is gone, succeeds and clears the report.
+    layer.fail = False
+    info = store.checkpoint()
+    assert info.seq == 7
+    assert store.stats().auto_checkpoint_error is None
+    store.close()
+    r = mmwal.Reader(path)
+    assert len(r) == 7 and all(doc_id(k) in r for k in range(7))
+    r.close()
