@@ -48,10 +48,15 @@ class IdView(Sequence[str]):
 
     A lazy, read-only sequence: building a list of a million ids is not part
     of opening a Reader.  Compares equal to a list or tuple of the same ids.
+    A snapshot of the state it was taken from: after ``refresh()`` it still
+    names the rows of the ``embeddings`` taken with it.
     """
 
     def __init__(self, reader: Reader) -> None:
         self._r = reader
+        # The checkpoint these rows index, captured: refresh() may move the
+        # Reader to another checkpoint (its mappings outlive retirement).
+        self._ckpt = reader._ckpt
         self._version = reader._version
         self._ckpt_rows = reader._live_ckpt_rows()
         self._tail_ids = [k for k, v in reader._tail.items() if v is not None]
@@ -72,13 +77,13 @@ class IdView(Sequence[str]):
         if not 0 <= i < len(self):
             raise IndexError("row out of range")
         if i < n:
-            ckpt = self._r._ckpt
+            ckpt = self._ckpt
             assert ckpt is not None
             return ckpt.id_at(int(self._ckpt_rows[i]))
         return self._tail_ids[i - n]
 
     def __iter__(self) -> Iterator[str]:
-        ckpt = self._r._ckpt
+        ckpt = self._ckpt
         if ckpt is not None:
             for row in self._ckpt_rows.tolist():
                 yield ckpt.id_at(row)
