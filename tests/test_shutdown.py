@@ -79,6 +79,51 @@ def test_close_while_threads_write(tmp_path: Any, durability: str) -> None:
             assert set(got) <= logged, f"iteration {it}: acknowledged seqs missing from the log"
 
 
+class _BlockingSync(_io.OSLayer):
+    """The real OS, except that fdatasync waits for ``release`` once ``armed``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        real = self.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            if self.armed:
+                self.entered.set()
+                self.release.wait(60)
+            real(fd)
+
+        self.fdatasync = fdatasync
+
+
+def test_close_waits_for_a_running_call_then_gives_up_and_can_be_retried(tmp_path: Any) -> None:
+    layer = _BlockingSync()
+    _io.set_layer(layer)
+    path = str(tmp_path / "s")
+    store = mmwal.Store(path, dim=DIM, durability="fsync",
+                        config=mmwal.Config(lock_timeout=0.2))
+    store.add(doc_id(0), vec(0))
+    layer.armed = True
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(store.add(doc_id(1), vec(1))))
+    t.start()
+    assert layer.entered.wait(30)  # the add is inside its fdatasync
+    with pytest.raises(mmwal.LockTimeout) as ei:
+        store.close()
+    assert "call(s) of other threads still running" in str(ei.value) and ei.value.calls == 1
+    with pytest.raises(mmwal.StoreClosedError, match="closing"):
+        store.add(doc_id(2), vec(2))  # refused while close() is pending
+    layer.release.set()
+    t.join(30)
+    assert got == [2]  # the running call finished normally
+    store.close()  # now nothing runs: releases everything
+    with pytest.raises(mmwal.StoreClosedError, match="is closed"):
+        store.sync()
+    assert [op[0] for op in read_log(path)] == [1, 2]
+
+
 def test_calls_after_close_raise_store_closed_error(tmp_path: Any) -> None:
     store = mmwal.Store(str(tmp_path / "s"), dim=DIM)
     store.close()
