@@ -157,7 +157,10 @@ class Store:
                  durability: str = "fsync", config: Config | None = None) -> None:
         self._closed = True
         self._closing = True  # refuses calls until the Store is open
-        self._gate = threading.Condition(threading.Lock())
+        # Calls take the bare lock (cheaper than the Condition's methods); close()
+        # waits on the Condition built over it.
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._calls = 0  # public calls running now (close() waits for them)
         self._finishing = False  # one close() releases; others wait for it
         if durability not in DURABILITY_MODES:
@@ -314,7 +317,8 @@ class Store:
         old.close()
         self._state_lock = threading.Lock()
         # The parent's gate may be held by a thread that does not exist here.
-        self._gate = threading.Condition(threading.Lock())
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._calls = 0
         self._finishing = False
         self._flusher = None
@@ -335,7 +339,7 @@ class Store:
         """Count one call in; False once close() has begun."""
         if self._generation != _fork_generation and not self._closing:
             self._after_fork()
-        with self._gate:
+        with self._gate_lock:
             if self._closing:
                 return False
             self._calls += 1
@@ -346,7 +350,7 @@ class Store:
             raise self._closed_error()
 
     def _leave(self) -> None:
-        with self._gate:
+        with self._gate_lock:
             self._calls -= 1
             if self._closing and not self._calls:
                 self._gate.notify_all()
