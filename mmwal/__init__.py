@@ -15,12 +15,19 @@ from ._snapshot import Snapshot
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
 from ._verify import verify
-from .errors import CorruptionError, LockTimeout, MmwalError
+from .errors import (
+    CheckpointWarning,
+    CorruptionError,
+    LockTimeout,
+    MmwalError,
+    StoreClosedError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointInfo",
+    "CheckpointWarning",
     "Config",
     "CorruptionError",
     "Document",
@@ -33,6 +40,7 @@ __all__ = [
     "ReaderStats",
     "Snapshot",
     "Store",
+    "StoreClosedError",
     "StoreStats",
     "VerifyReport",
     "__version__",

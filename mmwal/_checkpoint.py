@@ -23,6 +23,7 @@ thresholds.
 
 from __future__ import annotations
 
+import hashlib
 import io as _stdio
 import mmap
 import os
@@ -31,7 +32,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.frame
 import numpy as np
@@ -42,7 +43,7 @@ from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file, w
 from ._lock import FileLock
 from ._types import CheckpointInfo, Config
 from ._wal import Appender, LogCursor
-from .errors import CorruptionError
+from .errors import CorruptionError, FormatVersionError
 
 __all__ = ["CheckpointView", "list_checkpoints", "retire", "run_checkpoint"]
 
@@ -52,14 +53,29 @@ _EMPTY = -1
 COPY_ROWS = 16384
 #: Largest index partition (slots); bounds the memory of the index build.
 PARTITION_SLOTS = 1 << 20
+#: Probes past occupied slots the index build may spend per row before it gives
+#: up on a hash.  Linear probing at load <= 1/2 needs about 1.5 per row with
+#: well-spread hashes; ids crafted to collide under CRC-32 need up to n per row
+#: (quadratic), and more of them than a partition has slots never end.
+PROBE_BUDGET = 8
+#: Random keys tried, one after another, once CRC-32 exceeded its budget.
+KEYED_ATTEMPTS = 3
+HASH_CRC32 = "crc32"
+HASH_KEYED = "blake2b-32"
 
 FILES = ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "index.npy",
          "docs.lz4", "docs_offsets.npy")
 
 
-def hash_id(b: bytes) -> int:
-    """The 32-bit hash of an id's UTF-8 bytes used by the index (CRC-32)."""
-    return zlib.crc32(b)
+def hash_id(b: bytes, key: bytes | None = None) -> int:
+    """The 32-bit hash of an id's UTF-8 bytes used by the index.
+
+    CRC-32 without a key; with one (an index built over ids that collide under
+    CRC-32), keyed BLAKE2b with a 4-byte digest read little-endian.
+    """
+    if key is None:
+        return zlib.crc32(b)
+    return int.from_bytes(hashlib.blake2b(b, digest_size=4, key=key).digest(), "little")
 
 
 def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
@@ -114,6 +130,7 @@ class CheckpointView:
                                   offset=F.MANIFEST_HEADER.size)
         self.part_slots = cap // parts if n else 1
         self._shift = 32 - (parts.bit_length() - 1)
+        self._hash_key = _descriptor_hash_key(d, dpath)
         files = d["files"]
         for name in FILES:
             meta = files.get(name)
@@ -234,7 +251,7 @@ class CheckpointView:
         n = self.count
         if not n:
             return -1
-        h = hash_id(key)
+        h = hash_id(key, self._hash_key)
         slots = self.part_slots
         base = (h >> self._shift) * slots if self.partitions > 1 else 0
         mask = slots - 1
@@ -301,6 +318,21 @@ class CheckpointView:
         return content, meta
 
 
+def _descriptor_hash_key(d: dict[str, Any], dpath: str) -> bytes | None:
+    """The index key of a descriptor: None for CRC-32 (every version-1 descriptor)."""
+    name = d.get("hash", HASH_CRC32)
+    if name == HASH_CRC32:
+        return None
+    if name != HASH_KEYED:
+        raise FormatVersionError(f"{dpath}: index hash {name!r} is unknown to this mmwal; "
+                                 "upgrade mmwal to open it", path=dpath, hash=name)
+    key = d.get("hash_key")
+    if type(key) is not bytes or not 1 <= len(key) <= 64:
+        raise CorruptionError(f"{dpath}: index hash {name!r} without a valid 'hash_key'",
+                              path=dpath, offset=F.MANIFEST_HEADER.size)
+    return key
+
+
 def decode_chunk(data: bytes, limit: int, rows: int, path: str, offset: int) -> list[Any]:
     """Decompress and decode one docs chunk, allocating at most ``limit`` bytes."""
     try:
@@ -358,6 +390,11 @@ class _Stream:
             except OSError:
                 pass
             self.fd = -1
+
+    def rewind(self) -> None:
+        """Write again from offset 0 (the file is private to the build: unpublished)."""
+        self.size = 0
+        self.crc = 0
 
 
 class _Builder:
@@ -418,18 +455,24 @@ class _Builder:
         if self.rows != self.n:
             raise AssertionError(f"checkpoint build wrote {self.rows} rows, planned {self.n}")
         files = {name: st.finish() for name, st in self.streams.items()}
-        cap, parts, meta = build_index(self.dir, self.n)
-        files["index.npy"] = meta
+        ix = build_index(self.dir, self.n)
+        files["index.npy"] = ix.meta
+        # A keyed index is version 2: a version-1 reader, which would look ids
+        # up with CRC-32 and silently miss them, refuses it (FormatVersionError).
+        version = F.FORMAT_VERSION if ix.key is None else F.DESCRIPTOR_KEYED_VERSION
         body = {
-            "format": F.FORMAT_VERSION, "id": ckpt_id, "seq": seq, "dim": self.dim,
+            "format": version, "id": ckpt_id, "seq": seq, "dim": self.dim,
             "count": self.n, "created": time.time(), "chunk_documents": self.chunk_docs,
             "chunks": self.nchunks, "max_chunk_bytes": self.max_chunk,
-            "index_capacity": cap, "index_partitions": parts, "hash": "crc32",
+            "index_capacity": ix.capacity, "index_partitions": ix.partitions,
+            "hash": HASH_CRC32 if ix.key is None else HASH_KEYED,
             "files": files,
         }
+        if ix.key is not None:
+            body["hash_key"] = ix.key
         dpath = os.path.join(self.dir, "DESCRIPTOR")
         st = _Stream(dpath)
-        st.write(F.encode_manifest(body, F.DESCRIPTOR_MAGIC))
+        st.write(F.encode_manifest(body, F.DESCRIPTOR_MAGIC, version))
         st.finish()
         return body
 
@@ -463,35 +506,77 @@ def _iter_ids(dirpath: str, n: int) -> Iterator[tuple[int, list[bytes]]]:
             yield start, [blob[rel[i]:rel[i + 1]] for i in range(k)]
 
 
-def build_index(dirpath: str, n: int) -> tuple[int, int, list[int]]:
-    """Write ``index.npy``: one partition at a time, each in bounded memory."""
-    st = _Stream(os.path.join(dirpath, "index.npy"))
+class IndexBuild(NamedTuple):
+    """What :func:`build_index` wrote: geometry, file entry, hash key, probes spent."""
+
+    capacity: int
+    partitions: int
+    meta: list[int]
+    key: bytes | None  # None: CRC-32
+    probes: int  # occupied slots passed, over every attempt
+
+
+def build_index(dirpath: str, n: int) -> IndexBuild:
+    """Write ``index.npy``: one partition at a time, each in bounded memory.
+
+    Ends for any ids, in at most ``(1 + KEYED_ATTEMPTS)`` passes of at most
+    ``PROBE_BUDGET * n + 64`` probes each: CRC-32 first (what every reader
+    knows), then, if the ids collide under it (crafted: CRC-32 is linear), a
+    keyed hash with a fresh random key, which the ids cannot have been built
+    against.  Ordinary ids never leave CRC-32, so their index is unchanged.
+    """
+    path = os.path.join(dirpath, "index.npy")
+    st = _Stream(path)
     try:
         if n == 0:
             st.write(npy_header("<i8", (0,)))
-            return 0, 1, st.finish()
+            return IndexBuild(0, 1, st.finish(), None, 0)
         cap, parts = index_geometry(n)
-        slots = cap // parts
-        shift = 32 - (parts.bit_length() - 1)
-        mask = slots - 1
-        st.write(npy_header("<i8", (cap,)))
-        for p in range(parts):
-            table = np.full(slots, _EMPTY, dtype="<i8")
-            tl = table.tolist()  # Python list: faster per-slot access than numpy
-            for start, ids in _iter_ids(dirpath, n):
-                for j, b in enumerate(ids):
-                    h = hash_id(b)
-                    if parts > 1 and h >> shift != p:
-                        continue
-                    slot = h & mask
-                    while tl[slot] != _EMPTY:
-                        slot = (slot + 1) & mask
-                    tl[slot] = start + j
-            st.write(np.array(tl, dtype="<i8"))
-        return cap, parts, st.finish()
+        budget = PROBE_BUDGET * n + 64
+        spent = 0
+        keys = [None] + [secrets.token_bytes(16) for _ in range(KEYED_ATTEMPTS)]
+        for key in keys:
+            probes = _fill_index(st, dirpath, n, cap, parts, key, budget)
+            spent += min(probes, budget + 1)
+            if probes <= budget:
+                return IndexBuild(cap, parts, st.finish(), key, spent)
+            st.rewind()
+        # Only identical ids collide under every key: the ids are not unique.
+        raise CorruptionError(
+            f"{path}: the id index of {n} rows did not fit in {budget} probes with CRC-32 "
+            f"nor with {KEYED_ATTEMPTS} random keys: the ids being checkpointed are not "
+            "unique; run `mmwal verify`", path=path, offset=0)
     except BaseException:
         st.abort()
         raise
+
+
+def _fill_index(st: _Stream, dirpath: str, n: int, cap: int, parts: int, key: bytes | None,
+                budget: int) -> int:
+    """Write the table with ``key``; the probes spent (> budget: abandoned midway)."""
+    slots = cap // parts
+    shift = 32 - (parts.bit_length() - 1)
+    mask = slots - 1
+    hf: Callable[[bytes], int] = zlib.crc32 if key is None else (lambda b: hash_id(b, key))
+    left = budget
+    st.write(npy_header("<i8", (cap,)))
+    for p in range(parts):
+        tl = [_EMPTY] * slots  # Python list: faster per-slot access than numpy
+        for start, ids in _iter_ids(dirpath, n):
+            for j, b in enumerate(ids):
+                h = hf(b)
+                if parts > 1 and h >> shift != p:
+                    continue
+                slot = h & mask
+                while tl[slot] != _EMPTY:
+                    # Counting here bounds a full partition too: it used to spin forever.
+                    left -= 1
+                    if left < 0:
+                        return budget + 1
+                    slot = (slot + 1) & mask
+                tl[slot] = start + j
+        st.write(np.array(tl, dtype="<i8"))
+    return budget - left
 
 
 # ============================================================================ folding

@@ -1673,7 +1673,10 @@ class _CaseResult:
     acknowledged: int = 0
     lost: int = 0
     phantoms: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # add frames the store wrote twice by itself: must be 0
+    # Retried in-doubt records: an attempt failed (its fsync, say) after its frame
+    # may have reached the log, the workload retried it, and the log holds both.
+    in_doubt_retries: int = 0
     checkpoints: int = 0
     poisoned: int = 0
     violations: list[str] = field(default_factory=list)
@@ -1721,6 +1724,8 @@ def run_io_case(workdir: str, category: str | None, nth: int, err: int, *, persi
     acked: dict[str, int | None] = {}   # id -> key (None: removed) of acknowledged ops
     state: dict[str, int] = {}          # model of everything acknowledged, in order
     attempted: set[str] = set()
+    acked_adds: Counter[str] = Counter()  # acknowledged adds per id (replacements: > 1)
+    failed_adds: Counter[str] = Counter()  # attempts of adds that raised, then were retried
     store: Any = None
     aborted = False
     old = _io.set_layer(layer)
@@ -1768,6 +1773,9 @@ def run_io_case(workdir: str, category: str | None, nth: int, err: int, *, persi
                 return True
             except MmwalError as exc:
                 check_error(exc, f"{op.kind}")
+                if op.kind in ("add", "add_many"):
+                    for k in op.keys:
+                        failed_adds[f"doc-{k}"] += 1  # in doubt: its frame may be in the log
                 fault = layer.faults[-1] if len(layer.faults) > before else None
                 if isinstance(exc, PoisonedError):
                     res.poisoned += 1
@@ -1811,6 +1819,7 @@ def run_io_case(workdir: str, category: str | None, nth: int, err: int, *, persi
                     state.pop(f"doc-{k}", None)
                     state[f"doc-{k}"] = k
                     acked[f"doc-{k}"] = k
+                    acked_adds[f"doc-{k}"] += 1
             elif op.kind == "remove":
                 state.pop(f"doc-{op.keys[0]}", None)
                 acked[f"doc-{op.keys[0]}"] = None
@@ -1837,9 +1846,21 @@ def run_io_case(workdir: str, category: str | None, nth: int, err: int, *, persi
                 res.phantoms += sum(1 for i in r.ids if i not in attempted)
         from ._replay import replay
 
-        seen: Counter[tuple[str | None, str | None]] = Counter(
-            (op.id, op.kind) for op in replay(store_path) if op.kind != "clear")
-        res.duplicates += sum(c - 1 for (_i, kind), c in seen.items() if kind == "add" and c > 1)
+        adds: Counter[str | None] = Counter(
+            op.id for op in replay(store_path) if op.kind == "add")
+        for doc, c in adds.items():
+            # Copies beyond the adds the workload had acknowledged (replacements)
+            # are in-doubt retries up to the failed attempts of that id; any
+            # copy beyond those the store made by itself.
+            extra = c - max(1, acked_adds[str(doc)])
+            if extra <= 0:
+                continue
+            doubt = min(extra, failed_adds[str(doc)])
+            res.in_doubt_retries += doubt
+            if extra > doubt:
+                res.duplicates += extra - doubt
+                violation("duplicate", f"{doc} is logged {c} times: {acked_adds[str(doc)]} "
+                          f"acknowledged add(s), {failed_adds[str(doc)]} failed attempt(s)")
         report = verify(store_path)
         if not report.ok:
             violation("verify", f"verify: {[str(p) for p in report.problems][:3]}")
@@ -1905,6 +1926,9 @@ def run_io_errors(workdir: str, *, quick: bool, seed: int,
                         cases.append((cat, n, e, False, True))
         totals = _CaseResult()
         fired = 0
+        doubt_cases = 0
+        doubt_by_fault: Counter[str] = Counter()
+        doubt_examples: list[str] = []
         for i, (cat, n, e, persistent, torn) in enumerate(cases):
             case_dir = tempfile.mkdtemp(prefix="io-case-", dir=scratch)
             try:
@@ -1918,6 +1942,16 @@ def run_io_errors(workdir: str, *, quick: bool, seed: int,
             totals.lost += r.lost
             totals.phantoms += r.phantoms
             totals.duplicates += r.duplicates
+            totals.in_doubt_retries += r.in_doubt_retries
+            if r.in_doubt_retries:
+                doubt_cases += 1
+                kind = f"{cat} {_errno.errorcode.get(e, str(e))}"
+                doubt_by_fault[kind] += r.in_doubt_retries
+                if len(doubt_examples) < 20:
+                    doubt_examples.append(
+                        f"{cat}#{n} {_errno.errorcode.get(e, str(e))}"
+                        f"{' persistent' if persistent else ''}{' torn' if torn else ''}: "
+                        f"{r.in_doubt_retries} record(s)")
             totals.checkpoints += r.checkpoints
             totals.poisoned += r.poisoned
             violations.extend(r.violations)
@@ -1933,6 +1967,16 @@ def run_io_errors(workdir: str, *, quick: bool, seed: int,
         "lost": totals.lost,
         "phantoms": totals.phantoms,
         "duplicates": totals.duplicates,
+        "in_doubt_retries": totals.in_doubt_retries,
+        "in_doubt": {
+            "help": ("records whose first attempt failed after its frame may have reached the "
+                     "log (e.g. its fsync failed) and which the workload retried, as a caller "
+                     "must: replay shows both copies, the state holds one. Not duplicates."),
+            "records": totals.in_doubt_retries,
+            "cases": doubt_cases,
+            "by_fault": dict(sorted(doubt_by_fault.items())),
+            "examples": doubt_examples,
+        },
         "kills": 0,
         "checkpoints": totals.checkpoints,
         "violations": violations[:200],
@@ -2328,11 +2372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as f:
             f.write(text + "\n")
     if args.scenario == "repair":
-        summary = {k: report[k] for k in ("ok", "io_cases", "powerloss_states", "outcomes",
-                                          "violation_count")}
+        summary: dict[str, Any] = {k: report[k] for k in ("ok", "io_cases", "powerloss_states",
+                                                           "outcomes", "violation_count")}
     else:
-        summary = {k: report[k] for k in ("ok", "acknowledged", "lost", "phantoms",
-                                          "duplicates", "checkpoints", "violation_count")}
+        keys = ("ok", "acknowledged", "lost", "phantoms", "duplicates", "checkpoints",
+                "violation_count")
+        summary = {k: report[k] for k in keys if k in report}
+        if "in_doubt_retries" in report:
+            summary["in_doubt_retries"] = report["in_doubt_retries"]
         summary["crash_states" if "crash_states" in report else "faults"] = report.get(
             "crash_states", report.get("faults"))
     print(json.dumps(summary))

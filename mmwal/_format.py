@@ -308,12 +308,20 @@ def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, off
 DESCRIPTOR_MAGIC = b"MMWALCKD"
 
 
-def encode_manifest(body: dict[str, Any], magic: bytes = MANIFEST_MAGIC) -> bytes:
+#: The version of a DESCRIPTOR whose index uses a keyed hash (docs/format.md, "Index").
+#: Only such descriptors carry it, so version-1 readers refuse exactly those.
+DESCRIPTOR_KEYED_VERSION = 2
+
+
+def encode_manifest(body: dict[str, Any], magic: bytes = MANIFEST_MAGIC,
+                    version: int | None = None) -> bytes:
     """A MANIFEST (or, with ``DESCRIPTOR_MAGIC``, a checkpoint DESCRIPTOR)."""
+    if version is None:
+        version = FORMAT_VERSION
     data = pack(body)
-    hdr = MANIFEST_HEADER.pack(magic, FORMAT_VERSION, len(data), 0)
+    hdr = MANIFEST_HEADER.pack(magic, version, len(data), 0)
     crc = _crc32(data, _crc32(hdr))
-    return MANIFEST_HEADER.pack(magic, FORMAT_VERSION, len(data), crc) + data
+    return MANIFEST_HEADER.pack(magic, version, len(data), crc) + data
 
 
 MANIFEST_FIELDS: dict[str, type] = {
@@ -347,10 +355,11 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
     # checked first, a flipped bit in the version word of a damaged MANIFEST or
     # DESCRIPTOR was reported as "written by a newer format, upgrade mmwal"
     # (FormatVersionError) instead of CorruptionError.
-    if version > FORMAT_VERSION:
+    newest = DESCRIPTOR_KEYED_VERSION if magic_expected == DESCRIPTOR_MAGIC else FORMAT_VERSION
+    if version > newest:
         raise FormatVersionError(
             f"{path}: store written by format version {version}, this mmwal reads up to "
-            f"{FORMAT_VERSION}; upgrade mmwal to open it", path=path, version=version)
+            f"{newest}; upgrade mmwal to open it", path=path, version=version)
     body_at = MANIFEST_HEADER.size  # where the msgpack body starts (errors point there)
     body = _unpack(data, path, body_at)
     if not isinstance(body, dict):

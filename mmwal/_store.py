@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+import warnings
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _format as F
 from . import _io
@@ -16,12 +19,14 @@ from ._types import DURABILITY_MODES, Config, StoreStats
 from ._validate import as_vectors, check_id, check_metadata, check_sequence, check_text
 from ._wal import Appender, create_segment
 from .errors import (
-    ClosedError,
+    CheckpointWarning,
     DimensionError,
     InvalidInputError,
+    LockTimeout,
     MmwalError,
     PoisonedError,
     StorageIOError,
+    StoreClosedError,
     StoreNotFoundError,
 )
 
@@ -46,6 +51,24 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _admitted(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    """A public Store call: refused once close() began, waited for by close()."""
+
+    def call(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self._enter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._leave()
+
+    functools.update_wrapper(call, method)  # name and docstring (help(), doctests)
+    return call
 
 
 def open_manifest(paths: Paths) -> dict[str, Any]:
@@ -144,6 +167,13 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], dim: int | None = None,
                  durability: str = "fsync", config: Config | None = None) -> None:
         self._closed = True
+        self._closing = True  # refuses calls until the Store is open
+        # Calls take the bare lock (cheaper than the Condition's methods); close()
+        # waits on the Condition built over it.
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
+        self._calls = 0  # public calls running now (close() waits for them)
+        self._finishing = False  # one close() releases; others wait for it
         if durability not in DURABILITY_MODES:
             raise InvalidInputError(f"durability must be one of {DURABILITY_MODES}, got "
                                     f"{durability!r}", got=durability)
@@ -166,7 +196,12 @@ class Store:
         self._flush_wake = threading.Event()
         self._flush_stop = threading.Event()  # set by close(): ends the flusher's wait
         self._state_lock = threading.Lock()
+        # The last automatic checkpoint failure (until a checkpoint succeeds),
+        # and the seq before which no automatic checkpoint is tried again.
+        self._auto_error: Exception | None = None
+        self._auto_retry_seq = 0
         self._closed = False
+        self._closing = False
         _stores.add(self)
 
     def _open(self, dim: int | None) -> None:
@@ -216,16 +251,42 @@ class Store:
         return f"Store({self.path!r}, {state})"
 
     def close(self) -> None:
-        """Flush (for ``"interval"``), release every descriptor; idempotent."""
+        """Wait for running calls, flush (``"interval"``), release every descriptor.
+
+        Idempotent and safe to call while other threads use the Store: calls
+        that arrive once ``close()`` has begun raise
+        :class:`mmwal.StoreClosedError`; calls already running finish normally
+        (their records are committed as usual) and ``close()`` waits for them
+        for at most ``Config.lock_timeout`` seconds (forever when it is None).
+
+        Raises
+        ------
+        LockTimeout
+            Calls were still running when the wait ended (e.g. a long
+            checkpoint).  Nothing was released and new calls stay refused; call
+            ``close()`` again once they have returned.
+        """
         if self._closed:
             return
         if self._generation != _fork_generation:
-            self._after_fork()
+            self._after_fork()  # a child: its own gate, no call of its own running
+        timeout = self.config.lock_timeout
+        with self._gate:
+            self._closing = True
+            if not self._gate.wait_for(lambda: self._calls == 0 or self._closed, timeout):
+                raise LockTimeout(
+                    f"close() of Store({self.path!r}) waited {timeout} s for {self._calls} "
+                    "call(s) of other threads still running (a long checkpoint?); new calls "
+                    "are refused: call close() again once they return",
+                    path=self.path, calls=self._calls, timeout=timeout)
+            if self._finishing:  # another thread is releasing: wait until it is done
+                self._gate.wait_for(lambda: self._closed)
+                return
+            self._finishing = True
         try:
             if self.durability == "interval" and self._unsynced and self._poisoned is None:
                 self._durable(*self._written)
         finally:
-            self._closed = True
             self._flush_stop.set()
             self._flush_wake.set()
             t = self._flusher
@@ -234,6 +295,9 @@ class Store:
             self._log.close()
             self._lock.close()
             self._ckpt_lock.close()
+            with self._gate:
+                self._closed = True
+                self._gate.notify_all()
 
     def __del__(self) -> None:
         try:
@@ -263,6 +327,11 @@ class Store:
         # releases a flock the parent holds through its own descriptor.
         old.close()
         self._state_lock = threading.Lock()
+        # The parent's gate may be held by a thread that does not exist here.
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
+        self._calls = 0
+        self._finishing = False
         self._flusher = None
         self._flush_wake = threading.Event()
         self._flush_stop = threading.Event()
@@ -271,11 +340,34 @@ class Store:
         self._generation = _fork_generation
         self._pid = os.getpid()
 
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError(f"Store({self.path!r}) is closed", path=self.path)
-        if self._generation != _fork_generation:
+    def _closed_error(self) -> StoreClosedError:
+        state = "closed" if self._closed else "closing"
+        return StoreClosedError(f"Store({self.path!r}) is {state}: no call is accepted after "
+                                "close(); open a new mmwal.Store on the path to write again",
+                                path=self.path)
+
+    def _try_enter(self) -> bool:
+        """Count one call in; False once close() has begun."""
+        if self._generation != _fork_generation and not self._closing:
             self._after_fork()
+        with self._gate_lock:
+            if self._closing:
+                return False
+            self._calls += 1
+            return True
+
+    def _enter(self) -> None:
+        if not self._try_enter():
+            raise self._closed_error()
+
+    def _leave(self) -> None:
+        with self._gate_lock:
+            self._calls -= 1
+            if self._closing and not self._calls:
+                self._gate.notify_all()
+
+    def _check(self) -> None:
+        """Refuse a write after a failed fsync (the caller was admitted)."""
         if self._poisoned is not None:
             raise PoisonedError(
                 f"Store({self.path!r}) refuses writes after a failed fsync "
@@ -293,8 +385,28 @@ class Store:
         else:
             self._interval(seg, end, count)
         if self.config.auto_checkpoint:
-            self._maybe_checkpoint(first + count - 1)
+            self._auto_checkpoint(first + count - 1)
         return first
+
+    def _auto_checkpoint(self, seq: int) -> None:
+        """Checkpoint if due; a failure is reported, never raised (the record is committed).
+
+        Raising here made a committed add look failed: the caller retried and
+        the document was logged twice.
+        """
+        try:
+            self._maybe_checkpoint(seq)
+        except Exception as exc:  # whatever the cause: the write it follows succeeded
+            self._auto_error = exc
+            self._auto_retry_seq = seq + self.config.checkpoint_threshold
+            # stacklevel 5: _auto_checkpoint <- _write <- add/add_many/... <- gate <- caller
+            warnings.warn(CheckpointWarning(
+                f"the automatic checkpoint of {self.path} after seq {seq} failed: "
+                f"{type(exc).__name__}: {exc}; the write was committed and its seq returned. "
+                f"No automatic checkpoint is tried before seq {self._auto_retry_seq}; "
+                "Store.stats().auto_checkpoint_error keeps this error until a checkpoint "
+                "succeeds, and Store.checkpoint() runs one now (raising the current cause)"),
+                stacklevel=5)
 
     def _durable(self, seg: int, end: int) -> None:
         try:
@@ -342,23 +454,27 @@ class Store:
                     return
                 wake.clear()
                 s = ref()
-                if s is None or s._closed or s._generation != _fork_generation:
-                    return
-                with s._state_lock:
-                    pending, target = s._unsynced, s._written
-                    s._unsynced = 0
-                    s._last_sync = time.monotonic()
-                if pending and s._poisoned is None:
-                    try:
-                        s._durable(*target)
-                    except MmwalError:
-                        return  # poisoned: the next write raises
-                del s
+                if s is None or s._generation != _fork_generation or not s._try_enter():
+                    return  # a call like the others: close() waits for it
+                try:
+                    with s._state_lock:
+                        pending, target = s._unsynced, s._written
+                        s._unsynced = 0
+                        s._last_sync = time.monotonic()
+                    if pending and s._poisoned is None:
+                        try:
+                            s._durable(*target)
+                        except MmwalError:
+                            return  # poisoned: the next write raises
+                finally:
+                    s._leave()
+                    del s
 
         t = threading.Thread(target=run, name="mmwal-interval-sync", daemon=True)
         self._flusher = t
         t.start()
 
+    @_admitted
     def add(self, id: str, embedding: Any, content: str = "",
             metadata: dict[str, Any] | None = None) -> int:
         """Add (or replace) one document; return its sequence number.
@@ -368,7 +484,7 @@ class Store:
         InvalidInputError, DimensionError
             For a bad id, vector, content or metadata; nothing is written.
         """
-        if self._closed or self._poisoned is not None or self._generation != _fork_generation:
+        if self._poisoned is not None:
             self._check()
         check_id(id)
         vec = as_vectors(embedding, self.dim, None, "embedding")
@@ -384,6 +500,7 @@ class Store:
             return self._log.append(_ADD, 1, payload)[0]  # the hot path, nothing to wait for
         return self._write(_ADD, 1, payload)
 
+    @_admitted
     def add_many(self, ids: Any, embeddings: Any, contents: Any = None,
                  metadatas: Any = None) -> range:
         """Add (or replace) many documents as ONE atomic record; return their seqs.
@@ -422,12 +539,14 @@ class Store:
         first = self._write(F.KIND_ADD, n, payload)
         return range(first, first + n)
 
+    @_admitted
     def remove(self, id: str) -> int:
         """Remove a document (removing an absent id is not an error); return the seq."""
         self._check()
         check_id(id)
         return self._write(F.KIND_REMOVE, 1, self._pack([time.time(), id]))
 
+    @_admitted
     def clear(self) -> int:
         """Remove every document; return the seq."""
         self._check()
@@ -447,6 +566,7 @@ class Store:
         except (TypeError, ValueError, OverflowError) as exc:
             raise cls._unpackable(exc) from None
 
+    @_admitted
     def sync(self) -> None:
         """Return once everything this Store appended is on stable storage."""
         self._check()
@@ -464,9 +584,13 @@ class Store:
         self._manifest = open_manifest(self._paths)
         return self._manifest
 
+    @_admitted
     def needs_checkpoint(self) -> bool:
         """True when the log since the last checkpoint exceeds a Config threshold."""
         self._check()
+        return self._needs_checkpoint()
+
+    def _needs_checkpoint(self) -> bool:
         m = self._refresh_manifest()
         t = self._log.tail()
         if t.last_seq - m["checkpoint_seq"] >= self.config.checkpoint_threshold:
@@ -483,6 +607,7 @@ class Store:
                     pass
         return total
 
+    @_admitted
     def stats(self) -> StoreStats:
         """Counters of the store: seq, checkpoint, log and checkpoint sizes."""
         self._check()
@@ -504,9 +629,12 @@ class Store:
             log_segments=len(segs), log_bytes=self._log_bytes(0),
             log_bytes_since_checkpoint=self._log_bytes(m["replay_segment"]),
             checkpoint_bytes=ckpt_bytes,
+            auto_checkpoint_error=None if self._auto_error is None else (
+                f"{type(self._auto_error).__name__}: {self._auto_error}"),
         )
 
     @property
+    @_admitted
     def seq(self) -> int:
         """The last sequence number in the log (any process's)."""
         self._check()
@@ -516,16 +644,33 @@ class Store:
     def _maybe_checkpoint(self, seq: int) -> None:
         if seq - self._manifest["checkpoint_seq"] < self.config.checkpoint_threshold:
             return
-        if self.needs_checkpoint() and self._ckpt_lock.try_exclusive():
+        if seq < self._auto_retry_seq:
+            return  # it failed recently: do not pay a failing fold on every write
+        # Internal calls, not the public ones: this runs inside an admitted
+        # add, and the public entry would refuse it once close() has begun.
+        if self._needs_checkpoint() and self._ckpt_lock.try_exclusive():
             self._ckpt_lock.release_slow()
-            self.checkpoint()
+            self._checkpoint()
 
+    @_admitted
     def checkpoint(self) -> Any:
-        """Fold the log into a new checkpoint (see docs/concepts.md)."""
+        """Fold the log into a new checkpoint (see docs/concepts.md).
+
+        After a failed automatic checkpoint (``Config(auto_checkpoint=True)``,
+        reported by a :class:`mmwal.CheckpointWarning` and
+        ``stats().auto_checkpoint_error``) this is the way to retry at once: it
+        runs a checkpoint as usual and raises whatever makes it fail now (not
+        the old exception); once one succeeds the report is cleared.
+        """
         self._check()
+        return self._checkpoint()
+
+    def _checkpoint(self) -> Any:
         from ._checkpoint import run_checkpoint
 
         info = run_checkpoint(self._paths, self._log, self._ckpt_lock, self.config)
+        self._auto_error = None
+        self._auto_retry_seq = 0
         self._refresh_manifest()
         return info
 

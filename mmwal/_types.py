@@ -43,7 +43,11 @@ class Config:
         ``None`` waits forever.
     auto_checkpoint
         Run a checkpoint from ``add``/``add_many``/``remove``/``clear`` when
-        ``needs_checkpoint()`` (off by default).
+        ``needs_checkpoint()`` (off by default).  If it fails, the write (already
+        committed) still returns its seq; the failure is reported by a
+        :class:`mmwal.CheckpointWarning` and ``Store.stats().auto_checkpoint_error``,
+        and no automatic checkpoint is tried again for ``checkpoint_threshold``
+        records (``Store.checkpoint()`` retries at once).
     chunk_documents
         Documents per compressed content/metadata chunk of a checkpoint.
     recovery
@@ -232,6 +236,9 @@ class StoreStats:
     log_bytes: int
     log_bytes_since_checkpoint: int
     checkpoint_bytes: int
+    #: The last failed automatic checkpoint of this Store object ("Type: message"),
+    #: kept until a checkpoint succeeds; None when there is none.
+    auto_checkpoint_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

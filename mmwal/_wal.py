@@ -9,8 +9,10 @@ Protocol (docs/concepts.md has the full story and the crash table):
   never trusted over the log: when it is torn, from another boot, or a writer
   died between announcing a write and publishing it (the *pending* word), the
   next writer rebuilds it by scanning the newest segment.
-* Bytes past the last valid frame are garbage no reader ever accepted; the next
-  frame is written over them.  Nothing is ever truncated or rewritten.
+* Bytes past the last valid frame are garbage no reader ever accepted.  The
+  writer whose rescan finds them seals the segment and rolls to a new one
+  (Appender._rebuild); only if it fails between publishing its rescan and the
+  roll does the next frame go over them.  Nothing is ever truncated.
 """
 
 from __future__ import annotations

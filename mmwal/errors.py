@@ -6,7 +6,8 @@ built-in exception a careful caller would catch for the same situation
 could not be taken, ``FileNotFoundError`` for a missing store, ``OSError`` for an
 I/O failure).  Messages say what went wrong, where (path, offset) and what to
 do; the facts are also attributes.  Every error pickles, so it survives being
-sent back from a worker process.
+sent back from a worker process.  :class:`CheckpointWarning` is the one warning
+category: a failure reported beside a result rather than in place of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CheckpointWarning",
     "ClosedError",
     "CorruptionError",
     "DimensionError",
@@ -24,6 +26,7 @@ __all__ = [
     "PoisonedError",
     "ReadOnlyError",
     "StorageIOError",
+    "StoreClosedError",
     "StoreNotFoundError",
     "UnsupportedFilesystemError",
 ]
@@ -109,6 +112,16 @@ class ClosedError(MmwalError, ValueError):
     """The Store or Reader was used after ``close()``."""
 
 
+class StoreClosedError(ClosedError):
+    """A call on a :class:`mmwal.Store` that is closed, or closing.
+
+    ``close()`` refuses calls that arrive once it has started and waits for the
+    calls already running; the attribute ``path`` names the store.  A subclass
+    of :class:`ClosedError` (and so of ``ValueError``), which callers caught
+    before it existed.
+    """
+
+
 class ReadOnlyError(MmwalError, PermissionError):
     """A write was attempted where mmwal only reads."""
 
@@ -119,4 +132,14 @@ class UnsupportedFilesystemError(MmwalError, OSError):
     flock and the page-cache sharing the protocol relies on are not reliable
     over network filesystems (RULES.md 18).  Set ``MMWAL_ALLOW_NETWORK_FS=1`` to
     open it anyway, with one writer process at most.
+    """
+
+
+class CheckpointWarning(UserWarning):
+    """An automatic checkpoint (``Config(auto_checkpoint=True)``) failed.
+
+    The write that triggered it was committed and returned its seq; the
+    failure is reported here, in ``Store.stats().auto_checkpoint_error`` and by
+    the next explicit ``Store.checkpoint()``.  A warning, not an error: it is
+    not raised in place of a result.
     """

@@ -111,6 +111,11 @@ def summary(rep: dict[str, Any]) -> str:
                  f"landed; verify() {'ok' if rep['verify']['ok'] else 'FOUND PROBLEMS'}")
     lines.append(f"  lost {rep['lost']}  phantoms {rep['phantoms']}  duplicates "
                  f"{rep['duplicates']}  violations {sum(rep['violation_counts'].values())}")
+    if "in_doubt" in rep:  # the I/O-error campaign: retried in-doubt records, not duplicates
+        d = rep["in_doubt"]
+        lines.append(f"  in-doubt retries {d['records']} records in {d['cases']} cases "
+                     "(a failed attempt's frame reached the log and the retry logged it "
+                     "again; the state holds one)")
     timeline = rep.get("timeline")
     if isinstance(timeline, dict) and timeline.get("t"):
         try:

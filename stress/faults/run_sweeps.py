@@ -49,7 +49,8 @@ def main() -> int:
             extra = (f"crash_points {rep['crash_points']} crash_states {count} strict_refusals "
                      f"{rep['strict_refusals']} writer_refusals {rep['writer_refusals']}"
                      if name == "powerloss" else
-                     f"cases {rep['cases']} faults {count} poisoned {rep['poisoned']}")
+                     f"cases {rep['cases']} faults {count} poisoned {rep['poisoned']} "
+                     f"in_doubt_retries {rep['in_doubt_retries']}")
             print(f"{name} seed {seed}: ok={rep['ok']} acknowledged {rep['acknowledged']} "
                   f"lost {rep['lost']} phantoms {rep['phantoms']} duplicates "
                   f"{rep['duplicates']} checkpoints {rep['checkpoints']} {extra} "
