@@ -380,6 +380,7 @@ BAD_WHERE = [
     ({"a": {"$eq": 1, "$ne": 2}}, 'where["a"]', "has 2 keys"),
     ({"a": {"$like": 1}}, 'where["a"]["$like"]', "unknown operator"),
     ({"a": {"$contains": "x"}}, 'where["a"]["$contains"]', "list-valued metadata"),
+    ({"#document": {"$contains": "x"}}, 'where["#document"]["$contains"]', "use where_document"),
     ({"a": {"$regex": "x"}}, 'where["a"]["$regex"]', "where_document"),
     ({"a": {"gt": 1}}, 'where["a"]["gt"]', "unknown operator"),
     ({"a": {"$eq": [1]}}, 'where["a"]["$eq"]', "got list"),

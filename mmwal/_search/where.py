@@ -71,15 +71,25 @@ the 64-bit range).  A key may hold different kinds in different documents.
   another kind or of kind ``other`` (Chroma 1.5.9 does the same: ``{"a":
   {"$ne": 1}}`` returns documents without ``a``).
 * Comparisons between ints and floats are exact (Python's): ``2**53 + 1`` does
-  not equal ``2.0**53``.  Chroma converts an int operand to a float when it
-  compares it with float values, so the two differ only for ints beyond
-  ``2**53`` compared with floats.  A NaN value never equals or orders with
-  anything (so ``$ne`` matches it).
+  not equal ``2.0**53``, and ``2.5`` neither equals nor is ``<=`` the int
+  ``2``.  A NaN value never equals or orders with anything (so ``$ne``
+  matches it).  Chroma 1.5.9 converts first, which makes two differences:
+  it rounds an int operand to a float to compare it with float values
+  (visible only beyond ``2**53``), and it truncates a float operand to an int
+  to compare it with int values, so there ``{"n": 2.5}`` matches ``n == 2``
+  and ``{"n": {"$lt": 2.5}}`` does not (chroma-core/chroma issue 7491; the
+  fixes proposed for it adopt the exact rule used here).
 * ``{"k": {"$exists": True}}`` matches when ``k`` is a key of the metadata,
   whatever its value -- including ``None`` and ``other`` values;
   ``{"$exists": False}`` matches the rest (no such key, or no metadata).
 * Only top-level keys are addressed: ``"a.b"`` is the key ``"a.b"``, not a
   path into a nested dict.  A document whose metadata is ``None`` has no keys.
+
+Not supported, though Chroma 1.5.9 accepts them: ``$contains`` /
+``$not_contains`` on list-valued metadata (Chroma matches list items by exact
+type there, unlike ``$eq``: ``{"$contains": 1}`` misses ``[1.0]``), and the
+``"#document"`` key inside ``where`` (use ``where_document``).  Both are
+rejected with a message saying so, never silently evaluated.
 
 ``where_document``
 ------------------
@@ -93,7 +103,10 @@ the 64-bit range).  A key may hold different kinds in different documents.
 ``TEXT`` and ``PATTERN`` are non-empty str.  ``$contains`` is a
 case-sensitive substring test; ``$regex`` searches (unanchored) with Python's
 ``re``, whose dialect differs from Chroma's Rust ``regex`` crate in corners
-(Python has backreferences and look-around, Rust does not).  ``$not_*`` are
+(Python has backreferences and look-around, Rust does not; Python's
+backtracking engine can take exponential time on a pathological pattern
+where Rust's is linear, so a service exposing ``$regex`` to untrusted callers
+should bound the pattern).  ``$not_*`` are
 the negations.  A document without content counts as the empty string, as in
 Chroma (``$not_contains`` matches it).  An invalid pattern is an
 :class:`~mmwal.errors.InvalidInputError` at parse time.
@@ -247,8 +260,8 @@ class Regex:
     """``pattern`` is found in the content (or, with ``negate``, is not)."""
 
     pattern: str
+    compiled: re.Pattern[str] = field(compare=False, repr=False)
     negate: bool = False
-    compiled: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(""))
 
 
 @dataclass(frozen=True)
@@ -399,7 +412,8 @@ def _parse_op(key: str, value: dict[Any, Any], path: list[object]) -> Expr:
     if op not in _OPERATORS:
         hint = ""
         if op in ("$contains", "$not_contains"):
-            hint = " (Chroma's operators on list-valued metadata are not supported)"
+            hint = (" (Chroma's operators on list-valued metadata are not supported; to test "
+                    "the content use where_document)")
         elif op in _DOC_TEXT_OPS:
             hint = " (text operators belong in where_document)"
         raise _fail(here, f"unknown operator {_show(op)}{hint}; expected one of "
@@ -487,7 +501,7 @@ def _parse_doc(node: Any, path: list[object], depth: int) -> DocExpr:
     except (re.error, RecursionError, OverflowError) as e:
         raise _fail(here, f"{op} pattern {_show(operand)} does not compile: {e}",
                     operand) from None
-    return Regex(str(operand), negate, compiled)
+    return Regex(str(operand), compiled, negate)
 
 
 def keys_of(expr: Expr) -> frozenset[str]:
