@@ -1,0 +1,1 @@
+"""Search: scoring, the ANN index and metadata filters (``where.py``)."""
