@@ -156,6 +156,8 @@ class CheckpointView:
         self.ids_bin = self._map("ids.bin")
         self.docs = self._map("docs.lz4")
         self._chunk_cache: dict[int, list[Any]] = {}
+        # Metadata columns for filters, built on first filtered search (_snapshot).
+        self.where_columns: Any = None
 
     def _open(self, path: str) -> int:
         """Open a file of this checkpoint; a missing one is a CorruptionError.

@@ -458,24 +458,38 @@ class Reader:
         """(n, dim) float32, read-only; zero-copy memmap when the log tail is empty."""
         return self._use().embeddings
 
-    def search(self, q: Any, k: int = 10, metric: str = "cosine") -> Any:
-        """Exact top-k search over every live document (see :meth:`Snapshot.search`).
+    def search(self, q: Any, k: int = 10, metric: str = "cosine", *, where: Any = None,
+               exact: bool | None = None, expansion: int | None = None,
+               where_document: Any = None) -> Any:
+        """Top-k search over every live document matching ``where``.
 
-        Parameters
-        ----------
-        q
-            A query vector (dim,) or a batch (m, dim).
-        k
-            How many hits per query (fewer when the store holds fewer).
-        metric
-            ``"cosine"`` or ``"dot"`` (similarity, higher is better) or ``"l2"``
-            (Euclidean distance, lower is better).
+        See :meth:`mmwal.Snapshot.search` for the parameters: ``q`` is (dim,)
+        or (m, dim); ``metric`` is ``"cosine"``, ``"dot"`` (similarity, higher
+        is better) or ``"l2"`` (distance, lower is better); ``where`` is a
+        Chroma-style metadata filter.
 
         Returns
         -------
         list[Hit] best first, or a list of such lists for a 2-D ``q``.
+
+        Examples
+        --------
+        >>> import mmwal, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with mmwal.Store(d, dim=2, durability="os") as s:
+        ...     _ = s.add_many(["a", "b"], [[1, 0], [0.9, 0.1]],
+        ...                    metadatas=[{"src": "x.pdf"}, {"src": "y.pdf"}])
+        >>> with mmwal.Reader(d) as r:
+        ...     [h.id for h in r.search([1, 0], k=2, where={"src": "y.pdf"})]
+        ['b']
         """
-        return self._use().search(q, k, metric)
+        return self._use().search(q, k, metric, where=where, exact=exact, expansion=expansion,
+                                  where_document=where_document)
+
+    def find(self, where: Any = None, limit: int | None = None, *,
+             where_document: Any = None) -> list[str]:
+        """Ids of the live documents matching ``where``, in row order (see :meth:`search`)."""
+        return self._use().find(where, limit, where_document=where_document)
 
     def stats(self) -> ReaderStats:
         """Counters of what this Reader serves and how far behind the log it is."""

@@ -24,6 +24,7 @@ from typing import Any, overload
 import numpy as np
 
 from ._checkpoint import CheckpointView
+from ._search import where as where_
 from ._types import Document, Hit
 from ._validate import as_vectors
 from .errors import InvalidInputError
@@ -272,18 +273,121 @@ class Snapshot:
         self._cache["emb"] = got
         return got
 
-    def search(self, q: Any, k: int = 10, metric: str = "cosine") -> Any:
-        """Exact top-k search over every live document of this snapshot.
+    # ------------------------------------------------------------------ filters
+    def _ckpt_match(self, expr: where_.Expr) -> np.ndarray:
+        """Rows of the checkpoint whose metadata matches ``expr`` (dead rows included)."""
+        ckpt = self._ckpt
+        assert ckpt is not None
+        return where_.compile_columns(expr, checkpoint_columns(ckpt), ckpt.count)
+
+    def _tail_match(self, expr: where_.Expr | None, doc: where_.DocExpr | None) -> np.ndarray:
+        docs = self._tail.docs
+        out = np.zeros(self._n, dtype=bool)
+        alive = self._tail_alive()
+        for row in np.flatnonzero(alive).tolist():
+            content, meta = docs[row]
+            out[row] = ((expr is None or where_.matches(expr, meta))
+                        and (doc is None or where_.matches_document(doc, content)))
+        return out
+
+    def _ckpt_doc_match(self, doc: where_.DocExpr) -> np.ndarray:
+        ckpt = self._ckpt
+        assert ckpt is not None
+        out = np.zeros(ckpt.count, dtype=bool)
+        step = ckpt.chunk_docs
+        for k in range(ckpt.nchunks):
+            for j, (content, _meta) in enumerate(ckpt.chunk(k)):
+                out[k * step + j] = where_.matches_document(doc, content)
+        return out
+
+    def _allowed(self, where: Any, where_document: Any = None,
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+        """(checkpoint rows, tail rows) that are alive and match; None: no checkpoint rows."""
+        expr = None if where is None else where_.parse(where)
+        doc = None if where_document is None else where_.parse_document(where_document)
+        ckpt_ok = None
+        if self._ckpt is not None and self._ckpt_live:
+            ckpt_ok = np.ones(self._ckpt.count, dtype=bool)
+            dead = self._ckpt_dead()
+            if dead is not None:
+                ckpt_ok &= ~dead
+            if expr is not None:
+                ckpt_ok &= self._ckpt_match(expr)
+            if doc is not None:
+                ckpt_ok &= self._ckpt_doc_match(doc)
+        if expr is None and doc is None:
+            tail_ok = self._tail_alive()
+        else:
+            tail_ok = self._tail_match(expr, doc)
+        return ckpt_ok, tail_ok
+
+    def find(self, where: Any = None, limit: int | None = None, *,
+             where_document: Any = None) -> list[str]:
+        """Ids of the live documents whose metadata matches ``where``, in row order.
+
+        ``where`` is a Chroma-style filter (see :meth:`search`); None matches
+        every document.  ``limit`` caps the number of ids returned.
+
+        Examples
+        --------
+        >>> import mmwal, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with mmwal.Store(d, dim=2, durability="os") as s:
+        ...     _ = s.add_many(["a", "b"], [[1, 0], [0, 1]], metadatas=[{"p": 1}, {"p": 5}])
+        >>> with mmwal.Reader(d) as r:
+        ...     r.find({"p": {"$gte": 2}})
+        ['b']
+        """
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidInputError(f"limit must be None or an int >= 0, got {limit!r}",
+                                    got=limit)
+        ckpt_ok, tail_ok = self._allowed(where, where_document)
+        out: list[str] = []
+        if ckpt_ok is not None:
+            ckpt = self._ckpt
+            assert ckpt is not None
+            rows = np.flatnonzero(ckpt_ok)
+            if limit is not None:
+                rows = rows[:limit]
+            out.extend(ckpt.id_at(r) for r in rows.tolist())
+        ids = self._tail.ids
+        for r in np.flatnonzero(tail_ok).tolist():
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(ids[r])
+        return out
+
+    def search(self, q: Any, k: int = 10, metric: str = "cosine", *, where: Any = None,
+               exact: bool | None = None, expansion: int | None = None,
+               where_document: Any = None) -> Any:
+        """Top-k search over every live document of this snapshot (matching ``where``).
 
         Parameters
         ----------
         q
             A query vector (dim,) or a batch (m, dim).
         k
-            How many hits per query (fewer when the store holds fewer).
+            How many hits per query (fewer when fewer documents match).
         metric
             ``"cosine"`` or ``"dot"`` (similarity, higher is better) or ``"l2"``
             (Euclidean distance, lower is better).
+        where
+            A Chroma-style metadata filter on top-level keys, e.g.
+            ``{"source": "a.pdf"}`` or ``{"$and": [{"page": {"$gte": 3}},
+            {"lang": {"$in": ["en", "de"]}}]}``; operators ``$eq $ne $gt $gte
+            $lt $lte $in $nin $exists``, combined with ``$and`` / ``$or``.
+            Only matching documents are scored: the hits are exactly the top k
+            of the matching documents.  A malformed filter raises
+            :class:`mmwal.errors.InvalidInputError` naming the offending part.
+        exact
+            None (auto), True or False.  Every search is exact today (no
+            approximate index is built yet), so all three give the same hits.
+        expansion
+            Search breadth of an approximate index (an int >= 1); accepted and
+            unused while every search is exact.
+        where_document
+            A Chroma-style filter on the content text (``$contains``,
+            ``$not_contains``, ``$regex``, ``$not_regex``, ``$and``, ``$or``).
 
         Returns
         -------
@@ -294,6 +398,15 @@ class Snapshot:
                                     got=metric)
         if type(k) is not int or k < 1:
             raise InvalidInputError(f"k must be an int >= 1, got {k!r}", got=k)
+        if exact is not None and type(exact) is not bool:
+            raise InvalidInputError(f"exact must be None, True or False, got {exact!r}",
+                                    got=exact)
+        if expansion is not None and (type(expansion) is not int or expansion < 1):
+            raise InvalidInputError(f"expansion must be None or an int >= 1, got "
+                                    f"{expansion!r}", got=expansion)
+        filtered = where is not None or where_document is not None
+        if filtered:
+            ckpt_ok, tail_ok = self._allowed(where, where_document)
         arr = np.asarray(q) if not isinstance(q, np.ndarray) else q
         single = arr.ndim == 1
         if arr.ndim not in (1, 2):
@@ -327,19 +440,23 @@ class Snapshot:
         n_ckpt = 0
         if ckpt is not None and ckpt.count and self._ckpt_live:
             n_ckpt = ckpt.count
-            dead = self._ckpt_dead()
+            drop = ~ckpt_ok if filtered and ckpt_ok is not None else self._ckpt_dead()
             E, norms = ckpt.embeddings, ckpt.norms
             for a in range(0, n_ckpt, SEARCH_ROWS):
                 b = min(n_ckpt, a + SEARCH_ROWS)
+                if drop is not None and drop[a:b].all():
+                    continue
                 s = _score(E[a:b], norms[a:b], Q, qn, metric)
-                if dead is not None:
-                    s[dead[a:b]] = -np.inf
+                if drop is not None:
+                    s[drop[a:b]] = -np.inf
                 take(s, a)
         n = self._n
         if self._tail_live:
             T = self._vecs[:n]
             s = _score(T, self._norms[:n], Q, qn, metric)
-            if self._tail_live < n:
+            if filtered:
+                s[~tail_ok] = -np.inf
+            elif self._tail_live < n:
                 s[~self._tail_alive()] = -np.inf
             take(s, n_ckpt)
         out: list[list[Hit]] = []
@@ -372,6 +489,22 @@ class Snapshot:
 
     def __repr__(self) -> str:
         return f"Snapshot(seq={self.seq}, documents={len(self)}, checkpoint={self.checkpoint_id})"
+
+
+def checkpoint_columns(ckpt: CheckpointView) -> where_.Columns:
+    """The metadata columns of a checkpoint, built once per mapped checkpoint.
+
+    Built from the decompressed content/metadata chunks on first use and kept
+    on the (immutable) view, so every snapshot of that checkpoint shares them.
+    """
+    got: where_.Columns | None = ckpt.where_columns
+    if got is None:
+        builder = where_.ColumnBuilder()
+        for k in range(ckpt.nchunks):
+            builder.add(meta for _content, meta in ckpt.chunk(k))
+        got = builder.finish()
+        ckpt.where_columns = got
+    return got
 
 
 class IdView(Sequence[str]):
