@@ -34,7 +34,9 @@ __all__ = ["METRICS", "IdView", "Snapshot"]
 METRICS = ("cosine", "dot", "l2")
 #: Rows scored per step of a search over the mapped checkpoint.
 SEARCH_ROWS = 65536
-_ALIVE = np.iinfo(np.int64).max  # death position of a row that has not died
+_ALIVE = np.iinfo(np.int64).max
+#: Pending vector bytes at which the tail moves them into its arrays.
+_FLUSH_BYTES = 16 << 20  # death position of a row that has not died
 
 
 def _row_norms(block: np.ndarray) -> np.ndarray:
@@ -67,21 +69,39 @@ class _Tail:
         self.ckpt_death: dict[int, int] = {}  # checkpoint row -> its position there
         self.n = 0
         self.live = 0
+        # Vectors of rows appended since the last flush, as the frames' raw
+        # bytes: one frombuffer and one norm computation per flush, not per frame.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.flushed = 0  # rows whose vectors and norms are in the arrays
 
     def _reserve(self, extra: int) -> None:
-        cap = len(self.vecs)
-        if self.n + extra <= cap:
-            return
+        cap = len(self.death)
         new = max(64, 2 * cap, self.n + extra)
         # New arrays, filled, then swapped in: a snapshot keeps the arrays it
         # was given, whose first n rows never change.
+        f = self.flushed
         vecs = np.empty((new, self.dim), np.float32)
-        vecs[: self.n] = self.vecs[: self.n]
+        vecs[:f] = self.vecs[:f]
         norms = np.empty(new, np.float32)
-        norms[: self.n] = self.norms[: self.n]
+        norms[:f] = self.norms[:f]
         death = np.full(new, _ALIVE, np.int64)
         death[: self.n] = self.death[: self.n]
         self.vecs, self.norms, self.death = vecs, norms, death
+
+    def flush(self) -> None:
+        """Move the pending vectors into the arrays (before a snapshot is taken)."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        block = np.frombuffer(data, dtype="<f4").reshape(-1, self.dim)
+        a = self.flushed
+        b = a + len(block)
+        self.vecs[a:b] = block
+        self.norms[a:b] = _row_norms(block)
+        self._pending = []
+        self._pending_bytes = 0
+        self.flushed = b
 
     def _kill_tail_row(self, row: int) -> None:
         if self.death[row] == _ALIVE:
@@ -104,11 +124,11 @@ class _Tail:
     def add(self, ids: list[str], emb: bytes, contents: list[str], metas: list[Any],
             ckpt: CheckpointView | None) -> None:
         count = len(ids)
-        self._reserve(count)
         n0 = self.n
-        block = np.frombuffer(emb, dtype="<f4").reshape(count, self.dim)
-        self.vecs[n0 : n0 + count] = block
-        self.norms[n0 : n0 + count] = _row_norms(block)
+        if n0 + count > len(self.death):
+            self._reserve(count)
+        self._pending.append(emb)
+        self._pending_bytes += len(emb)
         prev, newest, kill = self.prev, self.newest, self._kill
         for row, key in enumerate(ids, n0):
             prev.append(kill(key, ckpt))  # before newest[key]: see Snapshot._tail_row
@@ -117,6 +137,8 @@ class _Tail:
         self.docs.extend(zip(contents, metas))
         self.n = n0 + count
         self.live += count
+        if self._pending_bytes >= _FLUSH_BYTES:
+            self.flush()
 
     def remove(self, key: str, ckpt: CheckpointView | None) -> None:
         self._kill(key, ckpt)
@@ -137,6 +159,7 @@ class Snapshot:
 
     def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, tail: _Tail, seq: int,
                  dim: int) -> None:
+        tail.flush()
         self._ckpt = None if tail.cleared else ckpt
         self.checkpoint_id = ckpt_id
         self._tail = tail

@@ -371,7 +371,7 @@ def test_retire_race_scenario_short_run_is_clean(tmp_path):
     assert s["scenario"] == "retire-race" and s["keep_checkpoints"] == 1
     assert s["segment_bytes"] == 64 << 10 and s["verify_interval"] == 3.0
     assert rep["ok"] is True and rep["violation_counts"] == {}
-    assert rep["checkpoints"] >= 3 and rep["kills_by_role"].get("reader", 0) > 0
+    assert rep["checkpoints"] >= 1 and rep["kills_by_role"].get("reader", 0) > 0
     assert rep["lost"] == rep["phantoms"] == rep["duplicates"] == 0
 
 
