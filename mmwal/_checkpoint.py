@@ -302,6 +302,11 @@ def decode_chunk(data: bytes, limit: int, rows: int, path: str, offset: int) -> 
     ):
         raise CorruptionError(f"{path}: offset {offset}: docs chunk does not hold {rows} "
                               "[content, metadata] pairs", path=path, offset=offset)
+    # The limits writers keep (str keys, nesting), checked as for log records.
+    why = F.metas_problem([x[1] for x in obj])
+    if why:
+        raise CorruptionError(f"{path}: offset {offset}: docs chunk holds {why}", path=path,
+                              offset=offset)
     return obj
 
 

@@ -141,6 +141,14 @@ def read_file(path: str, limit: int) -> bytes:
         io.close(fd)
 
 
+def _not_a_directory(path: str) -> Exception:
+    from .errors import InvalidInputError
+
+    return InvalidInputError(f"{path} exists and is not a directory, so no store can be made "
+                             "there; an mmwal store is a directory: pass a path whose parts "
+                             "are directories (or do not exist yet)", path=path)
+
+
 def makedirs(path: str) -> None:
     """Create ``path`` (and parents) if missing; fsync each parent whose entry was added."""
     if os.path.isdir(path):
@@ -151,8 +159,10 @@ def makedirs(path: str) -> None:
         _io.layer.mkdir(path)
     except FileExistsError:
         if not os.path.isdir(path):
-            raise
+            raise _not_a_directory(path) from None
         return
+    except NotADirectoryError:
+        raise _not_a_directory(parent) from None
     except OSError as exc:
         raise _io.io_error(exc, "mkdir", path) from None
     fsync_dir(parent)

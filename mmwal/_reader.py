@@ -402,8 +402,10 @@ class Reader:
     def get(self, id: str, default: Any = None) -> Any:
         """The Document with this id, or ``default`` (None) when there is none."""
         self._check()
-        if not isinstance(id, str):
-            raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+        if type(id) is not str:
+            if not isinstance(id, str):
+                raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+            id = str.__str__(id)  # a subclass's own __hash__/__eq__ must not decide
         t = self._tail.get(id, _MISSING)
         if t is not _MISSING:
             if t is None:
@@ -414,7 +416,11 @@ class Reader:
         ckpt = self._ckpt
         if ckpt is None or self._cleared:
             return default
-        row = ckpt.lookup(id.encode("utf-8"))
+        try:
+            key = id.encode("utf-8")
+        except UnicodeEncodeError:
+            return default  # a lone surrogate: no stored id can hold one (add refuses them)
+        row = ckpt.lookup(key)
         if row < 0:
             return default
         content, meta = ckpt.doc(row)

@@ -47,6 +47,15 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     except MmwalError as exc:
         report.problems.append(Problem(paths.manifest, getattr(exc, "offset", 0), str(exc)))
         return report
+    try:
+        _scan(paths, manifest, report)
+    except MmwalError as exc:  # e.g. wal/ is not a directory: reported, never raised
+        report.problems.append(Problem(getattr(exc, "path", paths.root),
+                                       getattr(exc, "offset", 0), str(exc)))
+    return report
+
+
+def _scan(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
     dim = manifest["dim"]
     report.checkpoint = manifest["checkpoint"]
     report.segments, report.records, report.first_seq, report.last_seq = scan_log(
@@ -62,7 +71,6 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
             report.documents = view.count
             _compare_with_log(paths, manifest, view, report)
     _note_leftovers(paths, manifest, report)
-    return report
 
 
 def _check_checkpoint(paths: Paths, manifest: dict[str, Any],
