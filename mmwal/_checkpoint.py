@@ -75,6 +75,8 @@ def list_checkpoints(paths: Paths) -> list[int]:
         names = _io.layer.listdir(paths.checkpoints)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. checkpoints/ is not a directory: typed, like list_segments
+        raise _io.io_error(exc, "listdir", paths.checkpoints) from None
     return sorted(int(n) for n in names if len(n) == 8 and n.isdigit())
 
 

@@ -20,6 +20,29 @@ __all__ = ["Paths", "atomic_write", "boot_id", "read_file"]
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+def store_root(path: Any) -> str:
+    """The absolute str path of a store argument; InvalidInputError for what is no path.
+
+    Accepts str, bytes (decoded as the filesystem does) and ``os.PathLike``.
+    Refuses other types, an empty path (it would silently mean the current
+    directory) and a NUL byte, which the OS cannot take.
+    """
+    from .errors import InvalidInputError
+
+    try:
+        p = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise InvalidInputError(f"path must be a str or os.PathLike, got {type(path).__name__}",
+                                got=type(path).__name__) from None
+    if not p:
+        raise InvalidInputError("path is empty: pass the store directory ('.' for the current "
+                                "directory)")
+    if "\0" in p:
+        raise InvalidInputError(f"path {p!r:.80} holds a NUL byte, which no filesystem path "
+                                "can hold")
+    return os.path.abspath(p)
+
+
 class Paths:
     """The file names of a store rooted at ``root`` (see docs/format.md)."""
 

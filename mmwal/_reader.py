@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _format as F
 from ._checkpoint import CheckpointView
-from ._fsutil import Paths
+from ._fsutil import Paths, store_root
 from ._lock import FileLock
 from ._store import open_manifest
 from ._types import Document, Hit
@@ -134,7 +134,7 @@ class Reader:
         if recovery not in RECOVERY_MODES:
             raise InvalidInputError(f"recovery must be one of {RECOVERY_MODES}, got "
                                     f"{recovery!r}", got=recovery)
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = store_root(path)
         self.recovery = recovery
         self._paths = Paths(self.path)
         manifest = open_manifest(self._paths)

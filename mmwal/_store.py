@@ -10,7 +10,15 @@ from typing import Any
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, atomic_write, check_filesystem, list_segments, makedirs, read_file
+from ._fsutil import (
+    Paths,
+    atomic_write,
+    check_filesystem,
+    list_segments,
+    makedirs,
+    read_file,
+    store_root,
+)
 from ._lock import FileLock
 from ._types import DURABILITY_MODES, Config, StoreStats
 from ._validate import as_id, as_list, as_text, as_vectors, normalize_metadata
@@ -164,7 +172,7 @@ class Store:
             config = Config()
         elif not isinstance(config, Config):
             raise InvalidInputError(f"config must be an mmwal.Config, got {type(config).__name__}")
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = store_root(path)
         self.config = config
         self.durability = durability
         self._paths = Paths(self.path)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._checkpoint import FILES, CheckpointView, list_checkpoints
-from ._fsutil import Paths, list_segments
+from ._fsutil import Paths, list_segments, store_root
 from ._replay import iter_ops, reader_lock, scan_log
 from ._types import Problem, VerifyReport
 from ._wal import LogCursor, Retired, read_segment_header
@@ -40,7 +40,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     """
     from ._store import open_manifest
 
-    paths = Paths(os.fspath(path))
+    paths = Paths(store_root(path))
     report = VerifyReport(path=paths.root)
     try:
         manifest = open_manifest(paths)

@@ -742,3 +742,45 @@ def test_store_paths_with_odd_parts_raise_typed_errors(tmp_path, store_path):
         with pytest.raises(mmwal.MmwalError):
             call()
     assert not mmwal.verify(odd).ok
+
+
+@pytest.mark.parametrize("part", ["wal", "checkpoints", "locks"])
+def test_store_parts_that_are_files_raise_typed_errors(tmp_path, store_path, part):
+    import shutil
+    with mmwal.Store(store_path, dim=4, durability="os") as s:
+        s.add("a", np.ones(4))
+        s.checkpoint()
+        s.add("b", np.ones(4))
+    broken = str(tmp_path / "broken")
+    shutil.copytree(store_path, broken)
+    shutil.rmtree(os.path.join(broken, part))
+    with open(os.path.join(broken, part), "wb"):
+        pass
+    for call in (lambda: mmwal.Store(broken).close(), lambda: mmwal.Reader(broken).close(),
+                 lambda: list(mmwal.replay(broken)), lambda: mmwal.verify(broken)):
+        try:
+            call()
+        except mmwal.MmwalError as exc:
+            check_pickles(exc)
+
+
+@pytest.mark.parametrize("bad", ["", "nul\x00byte", 5, None, ["a"]],
+                         ids=["empty", "nul", "int", "none", "list"])
+def test_paths_that_are_no_paths_are_refused(tmp_path, monkeypatch, bad):
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: mmwal.Store(bad, dim=4), lambda: mmwal.Reader(bad),
+                 lambda: list(mmwal.replay(bad)), lambda: mmwal.verify(bad)):
+        with pytest.raises(InvalidInputError) as ei:
+            call()
+        assert "path" in str(ei.value)
+        check_pickles(ei.value)
+    assert os.listdir(tmp_path) == [], "a refused path created files"
+
+
+def test_bytes_paths_work(tmp_path):
+    path = os.fsencode(str(tmp_path / "s"))
+    with mmwal.Store(path, dim=4, durability="os") as s:
+        s.add("a", np.ones(4))
+    with mmwal.Reader(path) as r:
+        assert "a" in r
+    assert [op.id for op in mmwal.replay(path)] == ["a"] and mmwal.verify(path).ok
