@@ -386,6 +386,16 @@ class Store:
         ------
         InvalidInputError, DimensionError
             For a bad id, vector, content or metadata; nothing is written.
+
+        Notes
+        -----
+        What is accepted reads back equal, as plain types: ``str`` subclasses
+        (``numpy.str_``) become ``str``, ``dict`` subclasses ``dict``, tuples
+        and ``list`` subclasses ``list``, ``int``/``float`` subclasses ``int``/
+        ``float``.  Refused: NaN/inf in metadata, ints beyond 64 bits, non-str
+        keys, ``ExtType``/``Timestamp``/``datetime``, nesting deeper than 64
+        levels, vectors with a norm above 2**62 (docs/concepts.md, "What a
+        document may hold").
         """
         if self._closed or self._poisoned is not None or self._generation != _fork_generation:
             self._check()
@@ -409,7 +419,10 @@ class Store:
 
         After any crash a reader sees the whole batch or none of it.  Within a
         batch, a repeated id keeps its last occurrence.  An empty batch writes
-        nothing and returns an empty range.
+        nothing and returns an empty range.  ``ids``, ``contents`` and
+        ``metadatas`` must be ordered sequences (list, tuple, array): a set,
+        a dict or dict view, or an iterator raises ``InvalidInputError``.
+        Each document is checked and normalised as in :meth:`add`.
         """
         self._check()
         ids = as_list(ids, None, "ids")

@@ -69,6 +69,11 @@ class Config:
         ``"strict"`` (default), ``"point-in-time"`` or ``"skip-bad"``: what
         readers do with a damaged frame that has valid frames after it.
 
+    Every field is checked when the Config is built - its type (a ``bool`` is
+    not a number here), its range, and that times are finite (at most a
+    year) - so a bad value raises :class:`mmwal.errors.InvalidInputError`
+    before any Store touches the disk.
+
     Examples
     --------
     >>> import mmwal
