@@ -91,6 +91,8 @@ def list_checkpoints(paths: Paths) -> list[int]:
         names = _io.layer.listdir(paths.checkpoints)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. checkpoints/ is not a directory: typed, like list_segments
+        raise _io.io_error(exc, "listdir", paths.checkpoints) from None
     return sorted(int(n) for n in names if len(n) == 8 and n.isdigit())
 
 
@@ -352,6 +354,11 @@ def decode_chunk(data: bytes, limit: int, rows: int, path: str, offset: int) -> 
     ):
         raise CorruptionError(f"{path}: offset {offset}: docs chunk does not hold {rows} "
                               "[content, metadata] pairs", path=path, offset=offset)
+    # The limits writers keep (str keys, nesting), checked as for log records.
+    why = F.metas_problem([x[1] for x in obj])
+    if why:
+        raise CorruptionError(f"{path}: offset {offset}: docs chunk holds {why}", path=path,
+                              offset=offset)
     return obj
 
 

@@ -43,6 +43,21 @@ FRAME_ALIGN = 8
 MAX_PAYLOAD = 1 << 30
 #: Largest id, in UTF-8 bytes.
 MAX_ID_BYTES = 4096
+#: Largest vector dimension: one vector must fit in one frame.
+MAX_DIM = MAX_PAYLOAD // 4
+#: Deepest nesting of containers inside a metadata map (the map itself is level
+#: 0).  ONE limit for both sides: writers refuse deeper metadata before anything
+#: is written (``_validate.normalize_metadata``) and readers treat a CRC-valid
+#: record that exceeds it as corruption (:func:`metadata_problem`), so whatever
+#: a writer accepts every reader decodes (msgpack's own decoder stops at 1024).
+MAX_METADATA_DEPTH = 64
+#: Metadata ints are msgpack ints: from -2**63 to 2**64 - 1.
+METADATA_INT_MIN = -(1 << 63)
+METADATA_INT_MAX = (1 << 64) - 1
+#: Largest Euclidean norm of a stored (or query) vector.  Within it every term
+#: of the float32 search arithmetic stays finite: |v|**2 <= 2**124, and the l2
+#: expansion |v|**2 - 2 v.q + |q|**2 <= 2**126 < float32 max (about 2**128).
+MAX_VECTOR_NORM = 2.0**62
 
 KIND_ADD = 1
 KIND_REMOVE = 2
@@ -232,6 +247,75 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"unexpected msgpack extension type {code}")
 
 
+_CONTAINER = (dict, list)
+_CONTAINER_TYPES = frozenset(_CONTAINER)
+_STR_ONLY = frozenset((str,))
+
+
+def metadata_problem(m: dict[str, Any]) -> str:
+    """What makes a decoded metadata map one no writer produces ("" when none).
+
+    The reader's half of the shared limits: str keys at every level and at most
+    :data:`MAX_METADATA_DEPTH` levels of containers.  (Value types are not
+    checked here: msgpack decodes only nil, bool, int, float, str, bin, array
+    and map - extension types are refused by the decoder - plus its Timestamp,
+    which writers refuse.)
+    """
+    # The common case, a flat map with str keys, in two C-level loops.
+    if _STR_ONLY.issuperset(map(type, m)) and _CONTAINER_TYPES.isdisjoint(map(type, m.values())):
+        return ""
+    stack: list[tuple[Any, int]] = [(m, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, depth = pop()
+        if type(v) is dict:
+            for k in v:
+                if type(k) is not str:
+                    return f"a metadata key is {type(k).__name__}, not str"
+            items: Any = v.values()
+        else:
+            items = v
+        for x in items:
+            if type(x) in _CONTAINER:
+                if depth >= MAX_METADATA_DEPTH:
+                    return f"metadata nested deeper than {MAX_METADATA_DEPTH} levels"
+                push((x, depth + 1))
+    return ""
+
+
+def id_problem(key: str) -> str:
+    """Why ``key`` (a str) is not a valid id ("" when it is): the writer's and reader's rule."""
+    n = len(key)
+    if not n:
+        return "an id is empty"
+    if n > MAX_ID_BYTES // 4 and len(key.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        return f"an id is longer than {MAX_ID_BYTES} UTF-8 bytes"
+    return ""
+
+
+def _ids_problem(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return id_problem(ids[0])
+    lens = list(map(len, ids))
+    if min(lens) and max(lens) <= MAX_ID_BYTES // 4:
+        return ""
+    for key in ids:
+        why = id_problem(key)
+        if why:
+            return why
+    return ""
+
+
+def metas_problem(metas: list[Any]) -> str:
+    """The first :func:`metadata_problem` of a list of metadata (None entries allowed)."""
+    for m in metas:
+        if m is not None:
+            why = metadata_problem(m)
+            if why:
+                return why
+    return ""
+
+
 @dataclass(frozen=True)
 class AddBatch:
     """The decoded payload of an add frame."""
@@ -282,6 +366,9 @@ def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
         ok = _is_doc_fields(ids, contents, metas)
     if not ok:
         raise _malformed(KIND_ADD, path, offset, "a document has fields of the wrong type")
+    why = _ids_problem(ids) or metas_problem(metas)
+    if why:
+        raise _malformed(KIND_ADD, path, offset, why)
     return ts, ids, contents, metas, emb
 
 
@@ -296,8 +383,8 @@ def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, off
         raise _malformed(kind, path, offset, "expected an array starting with a float timestamp")
     ts = obj[0]
     if kind == KIND_REMOVE:
-        if len(obj) != 2 or type(obj[1]) is not str:
-            raise _malformed(kind, path, offset, "expected [timestamp, id]")
+        if len(obj) != 2 or type(obj[1]) is not str or id_problem(obj[1]):
+            raise _malformed(kind, path, offset, "expected [timestamp, id] with a valid id")
         return (ts, obj[1])
     if len(obj) != 1:
         raise _malformed(kind, path, offset, "expected [timestamp]")
@@ -372,7 +459,7 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
         if typ is int and body[key] < 0:
             raise CorruptionError(f"{path}: offset {body_at}: field {key!r} is negative",
                                   path=path, offset=body_at)
-    if body.get("dim", 1) < 1:
+    if not 1 <= body.get("dim", 1) <= MAX_DIM:
         raise CorruptionError(f"{path}: offset {body_at}: dimension {body['dim']} out of range",
                               path=path, offset=body_at)
     return body

@@ -20,6 +20,29 @@ __all__ = ["Paths", "atomic_write", "boot_id", "read_file"]
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+def store_root(path: Any) -> str:
+    """The absolute str path of a store argument; InvalidInputError for what is no path.
+
+    Accepts str, bytes (decoded as the filesystem does) and ``os.PathLike``.
+    Refuses other types, an empty path (it would silently mean the current
+    directory) and a NUL byte, which the OS cannot take.
+    """
+    from .errors import InvalidInputError
+
+    try:
+        p = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise InvalidInputError(f"path must be a str or os.PathLike, got {type(path).__name__}",
+                                got=type(path).__name__) from None
+    if not p:
+        raise InvalidInputError("path is empty: pass the store directory ('.' for the current "
+                                "directory)")
+    if "\0" in p:
+        raise InvalidInputError(f"path {p!r:.80} holds a NUL byte, which no filesystem path "
+                                "can hold")
+    return os.path.abspath(p)
+
+
 class Paths:
     """The file names of a store rooted at ``root`` (see docs/format.md)."""
 
@@ -141,6 +164,14 @@ def read_file(path: str, limit: int) -> bytes:
         io.close(fd)
 
 
+def _not_a_directory(path: str) -> Exception:
+    from .errors import InvalidInputError
+
+    return InvalidInputError(f"{path} exists and is not a directory, so no store can be made "
+                             "there; an mmwal store is a directory: pass a path whose parts "
+                             "are directories (or do not exist yet)", path=path)
+
+
 def makedirs(path: str) -> None:
     """Create ``path`` (and parents) if missing; fsync each parent whose entry was added."""
     if os.path.isdir(path):
@@ -151,8 +182,10 @@ def makedirs(path: str) -> None:
         _io.layer.mkdir(path)
     except FileExistsError:
         if not os.path.isdir(path):
-            raise
+            raise _not_a_directory(path) from None
         return
+    except NotADirectoryError:
+        raise _not_a_directory(parent) from None
     except OSError as exc:
         raise _io.io_error(exc, "mkdir", path) from None
     fsync_dir(parent)

@@ -30,7 +30,7 @@ import numpy as np
 from . import _format as F
 from . import _store as _st
 from ._checkpoint import CheckpointView
-from ._fsutil import Paths, boot_id
+from ._fsutil import Paths, boot_id, store_root
 from ._lock import FileLock
 from ._snapshot import IdView, Snapshot, _Tail
 from ._store import folded_past, open_manifest
@@ -166,7 +166,7 @@ class Reader:
                 or not 0 < refresh_every < 1e9):
             raise InvalidInputError(f"refresh_every must be None or a number of seconds > 0, "
                                     f"got {refresh_every!r}", got=refresh_every)
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = store_root(path)
         self.recovery = recovery
         self.refresh_every = None if refresh_every is None else float(refresh_every)
         self.on_refresh: Callable[[Reader, int], None] | None = None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import _format as F
-from ._fsutil import Paths, list_segments
+from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._types import Op, Problem
 from ._wal import LogCursor, Retired, read_segment_header
@@ -66,7 +66,7 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"after_seq must be an int >= 0, got {after_seq!r}")
-    paths = Paths(os.fspath(path))
+    paths = Paths(store_root(path))
     dim = open_manifest(paths)["dim"]
     seeker = LogSeeker(paths, mode)
     while True:

@@ -237,8 +237,10 @@ class Snapshot:
 
     def get(self, id: str, default: Any = None) -> Any:
         """The Document with this id, or ``default`` (None) when there is none."""
-        if not isinstance(id, str):
-            raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+        if type(id) is not str:
+            if not isinstance(id, str):
+                raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+            id = str.__str__(id)  # a subclass's own __hash__/__eq__ must not decide
         row = self._tail_row(id)
         if row >= 0:
             if self._death[row] < self._k:

@@ -13,10 +13,18 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, atomic_write, check_filesystem, list_segments, makedirs, read_file
+from ._fsutil import (
+    Paths,
+    atomic_write,
+    check_filesystem,
+    list_segments,
+    makedirs,
+    read_file,
+    store_root,
+)
 from ._lock import FileLock
 from ._types import DURABILITY_MODES, Config, StoreStats
-from ._validate import as_vectors, check_id, check_metadata, check_sequence, check_text
+from ._validate import as_id, as_list, as_text, as_vectors, normalize_metadata
 from ._wal import Appender, create_segment
 from .errors import (
     CheckpointWarning,
@@ -71,14 +79,35 @@ def _admitted(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concaten
     return call
 
 
+def _file_in_path(path: str) -> str:
+    """The first existing part of ``path`` that is not a directory ("" when none)."""
+    parts: list[str] = []
+    while True:
+        parent = os.path.dirname(path)
+        parts.append(path)
+        if parent == path:
+            break
+        path = parent
+    for p in reversed(parts):
+        if not os.path.exists(p):
+            return ""
+        if not os.path.isdir(p):
+            return p
+    return ""
+
+
 def open_manifest(paths: Paths) -> dict[str, Any]:
     """Read and check MANIFEST; StoreNotFoundError when there is no store."""
     try:
         data = read_file(paths.manifest, F.MAX_MANIFEST_BODY + 64)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if os.path.exists(paths.root) and not os.path.isdir(paths.root):
             raise StoreNotFoundError(f"{paths.root} is a file, not an mmwal store directory",
                                      path=paths.root) from None
+        part = _file_in_path(paths.root)
+        if part:
+            raise StoreNotFoundError(f"no mmwal store at {paths.root}: {part} is a file, not "
+                                     "a directory", path=paths.root) from None
         raise StoreNotFoundError(
             f"no mmwal store at {paths.root} (no MANIFEST); create one with "
             "mmwal.Store(path, dim=...)", path=paths.root) from None
@@ -177,13 +206,14 @@ class Store:
         if durability not in DURABILITY_MODES:
             raise InvalidInputError(f"durability must be one of {DURABILITY_MODES}, got "
                                     f"{durability!r}", got=durability)
-        if dim is not None and (type(dim) is not int or dim < 1):
-            raise InvalidInputError(f"dim must be a positive int, got {dim!r}", got=dim)
+        if dim is not None and (type(dim) is not int or not 1 <= dim <= F.MAX_DIM):
+            raise InvalidInputError(f"dim must be an int from 1 to {F.MAX_DIM} (one vector "
+                                    f"must fit in one log record), got {dim!r:.40}", got=dim)
         if config is None:
             config = Config()
         elif not isinstance(config, Config):
             raise InvalidInputError(f"config must be an mmwal.Config, got {type(config).__name__}")
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = store_root(path)
         self.config = config
         self.durability = durability
         self._paths = Paths(self.path)
@@ -483,15 +513,25 @@ class Store:
         ------
         InvalidInputError, DimensionError
             For a bad id, vector, content or metadata; nothing is written.
+
+        Notes
+        -----
+        What is accepted reads back equal, as plain types: ``str`` subclasses
+        (``numpy.str_``) become ``str``, ``dict`` subclasses ``dict``, tuples
+        and ``list`` subclasses ``list``, ``int``/``float`` subclasses ``int``/
+        ``float``.  Refused: NaN/inf in metadata, ints beyond 64 bits, non-str
+        keys, ``ExtType``/``Timestamp``/``datetime``, nesting deeper than 64
+        levels, vectors with a norm above 2**62 (docs/concepts.md, "What a
+        document may hold").
         """
         if self._poisoned is not None:
             self._check()
-        check_id(id)
+        id = as_id(id)
         vec = as_vectors(embedding, self.dim, None, "embedding")
         if type(content) is not str:
-            check_text(content, "content")
+            content = as_text(content, "content")
         if metadata is not None:
-            check_metadata(metadata)
+            metadata = normalize_metadata(metadata)
         try:
             payload = _pack([_time(), self.dim, [id], [content], [metadata], vec.tobytes()])
         except (TypeError, ValueError, OverflowError) as exc:
@@ -507,30 +547,28 @@ class Store:
 
         After any crash a reader sees the whole batch or none of it.  Within a
         batch, a repeated id keeps its last occurrence.  An empty batch writes
-        nothing and returns an empty range.
+        nothing and returns an empty range.  ``ids``, ``contents`` and
+        ``metadatas`` must be ordered sequences (list, tuple, array): a set,
+        a dict or dict view, or an iterator raises ``InvalidInputError``.
+        Each document is checked and normalised as in :meth:`add`.
         """
         self._check()
-        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
-            raise InvalidInputError(f"ids must be a sequence of str, got {type(ids).__name__}")
-        ids = list(ids)
+        ids = as_list(ids, None, "ids")
         n = len(ids)
-        for i, x in enumerate(ids):
-            check_id(x, f"ids[{i}]")
+        ids = [as_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
         if n == 0:
             return range(0)
         vecs = as_vectors(embeddings, self.dim, n, "embeddings")
         if contents is None:
             contents = [""] * n
         else:
-            contents = list(check_sequence(contents, n, "contents"))
-            for i, c in enumerate(contents):
-                check_text(c, f"contents[{i}]")
+            contents = [as_text(c, f"contents[{i}]")
+                        for i, c in enumerate(as_list(contents, n, "contents"))]
         if metadatas is None:
             metadatas = [None] * n
         else:
-            metadatas = list(check_sequence(metadatas, n, "metadatas"))
-            for i, m in enumerate(metadatas):
-                check_metadata(m, f"metadatas[{i}]")
+            metadatas = [normalize_metadata(m, f"metadatas[{i}]")
+                         for i, m in enumerate(as_list(metadatas, n, "metadatas"))]
         payload = self._pack([time.time(), self.dim, ids, contents, metadatas, vecs.tobytes()])
         if len(payload) > F.MAX_PAYLOAD:
             raise InvalidInputError(
@@ -543,7 +581,7 @@ class Store:
     def remove(self, id: str) -> int:
         """Remove a document (removing an absent id is not an error); return the seq."""
         self._check()
-        check_id(id)
+        id = as_id(id)
         return self._write(F.KIND_REMOVE, 1, self._pack([time.time(), id]))
 
     @_admitted
@@ -554,10 +592,16 @@ class Store:
 
     @staticmethod
     def _unpackable(exc: BaseException) -> InvalidInputError:
-        # UnicodeEncodeError (lone surrogates) is a ValueError.
+        # Values were checked and normalised already; what is left is a str the
+        # UTF-8 encoder refuses (a lone surrogate, a UnicodeEncodeError).
+        if isinstance(exc, UnicodeEncodeError):
+            return InvalidInputError(
+                f"cannot encode this document: its content or metadata holds a str that is "
+                f"not valid UTF-8 ({exc.object[exc.start:exc.end]!r}, a lone surrogate); "
+                "text is stored as UTF-8")
         return InvalidInputError(
             f"cannot encode this document: {exc}; metadata must be JSON-like (str keys; "
-            "None, bool, int (64-bit), float, str, bytes, list, dict values)")
+            "None, bool, int (64-bit), finite float, str, bytes, list, dict values)")
 
     @classmethod
     def _pack(cls, obj: Any) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -14,6 +16,23 @@ __all__ = ["CheckpointInfo", "Config", "Document", "Hit", "Op", "Problem", "Stor
            "VerifyReport"]
 
 DURABILITY_MODES = ("fsync", "os", "interval")
+_RECOVERY = ("strict", "point-in-time", "skip-bad")
+_MAX_COUNT = 1 << 62
+_MAX_BYTES = 1 << 62
+#: A chunk of this many documents is packed in memory at once.
+_MAX_CHUNK_DOCUMENTS = 1 << 20
+#: threading and portalocker refuse longer timeouts (OverflowError); a year is plenty.
+_MAX_SECONDS = min(threading.TIMEOUT_MAX, 365 * 86400.0)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_seconds(x: Any) -> bool:
+    """A finite, non-negative number of seconds that every timeout API accepts."""
+    return (_is_number(x) and (isinstance(x, int) or math.isfinite(x))
+            and 0 <= x <= _MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,11 @@ class Config:
         discards an acknowledged record on its own (it raises
         :class:`mmwal.CorruptionError`); salvage is ``mmwal repair``.
 
+    Every field is checked when the Config is built - its type (a ``bool`` is
+    not a number here), its range, and that times are finite (at most a
+    year) - so a bad value raises :class:`mmwal.errors.InvalidInputError`
+    before any Store touches the disk.
+
     Examples
     --------
     >>> import mmwal
@@ -78,28 +102,38 @@ class Config:
     recovery: str = "strict"
 
     def __post_init__(self) -> None:
+        # Every field is checked here, before a Store touches the disk with it:
+        # types (bool is not an int here), ranges and finiteness.  An infinite
+        # lock_timeout used to reach threading and raise OverflowError after
+        # the store's directories were created.
         def bad(name: str, want: str) -> InvalidInputError:
             got = getattr(self, name)
-            return InvalidInputError(f"Config.{name} must be {want}, got {got!r}",
+            return InvalidInputError(f"Config.{name} must be {want}, got {got!r:.60}",
                                      field=name, value=got)
 
-        for name, lo in (("checkpoint_threshold", 1), ("max_wal_bytes", 1),
-                         ("segment_bytes", 4096), ("sync_every_records", 1),
-                         ("keep_checkpoints", 0), ("chunk_documents", 1)):
+        for name, lo, hi in (("checkpoint_threshold", 1, _MAX_COUNT),
+                             ("max_wal_bytes", 1, _MAX_BYTES),
+                             ("segment_bytes", 4096, _MAX_BYTES),
+                             ("sync_every_records", 1, _MAX_COUNT),
+                             ("keep_checkpoints", 0, _MAX_COUNT),
+                             ("chunk_documents", 1, _MAX_CHUNK_DOCUMENTS)):
             v = getattr(self, name)
-            if type(v) is not int or v < lo:
-                raise bad(name, f"an int >= {lo}")
-        if not isinstance(self.sync_every_ms, (int, float)) or not self.sync_every_ms > 0:
-            raise bad("sync_every_ms", "a number > 0")
+            if type(v) is not int or not lo <= v <= hi:
+                raise bad(name, f"an int from {lo} to {hi}")
+        ms = self.sync_every_ms
+        if not (_is_number(ms) and (isinstance(ms, int) or math.isfinite(ms))
+                and 0 < ms <= _MAX_SECONDS * 1000):
+            raise bad("sync_every_ms", f"a finite number > 0 and <= {_MAX_SECONDS * 1000:.0f}")
         lvl = self.metadata_compression_level
         if type(lvl) is not int or not 0 <= lvl <= 16:
             raise bad("metadata_compression_level", "an int from 0 to 16")
         lt = self.lock_timeout
-        if lt is not None and (not isinstance(lt, (int, float)) or not lt >= 0):
-            raise bad("lock_timeout", "None or a number >= 0")
+        if lt is not None and not _is_seconds(lt):
+            raise bad("lock_timeout", f"None (wait forever) or a finite number of seconds "
+                      f"from 0 to {_MAX_SECONDS:.0f}")
         if type(self.auto_checkpoint) is not bool:
             raise bad("auto_checkpoint", "a bool")
-        if self.recovery not in ("strict", "point-in-time", "skip-bad"):
+        if type(self.recovery) is not str or self.recovery not in _RECOVERY:
             raise bad("recovery", "'strict', 'point-in-time' or 'skip-bad'")
 
     def replace(self, **changes: Any) -> Config:
@@ -186,6 +220,16 @@ class Problem:
     file: str
     offset: int
     what: str
+
+    def __post_init__(self) -> None:
+        # ``what`` is often the message of an error that already names the file
+        # and offset ("<file>: offset <n>: ..."); printed after them it said the
+        # path twice.  Keep only the part that says what is wrong.
+        what = self.what
+        for prefix in (f"{self.file}: ", f"offset {self.offset}: "):
+            if what.startswith(prefix):
+                what = what[len(prefix):]
+        object.__setattr__(self, "what", what)
 
     def __str__(self) -> str:
         return f"{self.file}: offset {self.offset}: {self.what}"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._checkpoint import FILES, CheckpointView, list_checkpoints
-from ._fsutil import Paths, list_segments
+from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._replay import iter_ops, reader_lock, scan_log
 from ._types import Problem, VerifyReport
@@ -55,7 +55,7 @@ def verify(path: str | os.PathLike[str], *,
     ``lock_timeout`` seconds (None: for ever) for a running checkpoint, then
     raises :class:`mmwal.LockTimeout`.
     """
-    paths = Paths(os.fspath(path))
+    paths = Paths(store_root(path))
     lock = FileLock.for_reader(paths.checkpoint_lock, lock_timeout)
     if lock is not None:
         try:
@@ -80,6 +80,15 @@ def _verify(paths: Paths) -> VerifyReport:
     except MmwalError as exc:
         report.problems.append(Problem(paths.manifest, getattr(exc, "offset", 0), str(exc)))
         return report
+    try:
+        _scan(paths, manifest, report)
+    except MmwalError as exc:  # e.g. wal/ is not a directory: reported, never raised
+        report.problems.append(Problem(getattr(exc, "path", paths.root),
+                                       getattr(exc, "offset", 0), str(exc)))
+    return report
+
+
+def _scan(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
     dim = manifest["dim"]
     report.checkpoint = manifest["checkpoint"]
     report.segments, report.records, report.first_seq, report.last_seq = scan_log(
@@ -96,7 +105,6 @@ def _verify(paths: Paths) -> VerifyReport:
             _compare_with_log(paths, manifest, view, report)
     _check_older(paths, manifest, report)
     _note_leftovers(paths, manifest, report)
-    return report
 
 
 def _check_older(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:

@@ -82,8 +82,41 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
 
 
+#: How non-finite floats are written (JSON has no NaN or Infinity; these are the
+#: strings of the protobuf JSON mapping).  Writers refuse non-finite metadata, but
+#: a store written before that check, or a damaged one, may still hold some.
+_NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by its string (other values as is)."""
+    if isinstance(obj, float):
+        return obj if obj - obj == 0.0 else _NONFINITE[repr(obj)]
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _json_encoder(**kw: Any) -> Callable[[Any], str]:
+    """A strict JSON encoder (``allow_nan=False``: output any JSON parser accepts)."""
+    encode = json.JSONEncoder(allow_nan=False, default=_json_default, **kw).encode
+
+    def dumps(obj: Any) -> str:
+        try:
+            return encode(obj)
+        except ValueError:  # a non-finite float somewhere: the slow path, rarely taken
+            return encode(_finite_json(obj))
+
+    return dumps
+
+
+_dumps_pretty = _json_encoder(indent=2)
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default))
+    print(_dumps_pretty(obj))
 
 
 # ============================================================================ demo
@@ -321,7 +354,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
                 out.write("\n".join(buf) + "\n")
             return 0
         emb = r.embeddings if args.embeddings else None
-        dumps = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
+        dumps = _json_encoder(ensure_ascii=False)
         for i, key in enumerate(ids):
             doc = r[key]
             rec: dict[str, Any] = {"id": key, "content": doc.content, "metadata": doc.metadata}

@@ -412,3 +412,68 @@ def test_repair_makes_a_store_writable_again_after_damage_and_a_reboot(tmp_path,
         assert s.add("accepted", np.ones(DIM)) == 21
     with mmwal.Reader(path) as r:
         assert set(r.ids) == {f"doc-{i}" for i in range(10)} | {"accepted"}
+
+
+# ------------------------------------------------------------------ issue 10: output validity
+def _strict_json(line: str):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def _append_raw(store: mmwal.Store, key: str, metadata) -> None:
+    """An add record the validating writer would refuse (a store from an older writer)."""
+    import time as _time
+
+    from mmwal import _format as F
+    payload = F.pack([_time.time(), store.dim, [key], [""], [metadata],
+                      np.ones(store.dim, dtype=np.float32).tobytes()])
+    store._log.append(F.KIND_ADD, 1, payload)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_dump_writes_strict_json_for_non_finite_values(tmp_path, capsys, checkpointed):
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os") as s:
+        s.add("ok", np.ones(DIM), metadata={"f": 1.5, "b": b"\x01", "t": True})
+        _append_raw(s, "nonfinite", {"nan": float("nan"), "l": [float("inf"), -float("inf")],
+                                     "d": {"x": float("nan")}})
+        if checkpointed:
+            s.checkpoint()
+    assert cli.main(["dump", path]) == 0
+    out = capsys.readouterr().out
+    docs = {d["id"]: d for d in map(_strict_json, out.splitlines())}
+    assert docs["ok"]["metadata"] == {"f": 1.5, "b": "AQ==", "t": True}
+    assert docs["nonfinite"]["metadata"] == {"nan": "NaN", "l": ["Infinity", "-Infinity"],
+                                             "d": {"x": "NaN"}}
+    assert cli.main(["dump", path, "--embeddings"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        _strict_json(line)
+
+
+def test_json_outputs_are_strict(tmp_path, capsys):
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os") as s:
+        _append_raw(s, "nan", {"x": float("nan")})
+    for argv in (["inspect", path, "--json"], ["verify", path, "--json"]):
+        cli.main(argv)
+        _strict_json(capsys.readouterr().out)
+
+
+def test_verify_text_names_each_path_once(tmp_path, capsys):
+    from mmwal import _format as F
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os") as s:
+        s.add("a", np.ones(DIM))
+        s._log.append(F.KIND_ADD, 1, F.pack([1.0]))  # CRC-valid, malformed payload
+        s.add("b", np.ones(DIM))
+    assert cli.main(["verify", path]) == 1
+    out = capsys.readouterr().out
+    problems = [line for line in out.splitlines() if line.startswith("problem:")]
+    assert problems
+    for line in problems:
+        assert line.count(path) == 1, line
+        assert line.count("offset") == 1, line
+    report = mmwal.verify(path)
+    for p in report.problems:
+        assert p.file not in p.what and not p.what.startswith("offset"), p

@@ -46,11 +46,24 @@ def bounded(fn, *args):
 
 
 # ---------------------------------------------------------------- value strategies
+def nested(levels: int, kind: str):
+    """A value with ``levels`` containers nested (around the shared metadata limit)."""
+    v: object = 1
+    for _ in range(levels):
+        v = {"k": v} if kind == "map" else [v]
+    return v
+
+
+around_the_limit = st.builds(nested, st.integers(F.MAX_METADATA_DEPTH - 2,
+                                                 F.MAX_METADATA_DEPTH + 2),
+                             st.sampled_from(["map", "array"]))
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=True) | st.text(max_size=20) | st.binary(max_size=40),
+    | st.floats(allow_nan=True) | st.text(max_size=20) | st.binary(max_size=40)
+    | around_the_limit,
     lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids,
-                                                              max_size=5),
+                                                              max_size=5)
+    | st.dictionaries(st.binary(max_size=3), kids, max_size=2),  # bytes keys: never written
     max_leaves=20)
 
 
@@ -201,7 +214,8 @@ def near_add_payload(draw):
     obj = [draw(st.floats()), dim,
            [draw(st.text(max_size=6)) for _ in range(count)],
            [draw(st.text(max_size=6)) for _ in range(count)],
-           [draw(st.none() | st.dictionaries(st.text(max_size=4), msgpack_values, max_size=2))
+           [draw(st.none() | st.dictionaries(st.text(max_size=4), msgpack_values, max_size=2)
+                 | st.dictionaries(st.text(max_size=4), around_the_limit, max_size=1))
             for _ in range(count)],
            bytes(4 * dim * count)]
     # Perturb one field (or none).
@@ -209,6 +223,18 @@ def near_add_payload(draw):
     if i < len(obj):
         obj[i] = draw(msgpack_values)
     return count, dim, obj
+
+
+def within_limits(m, depth=0):
+    """Str keys at every level, at most MAX_METADATA_DEPTH containers below the map."""
+    if isinstance(m, (dict, list)):
+        if depth > F.MAX_METADATA_DEPTH:
+            return False
+        if isinstance(m, dict) and not all(type(k) is str for k in m):
+            return False
+        return all(within_limits(v, depth + 1) for v in (m.values() if isinstance(m, dict)
+                                                          else m))
+    return True
 
 
 def check_payload(kind, count, payload, dim):
@@ -220,8 +246,12 @@ def check_payload(kind, count, payload, dim):
         assert res.embeddings.shape == (count, dim) and res.embeddings.dtype == np.float32
         assert len(res.ids) == len(res.contents) == len(res.metadatas) == count
         assert all(type(x) is str for x in res.ids)
+        # The limits writers keep hold for whatever a decoder lets through.
+        assert all(0 < len(x.encode()) <= F.MAX_ID_BYTES for x in res.ids)
+        assert all(within_limits(m) for m in res.metadatas)
     elif kind == F.KIND_REMOVE:
         assert isinstance(res, tuple) and len(res) == 2 and type(res[1]) is str
+        assert 0 < len(res[1].encode()) <= F.MAX_ID_BYTES
     else:
         assert isinstance(res, tuple) and len(res) == 1
 
@@ -262,6 +292,7 @@ def check_chunk(data: bytes, rows: int, limit: int = 1 << 16) -> None:
     assert isinstance(res, list) and len(res) == rows
     for pair in res:
         assert type(pair[0]) is str and (pair[1] is None or type(pair[1]) is dict)
+    assert all(within_limits(pair[1]) for pair in res)
 
 
 def compress(obj) -> bytes | None:
