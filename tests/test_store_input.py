@@ -10,6 +10,7 @@ else in the suite.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 
@@ -704,17 +705,45 @@ def test_store_under_a_regular_file(tmp_path):
     assert f.read_bytes() == b"x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
+def _store_without_permission(target: str, out_fd: int) -> None:
+    # Root ignores permissions: the check runs as an unprivileged user.
+    res = {}
+    try:
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            mmwal.Store(target, dim=4)
+            res["raised"] = None
+        except mmwal.MmwalError as exc:
+            res["raised"] = type(exc).__name__
+            res["permission"] = isinstance(exc, PermissionError) or \
+                "permission" in str(exc).lower()
+        except BaseException as exc:  # an untyped error: the finding
+            res["raised"] = f"untyped {type(exc).__name__}: {exc}"
+    finally:
+        os.write(out_fd, json.dumps(res).encode())
+        os._exit(0)
+
+
 def test_store_in_a_directory_without_permission(tmp_path):
+    import multiprocessing as mp
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(mmwal.MmwalError) as ei:
-            mmwal.Store(ro / "s", dim=4)
-        assert isinstance(ei.value, PermissionError) or "permission" in str(ei.value).lower()
-    finally:
-        ro.chmod(0o700)
+    ro.chmod(0o555)  # others may enter and list, not create
+    rfd, wfd = os.pipe()
+    p = mp.get_context("fork").Process(target=_store_without_permission,
+                                       args=(str(ro / "s"), wfd))
+    p.start()
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        data = r.read()
+    p.join(60)
+    res = json.loads(data)
+    assert res["raised"] and not res["raised"].startswith("untyped"), res
+    assert res["permission"] is True
+    assert not (ro / "s").exists()
 
 
 def test_store_paths_with_odd_parts_raise_typed_errors(tmp_path, store_path):
