@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -94,6 +95,7 @@ ENV_REFRESH_EVERY = "MMWAL_SERVE_REFRESH_EVERY"
 ENV_MAX_BODY_BYTES = "MMWAL_SERVE_MAX_BODY_BYTES"
 ENV_MAX_K = "MMWAL_SERVE_MAX_K"
 ENV_MAX_BATCH = "MMWAL_SERVE_MAX_BATCH"
+ENV_SUPERVISOR = "MMWAL_SERVE_SUPERVISOR_PID"
 
 _SEARCH_FIELDS = ("vector", "vectors", "k", "metric", "where", "exact")
 _INCLUDES = ("embedding",)
@@ -273,6 +275,10 @@ class _Worker:
             self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
                                             name="mmwal-serve-refresh")
             self._thread.start()
+        supervisor = os.environ.get(ENV_SUPERVISOR, "")
+        if supervisor.isdigit() and int(supervisor) == os.getppid():
+            threading.Thread(target=self._watch_parent, args=(int(supervisor),), daemon=True,
+                             name="mmwal-serve-parent").start()
         log.info("worker %d: serving %s (seq %d, %d documents, dim %d), refresh every %s s",
                  os.getpid(), self.path, reader.seq, len(reader), reader.dim,
                  self.refresh_every or "never")
@@ -319,6 +325,17 @@ class _Worker:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_every):
             self.refresh()
+
+    def _watch_parent(self, parent: int) -> None:
+        # uvicorn's workers do not notice the death of their supervisor: after a
+        # kill -9 of it they would serve on as orphans, holding the port, so that
+        # a restarted server could not bind it.  Stop the way SIGTERM stops us.
+        while not self._stop.wait(0.5):
+            if os.getppid() != parent:
+                log.error("worker %d: the parent process %d is gone; shutting down",
+                          os.getpid(), parent)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     # ------------------------------------------------------------------ requests
     def search(self, body: bytes, limits: _Limits) -> dict[str, Any]:
@@ -639,6 +656,10 @@ def run(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = DE
     os.environ[ENV_PATH] = os.path.abspath(os.fspath(path))
     os.environ[ENV_REFRESH_EVERY] = repr(float(refresh_every))
     os.environ[ENV_MAX_BODY_BYTES] = str(max_body_bytes)
+    if workers > 1:
+        os.environ[ENV_SUPERVISOR] = str(os.getpid())
+    else:  # one worker is this very process: nobody to watch
+        os.environ.pop(ENV_SUPERVISOR, None)
     if token is not None:
         os.environ[ENV_TOKEN] = token
     else:

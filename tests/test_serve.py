@@ -148,10 +148,10 @@ def _check_document(base: str, doc_id: str) -> None:
     np.testing.assert_array_equal(np.array(doc["embedding"], np.float32), vec(i))
 
 
-def _pids_at(base: str, seq: int) -> set[int]:
+def _pids_at(base: str, seq: int, token: str | None = TOKEN) -> set[int]:
     """Worker pids seen reporting ``seq`` (concurrent requests reach several workers)."""
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda _: call(base, "GET", "/stats"), range(32)))
+        got = list(pool.map(lambda _: call(base, "GET", "/stats", token=token), range(32)))
     assert all(s == 200 for s, _ in got), got
     return {st["pid"] for _, st in got if st["seq"] == seq}
 
@@ -255,6 +255,38 @@ def test_two_workers_serve_a_store_being_written(tmp_path):
             writer.kill()
             writer.wait()
         _stop(proc)
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    """kill -9 of the supervising process: its workers stop instead of serving on as orphans
+    (which would also keep the port, so that a restart could not bind it)."""
+    path = str(tmp_path / "store")
+    _make_store(path, 20)
+    proc, base, err_path = start_server(path, tmp_path, "--workers", "2")
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + DEADLINE
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers |= _pids_at(base, 20, token=None)
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + DEADLINE
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(p) for p in workers), err_path.read_text()
+        assert "parent" in err_path.read_text()
+    finally:
+        _stop(proc)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
