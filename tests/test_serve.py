@@ -280,6 +280,25 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path):
         _stop(proc)
 
 
+def test_one_worker_serves_in_the_process_itself(tmp_path):
+    """The default, --workers 1: no supervisor, the command's own process serves."""
+    path = str(tmp_path / "store")
+    _make_store(path, 20)
+    proc, base, err_path = start_server(path, tmp_path, "--refresh-every", "0")
+    try:
+        status, st = call(base, "GET", "/stats", token=None)
+        assert status == 200 and st["pid"] == proc.pid and st["refresh_every"] == 0
+        status, got = call(base, "POST", "/search", {"vector": vec(4).tolist(), "k": 1},
+                           token=None)
+        assert status == 200 and got == {"hits": [{"id": "doc-4", "score": got["hits"][0]["score"]}]}
+        assert abs(got["hits"][0]["score"] - 1.0) < 1e-5
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(DEADLINE) == 0
+        assert f"worker {proc.pid}: closed {path}" in err_path.read_text()
+    finally:
+        _stop(proc)
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's reaper may take its time)."""
     try:
