@@ -42,6 +42,7 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -96,6 +97,7 @@ ENV_MAX_BODY_BYTES = "MMWAL_SERVE_MAX_BODY_BYTES"
 ENV_MAX_K = "MMWAL_SERVE_MAX_K"
 ENV_MAX_BATCH = "MMWAL_SERVE_MAX_BATCH"
 ENV_SUPERVISOR = "MMWAL_SERVE_SUPERVISOR_PID"
+ENV_FAILURE_FILE = "MMWAL_SERVE_FAILURE_FILE"
 
 _SEARCH_FIELDS = ("vector", "vectors", "k", "metric", "where", "exact")
 _INCLUDES = ("embedding",)
@@ -512,7 +514,11 @@ def create_app(path: str | os.PathLike[str], *, token: str | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(worker.open)
+        try:
+            await run_in_threadpool(worker.open)
+        except Exception as exc:
+            _startup_failed(exc)
+            raise
         try:
             yield
         finally:
@@ -562,6 +568,22 @@ def create_app(path: str | os.PathLike[str], *, token: str | None = None,
         return _json_response(200, {"status": "ok", "pid": os.getpid()})
 
     return app
+
+
+def _startup_failed(exc: Exception) -> None:
+    """Tell `run` why this worker could not start, and stop the service at once.
+
+    Without this, uvicorn's supervisor would notice only at its next health
+    check (seconds later) and then exit 0, as if asked to stop.
+    """
+    msg = f"could not open the store: {' '.join(str(exc).split()) or type(exc).__name__}"
+    path = os.environ.get(ENV_FAILURE_FILE)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+    supervisor = os.environ.get(ENV_SUPERVISOR, "")
+    if supervisor.isdigit() and int(supervisor) == os.getppid():
+        os.kill(int(supervisor), signal.SIGTERM)
 
 
 def _env_number(name: str, default: float, cast: type) -> Any:
@@ -638,6 +660,9 @@ def run(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = DE
     mmwal.errors.InvalidInputError
         A bad option, or a non-loopback ``host`` without a token and without
         ``insecure=True``.
+    mmwal.MmwalError
+        A worker could not open the store (the service stops), or the server
+        could not start (the port is taken: see the log).
     """
     token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
     if token is not None and not token:
@@ -671,7 +696,25 @@ def run(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = DE
         # A worker busy with a long search or refresh on a loaded machine must
         # not be mistaken for a hung one and killed (uvicorn's default is 5 s).
         extra["timeout_worker_healthcheck"] = 30
-    uvicorn.run(
-        "mmwal.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_config=_log_config(log_level), access_log=False, proxy_headers=False,
-        server_header=False, timeout_graceful_shutdown=10, **extra)
+    fd, failure_file = tempfile.mkstemp(prefix="mmwal-serve-", suffix=".failed")
+    os.close(fd)
+    os.environ[ENV_FAILURE_FILE] = failure_file
+    code: Any = 0
+    try:
+        try:
+            uvicorn.run(
+                "mmwal.serve:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_config=_log_config(log_level), access_log=False,
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=10,
+                **extra)
+        except SystemExit as exc:  # uvicorn exits on a startup failure or a taken port
+            code = exc.code
+        with open(failure_file, encoding="utf-8") as f:
+            failures = f.read().splitlines()
+    finally:
+        os.unlink(failure_file)
+    if failures:
+        raise MmwalError(failures[0], path=os.environ[ENV_PATH])
+    if code not in (None, 0):
+        raise MmwalError(f"the server stopped with exit code {code} (the log above says why)",
+                         code=code)

@@ -452,6 +452,21 @@ def test_missing_store_exit_2(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_store_the_workers_cannot_open_fails_the_command(tmp_path, workers):
+    """Damage found when a worker opens its Reader: exit 1 naming it, never 0."""
+    path = str(tmp_path / "store")
+    _make_store(path, 3)
+    emb = next(os.path.join(d, "embeddings.npy") for d, _, files in os.walk(path)
+               if "embeddings.npy" in files)
+    os.truncate(emb, 10)
+    res = _serve_cli(path, "--workers", workers, "--port", str(_free_port()))
+    assert res.returncode == 1, res
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmwal serve: ") and "could not open the store" in last, last
+    assert "embeddings.npy" in last and "mmwal verify" in last
+
+
 def test_missing_extra_names_the_install_command(tmp_path):
     path = str(tmp_path / "store")
     _make_store(path, 3)
