@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hmac
 import inspect
 import ipaddress
@@ -46,7 +47,6 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -150,14 +150,14 @@ def _refuse_constant(name: str) -> Any:
 
 
 # ============================================================================ input
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Limits:
     dim: int
     max_k: int
     max_batch: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _SearchRequest:
     queries: np.ndarray  # (dim,) or (m, dim) float32
     batch: bool
@@ -355,11 +355,11 @@ class _Worker:
         with self.view() as r:
             try:
                 got = r.search(req.queries, **kwargs)
-            except CorruptionError:
-                raise
-            except (InvalidInputError, ValueError) as exc:
-                if not isinstance(exc, MmwalError):
-                    raise  # a bug, not bad input: 500
+            except ValueError as exc:
+                # The library's bad-input errors (a malformed filter...) are the
+                # caller's; damage and plain ValueErrors (bugs) are ours: 500.
+                if not isinstance(exc, MmwalError) or isinstance(exc, CorruptionError):
+                    raise
                 raise _Reply(422, str(exc)) from None
         if req.batch:
             return {"results": [_hits(hs) for hs in got]}
@@ -389,7 +389,9 @@ class _Worker:
             reader_stats = getattr(r, "stats", None)
             if callable(reader_stats):  # a Reader with stats() reports more
                 got = reader_stats()
-                out["reader"] = got.as_dict() if hasattr(got, "as_dict") else got
+                if dataclasses.is_dataclass(got) and not isinstance(got, type):
+                    got = dataclasses.asdict(got)
+                out["reader"] = got
         out.update({
             "pid": os.getpid(), "started": self.started, "refresh_every": self.refresh_every,
             "last_refresh": self.last_refresh, "refreshes": self.refreshes,
