@@ -535,6 +535,19 @@ def _cmd_stress_missing(args: argparse.Namespace) -> int:
     return 2
 
 
+# ============================================================================ serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from . import serve
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    root = _require_store(args.path)  # checked here; only the workers open a Reader
+    serve.run(root, host=args.host, port=args.port, workers=args.workers, token=args.token,
+              refresh_every=args.refresh_every, insecure=args.insecure,
+              max_body_bytes=args.max_body_bytes)
+    return 0
+
+
 # ============================================================================ bench
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
@@ -691,6 +704,17 @@ examples:
   mmwal stress --quick
   mmwal stress --dir /mnt/nvme/tmp --duration 600 --json run.json
   mmwal stress plot run.json -o run.png""",
+    "serve": """\
+Read-only JSON over HTTP: POST /search, GET /documents/{id}, GET /stats,
+GET /healthz.  Each worker process opens its own Reader and refreshes it in
+the background.  Needs pip install 'mmwal[server]'.  The token is best given
+in the environment variable MMWAL_SERVE_TOKEN (an option shows in ps).
+Stops cleanly on SIGTERM or Ctrl-C.  See docs/deployment.md.
+
+examples:
+  mmwal serve my.store --workers 2
+  MMWAL_SERVE_TOKEN=$(cat token) mmwal serve my.store --host 0.0.0.0
+  curl -s localhost:8000/search -d '{"vector": [0.1, 0.2, 0.3], "k": 3}'""",
     "bench": """\
 Runs a micro-benchmark in a temporary directory: per-op add ("os" and
 "fsync"), add_many(1000), Reader open, one search; medians of several rounds,
@@ -780,6 +804,22 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         else:
             stress.add_arguments(p)
             p.set_defaults(func=stress.run)
+
+    p = add("serve", "a read-only HTTP query service (needs mmwal[server])", _cmd_serve)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                   "any other needs a token or --insecure)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes, each with its own Reader (default 1)")
+    p.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T' (default: "
+                   "$MMWAL_SERVE_TOKEN, which does not show in ps)")
+    p.add_argument("--refresh-every", type=float, default=1.0, metavar="S",
+                   help="seconds between background refreshes (default 1; 0 never)")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20, metavar="B",
+                   help="largest request body (default 8 MiB; 413 past it)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without a token")
 
     p = add("bench", "a quick micro-benchmark (the full benchmarks: benchmarks/)", _cmd_bench)
     p.add_argument("--quick", action="store_true", help="fewer operations and rounds")
