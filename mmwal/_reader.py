@@ -426,13 +426,17 @@ class Reader:
             except ClosedError:
                 return
             except Exception as exc:  # any failure: keep serving the last snapshot
-                self._refresh_errors += 1
-                msg = f"{type(exc).__name__}: {exc}"
-                self._last_error = msg
-                if msg not in self._warned and len(self._warned) < 100:
-                    self._warned.add(msg)  # once per distinct error, not every period
-                    _log.warning("background refresh of %s failed: %s; the Reader keeps "
-                                 "serving seq %d", self.path, msg, self._snap.seq)
+                self._refresh_failed(exc)
+
+    def _refresh_failed(self, exc: BaseException) -> None:
+        """Count and log (once per message) a refresh that failed in the background."""
+        self._refresh_errors += 1
+        msg = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        self._last_error = msg
+        if msg not in self._warned and len(self._warned) < 100:
+            self._warned.add(msg)  # once per distinct error, not every period
+            _log.warning("background refresh of %s failed: %s; the Reader keeps "
+                         "serving seq %d", self.path, msg, self._snap.seq)
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:

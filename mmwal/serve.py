@@ -46,7 +46,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 try:
@@ -63,7 +63,8 @@ except ImportError as _exc:  # pragma: no cover - exercised through a subprocess
 import numpy as np
 
 from . import __version__
-from ._reader import METRICS, Reader
+from ._reader import Reader
+from ._snapshot import METRICS, Snapshot
 from .errors import CorruptionError, InvalidInputError, MmwalError
 
 __all__ = [
@@ -243,40 +244,26 @@ def parse_search(body: bytes, limits: _Limits) -> _SearchRequest:
 
 # ============================================================================ the worker
 class _Worker:
-    """The per-process state: one Reader, one lock, one refresh thread.
+    """The per-process state: one Reader, refreshed by its own background thread.
 
-    The Reader is not thread-safe yet, so every call on it holds ``_lock``,
-    the refresh thread included; :meth:`view` is the one place that hands out
-    "the current reader view" (with ``Reader.snapshot()`` it becomes a
-    lock-free snapshot and the refresh moves to ``Reader(refresh_every=...)``).
+    Requests never wait for a refresh or for each other: each one uses the
+    Reader's immutable snapshot current when it starts (:meth:`view`), while
+    ``Reader(refresh_every=...)`` publishes new snapshots beside them.
     """
 
     def __init__(self, path: str, refresh_every: float) -> None:
         self.path = path
         self.refresh_every = refresh_every
-        self._lock = threading.Lock()
         self._reader: Reader | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.dim = 0
-        self.search_params: frozenset[str] = frozenset()
         self.started = 0.0
-        self.last_refresh = 0.0
-        self.refreshes = 0
-        self.refresh_errors = 0
-        self.last_refresh_error: str | None = None
 
     def open(self) -> None:
-        reader = Reader(self.path)
-        self.search_params = frozenset(inspect.signature(reader.search).parameters)
+        reader = Reader(self.path, refresh_every=self.refresh_every or None)
         self.dim = reader.dim
-        self.started = self.last_refresh = time.time()
-        with self._lock:
-            self._reader = reader
-        if self.refresh_every > 0:
-            self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
-                                            name="mmwal-serve-refresh")
-            self._thread.start()
+        self.started = time.time()
+        self._reader = reader
         supervisor = os.environ.get(ENV_SUPERVISOR, "")
         if supervisor.isdigit() and int(supervisor) == os.getppid():
             threading.Thread(target=self._watch_parent, args=(int(supervisor),), daemon=True,
@@ -287,46 +274,37 @@ class _Worker:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            reader, self._reader = self._reader, None
+        reader, self._reader = self._reader, None
         if reader is not None:
-            reader.close()
+            reader.close()  # stops its refresh thread
 
     @property
     def is_open(self) -> bool:
         return self._reader is not None
 
-    @contextlib.contextmanager
-    def view(self) -> Iterator[Reader]:
-        """The current reader view, for the duration of one request."""
-        with self._lock:
-            if self._reader is None:
-                raise _Reply(503, "the store is not open in this worker (starting or stopping)")
-            yield self._reader
+    def _open_reader(self) -> Reader:
+        reader = self._reader
+        if reader is None:
+            raise _Reply(503, "the store is not open in this worker (starting or stopping)")
+        return reader
+
+    def view(self) -> Snapshot:
+        """The current snapshot of the store, for the duration of one request."""
+        return self._open_reader().snapshot()
 
     def refresh(self) -> None:
-        try:
-            with self._lock:
-                if self._reader is None:
-                    return
-                self._reader.refresh()
-        except Exception as exc:
-            # Keep serving the last good view; a damaged or vanished store shows
-            # in /stats and the log, and the next round tries again.
-            self.refresh_errors += 1
-            msg = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            if msg != self.last_refresh_error:
-                log.error("worker %d: refresh failed: %s", os.getpid(), msg)
-            self.last_refresh_error = msg
-            return
-        self.last_refresh = time.time()
-        self.refreshes += 1
+        """One refresh now (the background thread does the same every period).
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_every):
-            self.refresh()
+        A failure keeps the last good view; the Reader counts it (``/stats``)
+        and logs it once per message.
+        """
+        reader = self._reader
+        if reader is None:
+            return
+        try:
+            reader.refresh()
+        except Exception as exc:  # the Reader's own background loop does the same
+            reader._refresh_failed(exc)
 
     def _watch_parent(self, parent: int) -> None:
         # uvicorn's workers do not notice the death of their supervisor: after a
@@ -342,25 +320,18 @@ class _Worker:
     # ------------------------------------------------------------------ requests
     def search(self, body: bytes, limits: _Limits) -> dict[str, Any]:
         req = parse_search(body, limits)
-        kwargs: dict[str, Any] = {"k": req.k, "metric": req.metric}
-        if req.where is not None:
-            if "where" not in self.search_params:
-                raise _Reply(422, "metadata filters need a newer mmwal: this Reader.search "
-                                  'takes no "where"; send "where": null or upgrade mmwal')
-            kwargs["where"] = req.where
-        # exact=None/True/False are all answered by exact search when the Reader
-        # has no approximate index: exact results are always correct results.
-        if req.exact is not None and "exact" in self.search_params:
-            kwargs["exact"] = req.exact
-        with self.view() as r:
-            try:
-                got = r.search(req.queries, **kwargs)
-            except ValueError as exc:
-                # The library's bad-input errors (a malformed filter...) are the
-                # caller's; damage and plain ValueErrors (bugs) are ours: 500.
-                if not isinstance(exc, MmwalError) or isinstance(exc, CorruptionError):
-                    raise
-                raise _Reply(422, str(exc)) from None
+        snap = self.view()
+        try:
+            # exact=None/True/False: the Reader plans it (exact search where it
+            # has no approximate index: exact results are always correct).
+            got = snap.search(req.queries, k=req.k, metric=req.metric, where=req.where,
+                              exact=req.exact)
+        except ValueError as exc:
+            # The library's bad-input errors (a malformed filter...) are the
+            # caller's; damage and plain ValueErrors (bugs) are ours: 500.
+            if not isinstance(exc, MmwalError) or isinstance(exc, CorruptionError):
+                raise
+            raise _Reply(422, str(exc)) from None
         if req.batch:
             return {"results": [_hits(hs) for hs in got]}
         return {"hits": _hits(got)}
@@ -371,32 +342,24 @@ class _Worker:
         if bad:
             raise _Reply(422, f"include={','.join(bad)} is not known; include takes "
                               f"{', '.join(_INCLUDES)}")
-        with self.view() as r:
-            doc = r.get(doc_id)
-            if doc is None:
-                raise _Reply(404, f"no document with id {doc_id!r} (as of seq {r.seq})")
-            out: dict[str, Any] = {"id": doc.id, "content": doc.content,
-                                   "metadata": doc.metadata}
-            if "embedding" in extra:
-                out["embedding"] = np.asarray(doc.embedding, dtype=np.float64).tolist()
+        snap = self.view()
+        doc = snap.get(doc_id)
+        if doc is None:
+            raise _Reply(404, f"no document with id {doc_id!r} (as of seq {snap.seq})")
+        out: dict[str, Any] = {"id": doc.id, "content": doc.content, "metadata": doc.metadata}
+        if "embedding" in extra:
+            out["embedding"] = np.asarray(doc.embedding, dtype=np.float64).tolist()
         return _jsonable(out)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
-        with self.view() as r:
-            out: dict[str, Any] = {
-                "path": r.path, "dim": r.dim, "seq": r.seq, "documents": len(r),
-                "checkpoint_id": r.checkpoint_id}
-            reader_stats = getattr(r, "stats", None)
-            if callable(reader_stats):  # a Reader with stats() reports more
-                got = reader_stats()
-                if dataclasses.is_dataclass(got) and not isinstance(got, type):
-                    got = dataclasses.asdict(got)
-                out["reader"] = got
-        out.update({
+        st = self._open_reader().stats()
+        out: dict[str, Any] = {
+            "path": st.path, "dim": st.dim, "seq": st.seq, "documents": st.documents,
+            "checkpoint_id": st.checkpoint_id, "lag": st.lag, "reader": st.as_dict(),
             "pid": os.getpid(), "started": self.started, "refresh_every": self.refresh_every,
-            "last_refresh": self.last_refresh, "refreshes": self.refreshes,
-            "refresh_errors": self.refresh_errors,
-            "last_refresh_error": self.last_refresh_error, "version": __version__})
+            "last_refresh": st.last_refresh, "refreshes": st.refreshes,
+            "refresh_errors": st.refresh_errors,
+            "last_refresh_error": st.last_refresh_error, "version": __version__}
         return _jsonable(out)  # type: ignore[no-any-return]
 
 
