@@ -48,7 +48,7 @@ def require(module: str, extra: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = module.split(".")[0]
+        package = module.split(".", maxsplit=1)[0]
         raise MissingDependencyError(
             f"{what} needs {package}, which is not installed (or failed to import: {exc}); "
             f"install it with: pip install 'mmwal[{extra}]'", package=package, extra=extra,
