@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -380,8 +380,9 @@ def _record_batches(pa: Any, data: Any, batch_size: int) -> Iterator[Any]:
                                         got=type(item).__name__)
     else:
         raise InvalidInputError(
-            f"add_arrow needs a pyarrow Table, RecordBatch, RecordBatchReader or an "
-            f"iterable of RecordBatches, got {type(data).__name__}", got=type(data).__name__)
+            f"add_arrow needs a pyarrow Table, RecordBatch, RecordBatchReader, an "
+            f"iterable of RecordBatches or a dict of columns, got {type(data).__name__}",
+            got=type(data).__name__)
 
 
 def _arrow_strings(pa: Any, col: Any, name: str, what: str) -> list[Any]:
@@ -407,19 +408,26 @@ def ingest(store: Any, data: Any, *, id_column: Any, embedding_column: Any,
                    ("content_column", "metadata_column"))
     out = _Batcher(store, batch_size, api)
     dim = store.dim
-    if pandas:
-        pd = require("pandas", "pandas", "add_pandas")
-        if not isinstance(data, pd.DataFrame):
-            raise InvalidInputError(f"add_pandas needs a pandas DataFrame, got "
-                                    f"{type(data).__name__}", got=type(data).__name__)
-        cols = [str(c) for c in data.columns]
+    if pandas or isinstance(data, Mapping):
+        if pandas:
+            pd = require("pandas", "pandas", "add_pandas")
+            if not isinstance(data, pd.DataFrame):
+                raise InvalidInputError(f"add_pandas needs a pandas DataFrame, got "
+                                        f"{type(data).__name__}", got=type(data).__name__)
+        cols = [str(c) for c in data.columns] if pandas else [str(c) for c in data]
         _need(cols, id_column, "id_column", api)
         _need(cols, embedding_column, "embedding_column", api)
-        for a in range(0, len(data), batch_size):
-            part = data.iloc[a : a + batch_size]
-            out.feed(*_pandas_rows(part, a, dim, id_column, embedding_column,
-                                   _optional(cols, content_column, "content", api),
-                                   _optional(cols, metadata_column, "metadata", api)))
+        use = [id_column, embedding_column,
+               _optional(cols, content_column, "content", api),
+               _optional(cols, metadata_column, "metadata", api)]
+        n = len(data) if pandas else _same_lengths(data, use)
+        for a in range(0, n, batch_size):
+            b = min(n, a + batch_size)
+            if pandas:
+                part = data.iloc[a:b]
+                out.feed(*_python_rows(lambda c, part=part: part[c], a, dim, *use))
+            else:
+                out.feed(*_python_rows(lambda c, a=a, b=b: data[c][a:b], a, dim, *use))
         return out.finish()
     pa = require("pyarrow", "arrow", "add_arrow")
     row0 = 0
@@ -477,21 +485,47 @@ def _arrow_metadata(pa: Any, col: Any, name: str) -> list[Any]:
                             "or a string column of JSON objects", column=name, type=str(t))
 
 
-def _pandas_rows(part: Any, row0: int, dim: int, id_col: str, emb_col: str,
+def _same_lengths(data: Mapping[str, Any], use: list[str | None]) -> int:
+    """The common length of the dict's columns that are read."""
+    n = -1
+    for c in use:
+        if c is None:
+            continue
+        col = data[c]
+        if isinstance(col, (str, bytes)) or not hasattr(col, "__len__"):
+            raise InvalidInputError(f"add_arrow: column {c!r} of the dict must be a sequence "
+                                    f"or an array, got {type(col).__name__}", column=c)
+        if n >= 0 and len(col) != n:
+            raise InvalidInputError(f"add_arrow: column {c!r} of the dict has {len(col)} rows, "
+                                    f"column {use[0]!r} has {n}", column=c)
+        n = len(col)
+    return n
+
+
+def _tolist(x: Any) -> list[Any]:
+    return x.tolist() if hasattr(x, "tolist") else list(x)  # type: ignore[no-any-return]
+
+
+def _python_rows(get: Any, row0: int, dim: int, id_col: str, emb_col: str,
                  content_col: str | None, meta_col: str | None,
                  ) -> tuple[list[str], np.ndarray, list[str], list[Any]]:
-    n = len(part)
-    ids = _ids(part[id_col].tolist(), id_col, row0)
-    emb = part[emb_col]
-    if type(emb.dtype).__name__ == "ArrowDtype":  # e.g. a column read from Parquet by pandas
+    """One batch of a DataFrame or a dict of columns; ``get(column)`` slices it."""
+    ids = _ids(_tolist(get(id_col)), id_col, row0)
+    n = len(ids)
+    emb = get(emb_col)
+    if type(getattr(emb, "dtype", None)).__name__ == "ArrowDtype":  # pandas over Arrow
         pa = require("pyarrow", "pandas", "add_pandas")
-        arr = pa.array(emb)
-        vecs = _arrow_vectors(pa, arr, dim, emb_col, row0)
+        vecs = _arrow_vectors(pa, pa.array(emb), dim, emb_col, row0)
+    elif isinstance(emb, np.ndarray) and emb.ndim == 2:  # a dict's 2-D array
+        if emb.shape[1] != dim:
+            raise DimensionError(f"column {emb_col!r} holds vectors of dimension "
+                                 f"{emb.shape[1]}, the store has {dim}", column=emb_col,
+                                 expected=dim, got=emb.shape[1])
+        vecs = emb
     else:
         vecs = _python_vectors(list(emb), dim, emb_col, row0)
     contents = ([""] * n if content_col is None
-                else _contents(part[content_col].tolist(), content_col, row0))
+                else _contents(_tolist(get(content_col)), content_col, row0))
     metas = ([None] * n if meta_col is None
-             else _metadatas(part[meta_col].tolist(), meta_col, row0))
+             else _metadatas(_tolist(get(meta_col)), meta_col, row0))
     return ids, vecs, contents, metas
-

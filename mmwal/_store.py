@@ -693,7 +693,9 @@ class Store:
         ----------
         table_or_batches
             A ``pyarrow.Table``, ``RecordBatch``, ``RecordBatchReader``, an
-            iterable of RecordBatches, or any object with ``__arrow_c_stream__``.
+            iterable of RecordBatches, any object with ``__arrow_c_stream__``
+            (polars, DuckDB), or a dict of columns (the embeddings may be one
+            2-D numpy array).
         id_column, embedding_column
             Required columns: ids (strings); embeddings (``fixed_size_list`` or
             ``list`` of numbers, of the store's dimension).

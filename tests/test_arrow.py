@@ -289,6 +289,38 @@ def test_add_arrow_accepts_lists_structs_maps_and_defaults(store_path):
         assert r["d"].content == "hi" and r["e"].embedding.tolist() == [1.0, 1.0, 1.0]
 
 
+class CStream:
+    """Any object that exports the Arrow C stream (as polars and DuckDB results do)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return self.table.__arrow_c_stream__(requested_schema)
+
+
+def test_add_arrow_input_kinds(store_path):
+    ids, emb, contents, metas = docs(12)
+    t = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), DIM)})
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        assert s.add_arrow(pa.RecordBatchReader.from_batches(t.schema, t.to_batches(5)),
+                           batch_size=4) == [range(1, 5), range(5, 9), range(9, 13)]
+        assert s.add_arrow(CStream(t), batch_size=12) == [range(13, 25)]
+        assert s.add_arrow(t.to_batches()[0]) == [range(25, 37)]
+        # a dict of columns: the embeddings as one 2-D array
+        got = s.add_arrow({"id": ids, "embedding": emb.astype(np.float64),
+                           "metadata": metas, "content": contents}, batch_size=100)
+        assert got == [range(37, 49)]
+        with pytest.raises(InvalidInputError, match="column 'embedding' of the dict has 3 rows"):
+            s.add_arrow({"id": ids, "embedding": emb[:3]})
+        with pytest.raises(DimensionError, match="column 'embedding' holds vectors of dim"):
+            s.add_arrow({"id": ids, "embedding": emb[:, :3]})
+    with mmwal.Reader(store_path) as r:
+        assert_table_is_reader(r.to_arrow(), r)
+        assert [r[k].metadata for k in ids] == metas
+        assert np.stack([r[k].embedding for k in ids]).tobytes() == emb.tobytes()
+
+
 def test_add_arrow_type_errors_name_the_column(store_path):
     good = {"id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0, 4.0]]}
 
