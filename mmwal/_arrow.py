@@ -338,6 +338,14 @@ class _Batcher:
         if len(got):
             self.written.append(got)
 
+    def annotate(self, exc: InvalidInputError) -> InvalidInputError:
+        """``exc`` (about input not yet written) with what was written before it."""
+        done = sum(len(r) for r in self.written)
+        then = (f"; the {done} rows before were written, in {len(self.written)} records "
+                "(the error's `written` lists their seqs)" if self.written
+                else "; nothing was written")
+        return type(exc)(exc.message + then, **{**exc.facts, "written": list(self.written)})
+
     def finish(self) -> list[range]:
         if self.ids:
             self._flush(len(self.ids))
@@ -407,7 +415,19 @@ def ingest(store: Any, data: Any, *, id_column: Any, embedding_column: Any,
                                 "metadata_column": metadata_column},
                    ("content_column", "metadata_column"))
     out = _Batcher(store, batch_size, api)
-    dim = store.dim
+    try:
+        _feed(out, data, store.dim, api, id_column, embedding_column, content_column,
+              metadata_column, batch_size, pandas)
+    except InvalidInputError as exc:
+        if "written" in exc.facts:  # from _Batcher: says it already
+            raise
+        raise out.annotate(exc) from exc
+    return out.finish()
+
+
+def _feed(out: _Batcher, data: Any, dim: int, api: str, id_column: str,
+          embedding_column: str, content_column: str | None, metadata_column: str | None,
+          batch_size: int, pandas: bool) -> None:
     if pandas or isinstance(data, Mapping):
         if pandas:
             pd = require("pandas", "pandas", "add_pandas")
@@ -417,9 +437,9 @@ def ingest(store: Any, data: Any, *, id_column: Any, embedding_column: Any,
         cols = [str(c) for c in data.columns] if pandas else [str(c) for c in data]
         _need(cols, id_column, "id_column", api)
         _need(cols, embedding_column, "embedding_column", api)
-        use = [id_column, embedding_column,
-               _optional(cols, content_column, "content", api),
-               _optional(cols, metadata_column, "metadata", api)]
+        content_col = _optional(cols, content_column, "content", api)
+        meta_col = _optional(cols, metadata_column, "metadata", api)
+        use = (id_column, embedding_column, content_col, meta_col)
         n = len(data) if pandas else _same_lengths(data, use)
         for a in range(0, n, batch_size):
             b = min(n, a + batch_size)
@@ -428,7 +448,7 @@ def ingest(store: Any, data: Any, *, id_column: Any, embedding_column: Any,
                 out.feed(*_python_rows(lambda c, part=part: part[c], a, dim, *use))
             else:
                 out.feed(*_python_rows(lambda c, a=a, b=b: data[c][a:b], a, dim, *use))
-        return out.finish()
+        return
     pa = require("pyarrow", "arrow", "add_arrow")
     row0 = 0
     for rb in _record_batches(pa, data, batch_size):
@@ -453,7 +473,6 @@ def ingest(store: Any, data: Any, *, id_column: Any, embedding_column: Any,
                                meta_col, row0)
         out.feed(ids, vecs, contents, metas)
         row0 += n
-    return out.finish()
 
 
 def _need(cols: list[str], name: str, opt: str, api: str) -> None:
@@ -485,7 +504,7 @@ def _arrow_metadata(pa: Any, col: Any, name: str) -> list[Any]:
                             "or a string column of JSON objects", column=name, type=str(t))
 
 
-def _same_lengths(data: Mapping[str, Any], use: list[str | None]) -> int:
+def _same_lengths(data: Mapping[str, Any], use: tuple[str | None, ...]) -> int:
     """The common length of the dict's columns that are read."""
     n = -1
     for c in use:

@@ -376,6 +376,23 @@ def test_a_bad_batch_writes_nothing_of_itself_and_keeps_earlier_batches(store_pa
     assert replay_records(store_path) == [ids[:10], ids[10:20]]
 
 
+def test_a_bad_value_in_a_later_input_batch_reports_what_was_written(store_path):
+    ids, emb, _c, _m = docs(20)
+    t = pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), DIM)})
+    bad = pa.table({"id": pa.array(ids[10:12] + [None] + ids[13:20]),
+                    "embedding": t.column("embedding").slice(10)})
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        with pytest.raises(InvalidInputError) as ei:
+            s.add_arrow([*t.slice(0, 10).to_batches(), *bad.to_batches()], batch_size=5)
+        err = ei.value
+        assert "column 'id' row 12" in str(err) and "the 10 rows before were written" in str(err)
+        assert err.row == 12 and err.written == [range(1, 6), range(6, 11)]
+        with pytest.raises(InvalidInputError) as ei:
+            s.add_arrow(bad)
+        assert ei.value.written == [] and "nothing was written" in str(ei.value)
+    assert log_records(store_path) == [(1, 5), (6, 5)]
+
+
 def test_add_pandas_batches_and_inputs(store_path):
     ids, emb, contents, metas = docs(23)
     df = pd.DataFrame({
