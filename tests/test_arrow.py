@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import doc_content, doc_id, doc_meta, frame_spans, segment_files, vecs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mmwal
 from mmwal.errors import DimensionError, InvalidInputError, MissingDependencyError
@@ -192,6 +194,41 @@ def test_bytes_metadata_become_base64_text(store_path):
         s.add("b", vecs(0, 1, DIM)[0], "", {"raw": b"\x00\x01"})
     with mmwal.Reader(store_path) as r:
         assert r.to_arrow().column("metadata").to_pylist() == ['{"raw":"AAE="}']
+
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                | st.floats(allow_nan=False) | st.text(max_size=8))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda kids: st.lists(kids, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+                           max_leaves=8)
+METAS = st.none() | st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4)
+
+
+@settings(max_examples=20, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metas=st.lists(METAS, min_size=1, max_size=6),
+       contents=st.lists(st.text(max_size=10), min_size=6, max_size=6),
+       checkpoint=st.booleans())
+def test_any_json_like_metadata_round_trips_exactly(tmp_path_factory, metas, contents,
+                                                    checkpoint):
+    path = str(tmp_path_factory.mktemp("h") / "s")
+    n = len(metas)
+    ids = [f"id-{i}" for i in range(n)]
+    with mmwal.Store(path, dim=DIM, durability="os") as s:
+        s.add_many(ids, vecs(0, n, DIM), contents[:n], metas)
+        if checkpoint:
+            s.checkpoint()
+    with mmwal.Reader(path) as r:
+        t = r.to_arrow()
+        df = r.to_pandas()
+    got = [None if x is None else json.loads(x) for x in t.column("metadata").to_pylist()]
+    assert got == metas and df["metadata"].tolist() == metas
+    assert t.column("content").to_pylist() == contents[:n]
+    copy = path + "-copy"
+    with mmwal.Store(copy, dim=DIM, durability="os") as s:
+        s.add_arrow(t)
+    with mmwal.Reader(copy) as r:
+        assert [r[k].metadata for k in ids] == metas
 
 
 # ------------------------------------------------------------------ to_pandas
