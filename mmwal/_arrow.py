@@ -109,6 +109,28 @@ def _docs(snap: Any) -> tuple[list[str], list[Any]]:
     return contents, metas
 
 
+def _live_ids(snap: Any) -> list[str]:
+    """The snapshot's live ids in row order (``snap.ids``, read a block of ids.bin at a time)."""
+    out: list[str] = []
+    ckpt = snap._ckpt
+    if ckpt is not None and snap._ckpt_live:
+        dead = snap._ckpt_dead()
+        step = 65536
+        for a in range(0, ckpt.count, step):
+            block = ckpt.id_block(a, min(step, ckpt.count - a))
+            keep = (range(len(block)) if dead is None
+                    else np.flatnonzero(~dead[a : a + len(block)]).tolist())
+            try:
+                out.extend([block[j].decode("utf-8") for j in keep])
+            except UnicodeDecodeError:
+                for j in keep:
+                    ckpt.id_at(a + j)  # raises CorruptionError naming the row
+                raise
+    ids = snap._tail.ids
+    out.extend([ids[row] for row in snap._tail_rows().tolist()])
+    return out
+
+
 def embedding_array(pa: Any, emb: np.ndarray, dim: int) -> Any:
     """A ``fixed_size_list<float32>[dim]`` array over ``emb``'s own buffer (no copy)."""
     if emb.dtype != np.dtype("=f4") or not emb.flags.c_contiguous:
@@ -131,7 +153,7 @@ def snapshot_table(snap: Any, columns: Any = None) -> Any:
         contents, metas = _docs(snap)
     for name in names:
         if name == "id":
-            arrays[name] = pa.array(list(snap.ids), pa.string())
+            arrays[name] = pa.array(_live_ids(snap), pa.string())
             fields.append(pa.field(name, pa.string(), nullable=False))
         elif name == "content":
             arrays[name] = pa.array(contents, pa.string())

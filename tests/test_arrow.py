@@ -19,7 +19,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import doc_content, doc_id, doc_meta, frame_spans, segment_files, vecs
+from helpers import (
+    doc_content,
+    doc_id,
+    doc_meta,
+    frame_spans,
+    overwrite,
+    read_bytes,
+    segment_files,
+    vecs,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,6 +196,20 @@ def test_columns_subset_order_and_unknown_names(store_path):
             assert isinstance(ei.value, ValueError)
         with pytest.raises(InvalidInputError, match="unknown column 'vector'"):
             r.to_arrow(columns=["vector"])
+
+
+def test_an_id_that_is_not_utf8_in_the_checkpoint_is_corruption(store_path):
+    make_store(store_path, n=10)
+    ckpt = os.path.join(store_path, "checkpoints", os.listdir(os.path.join(store_path,
+                                                                          "checkpoints"))[0])
+    data = bytearray(read_bytes(os.path.join(ckpt, "ids.bin")))
+    at = data.index(b"doc-4")
+    data[at] = 0xFF
+    overwrite(os.path.join(ckpt, "ids.bin"), bytes(data))
+    with mmwal.Reader(store_path) as r:
+        with pytest.raises(mmwal.CorruptionError, match="id of row 4 is not UTF-8"):
+            r.to_arrow(["id"])
+        assert len(r.to_arrow(["embedding"])) == 10  # the other columns do not read ids
 
 
 def test_bytes_metadata_become_base64_text(store_path):
