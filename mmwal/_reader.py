@@ -552,6 +552,33 @@ class Reader:
             return f"Reader({self.path!r}, closed)"
         return f"Reader({self.path!r}, seq={self._snap.seq}, checkpoint={self._snap.checkpoint_id})"
 
+    def to_arrow(self, columns: list[str] | None = None) -> Any:
+        """The live documents as a ``pyarrow.Table`` (see :meth:`mmwal.Snapshot.to_arrow`).
+
+        Needs pyarrow (``pip install 'mmwal[arrow]'``).  The embedding column
+        is zero-copy (it points into the mapped checkpoint) when
+        :attr:`embeddings` is; otherwise it wraps that documented copy.
+
+        Examples
+        --------
+        >>> import mmwal, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with mmwal.Store(d, dim=2, durability="os") as s:
+        ...     _ = s.add("a", [1.0, 2.0], "text", {"k": [1, 2]})
+        >>> with mmwal.Reader(d) as r:
+        ...     r.to_arrow().to_pylist()
+        [{'id': 'a', 'content': 'text', 'metadata': '{"k":[1,2]}', 'embedding': [1.0, 2.0]}]
+        """
+        return self._use().to_arrow(columns)
+
+    def to_pandas(self, columns: list[str] | None = None) -> Any:
+        """The live documents as a pandas DataFrame (``pip install 'mmwal[pandas]'``).
+
+        Built from :meth:`to_arrow`: ``metadata`` holds dicts (or None),
+        ``embedding`` one float32 numpy array per row.
+        """
+        return self._use().to_pandas(columns)
+
 
 def _newest_seq(paths: Paths) -> int | None:
     """The last seq the writers' tail record announces, if it can be trusted now."""

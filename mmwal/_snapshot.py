@@ -515,6 +515,27 @@ class Snapshot:
     def __repr__(self) -> str:
         return f"Snapshot(seq={self.seq}, documents={len(self)}, checkpoint={self.checkpoint_id})"
 
+    def to_arrow(self, columns: Any = None) -> Any:
+        """The live documents as a ``pyarrow.Table``, in row order (``pip install 'mmwal[arrow]'``).
+
+        Columns ``id`` (string), ``content`` (string), ``metadata`` (string:
+        each dict as JSON text, null for None) and ``embedding``
+        (``fixed_size_list<float32>[dim]``); ``columns`` selects some of them,
+        in the order given (an unknown name raises InvalidInputError).  The
+        embedding column wraps :attr:`embeddings` without a copy: when that is
+        the mapped checkpoint (no tail), the table points into the mapping.
+        See docs/arrow.md.
+        """
+        from ._arrow import snapshot_table
+
+        return snapshot_table(self, columns)
+
+    def to_pandas(self, columns: Any = None) -> Any:
+        """:meth:`to_arrow` as a pandas DataFrame: metadata as dicts, embeddings as arrays."""
+        from ._arrow import dataframe
+
+        return dataframe(self, columns)
+
 
 def checkpoint_columns(ckpt: CheckpointView) -> where_.Columns:
     """The metadata columns of a checkpoint, built once per mapped checkpoint.

@@ -718,3 +718,89 @@ class Store:
         self._refresh_manifest()
         return info
 
+    # ------------------------------------------------------------------ Arrow and pandas
+    @_admitted
+    def add_arrow(self, table_or_batches: Any, *, id_column: str = "id",
+                  embedding_column: str = "embedding", content_column: str | None = "content",
+                  metadata_column: str | None = "metadata", batch_size: int = 1000,
+                  ) -> list[range]:
+        """Add the rows of an Arrow table in ``add_many`` batches; return their seq ranges.
+
+        Needs pyarrow (``pip install 'mmwal[arrow]'``).  Rows are grouped into
+        consecutive batches of ``batch_size`` whatever the input's chunking,
+        and each batch is one ``add_many``: ONE atomic record.  The batches
+        are not atomic together: on an error, the batches before the bad one
+        stay written (the error says which rows, and its ``written`` attribute
+        lists their seq ranges) and nothing of the bad batch is.
+
+        Parameters
+        ----------
+        table_or_batches
+            A ``pyarrow.Table``, ``RecordBatch``, ``RecordBatchReader``, an
+            iterable of RecordBatches, any object with ``__arrow_c_stream__``
+            (polars, DuckDB), or a dict of columns (the embeddings may be one
+            2-D numpy array).
+        id_column, embedding_column
+            Required columns: ids (strings); embeddings (``fixed_size_list`` or
+            ``list`` of numbers, of the store's dimension).
+        content_column, metadata_column
+            Optional columns (None: do not read).  Absent under their default
+            names: every row gets ``""`` / None; a name given on purpose must
+            exist.  Content: strings (null -> ``""``).  Metadata: a struct
+            column, a map column, or a string column of JSON objects (null ->
+            None); a struct gives every row every field of the struct.
+        batch_size
+            Rows per record.
+
+        Returns
+        -------
+        list[range]
+            One range of seqs per record written, in order (other processes'
+            writes may fall between two records).
+
+        Raises
+        ------
+        InvalidInputError, DimensionError
+            Naming the column (and row) of a missing column, a wrong type or a
+            bad value.
+
+        Examples
+        --------
+        >>> import pyarrow as pa, mmwal, tempfile
+        >>> t = pa.table({"id": ["a", "b"], "embedding": [[1.0, 0.0], [0.0, 1.0]]})
+        >>> with mmwal.Store(tempfile.mkdtemp(), dim=2, durability="os") as s:
+        ...     s.add_arrow(t)
+        [range(1, 3)]
+        """
+        from ._arrow import ingest
+
+        return ingest(self, table_or_batches, id_column=id_column,
+                      embedding_column=embedding_column, content_column=content_column,
+                      metadata_column=metadata_column, batch_size=batch_size)
+
+    @_admitted
+    def add_pandas(self, df: Any, *, id_column: str = "id",
+                   embedding_column: str = "embedding", content_column: str | None = "content",
+                   metadata_column: str | None = "metadata", batch_size: int = 1000,
+                   ) -> list[range]:
+        """Add the rows of a pandas DataFrame in ``add_many`` batches (see :meth:`add_arrow`).
+
+        Needs pandas (``pip install 'mmwal[pandas]'``).  The embedding column
+        holds one vector per row (numpy arrays or lists, as
+        ``Reader.to_pandas`` gives them, or an Arrow list dtype); metadata
+        holds dicts, JSON object strings or missing values (None/NaN).
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd, mmwal, tempfile
+        >>> df = pd.DataFrame({"id": ["a", "b"], "embedding": list(np.eye(2)),
+        ...                    "metadata": [{"p": 1}, None]})
+        >>> with mmwal.Store(tempfile.mkdtemp(), dim=2, durability="os") as s:
+        ...     s.add_pandas(df, batch_size=1)
+        [range(1, 2), range(2, 3)]
+        """
+        from ._arrow import ingest
+
+        return ingest(self, df, id_column=id_column, embedding_column=embedding_column,
+                      content_column=content_column, metadata_column=metadata_column,
+                      batch_size=batch_size, pandas=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .errors import InvalidInputError, MmwalError, StoreNotFoundError
+from .errors import InvalidInputError, MissingDependencyError, MmwalError, StoreNotFoundError
 
 __all__ = ["build_parser", "main"]
 
@@ -339,6 +339,11 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
     if args.ids and args.embeddings:
         raise UsageError("--ids and --embeddings exclude each other")
+    if args.format == "parquet":
+        return _dump_parquet(args)
+    if args.output is not None:
+        raise UsageError("--output is for --format parquet; JSON lines go to stdout "
+                         "(redirect them: > FILE)")
     root = _require_store(args.path)
     out = sys.stdout
     buf: list[str] = []
@@ -366,6 +371,34 @@ def _cmd_dump(args: argparse.Namespace) -> int:
                 buf.clear()
         if buf:
             out.write("\n".join(buf) + "\n")
+    return 0
+
+
+def _dump_parquet(args: argparse.Namespace) -> int:
+    from ._arrow import require
+    from ._reader import Reader
+
+    if args.output is None:
+        raise UsageError("--format parquet needs --output FILE (Parquet is not written to "
+                         "stdout)")
+    pq = require("pyarrow.parquet", "arrow", "mmwal dump --format parquet")
+    root = _require_store(args.path)
+    out = os.path.abspath(args.output)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"--output {args.output}: the directory {os.path.dirname(out)} "
+                         "does not exist")
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with Reader(root, recovery=args.recovery) as r:
+        snap = r.snapshot()
+        table = snap.to_arrow(["id"] if args.ids else None)
+        try:
+            # Written aside and renamed: an interrupted dump leaves no half file at FILE.
+            pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    print(f"wrote {table.num_rows} documents (seq {snap.seq}) to {args.output}")
     return 0
 
 
@@ -644,13 +677,17 @@ examples:
 One JSON object per line per live document, in row order:
 {"id": ..., "content": ..., "metadata": ...} (+ "embedding": [...] with
 --embeddings; bytes in metadata are written as base64 strings).  --ids
-prints one id per line.  Reads through a Reader: never writes.
+prints one id per line.  Reads through a Reader: never writes to the store.
+--format parquet --output FILE writes the columns of Reader.to_arrow() (id,
+content, metadata as JSON text, embedding) to a Parquet file instead (only
+id with --ids); it needs pyarrow: pip install 'mmwal[arrow]'.
 
 examples:
   mmwal dump my.store | head -3
   mmwal dump my.store --ids | wc -l
   mmwal dump my.store --embeddings > all.jsonl
-  mmwal dump damaged.store --recovery skip-bad > salvage.jsonl""",
+  mmwal dump damaged.store --recovery skip-bad > salvage.jsonl
+  mmwal dump my.store --format parquet --output docs.parquet""",
     "checkpoint": """\
 Opens the store as a writer and folds the log into a new checkpoint (other
 processes keep appending meanwhile), then retires old segments and
@@ -771,6 +808,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--recovery", choices=("strict", "point-in-time", "skip-bad"),
                    default="strict", help="what to do with a damaged log record "
                    "(default strict: fail)")
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
+                   help="jsonl (default, to stdout) or parquet (to --output; needs pyarrow)")
+    p.add_argument("--output", metavar="FILE", help="the Parquet file to write")
 
     p = add("checkpoint", "fold the log into a new checkpoint", _cmd_checkpoint)
     p.add_argument("path", metavar="PATH", help="the store directory")
@@ -831,7 +871,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int:
-    return 2 if isinstance(exc, (StoreNotFoundError, InvalidInputError, UsageError)) else 1
+    return 2 if isinstance(exc, (StoreNotFoundError, InvalidInputError, UsageError,
+                                 MissingDependencyError)) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "FormatVersionError",
     "InvalidInputError",
     "LockTimeout",
+    "MissingDependencyError",
     "MmwalError",
     "PoisonedError",
     "ReadOnlyError",
@@ -142,4 +143,14 @@ class CheckpointWarning(UserWarning):
     failure is reported here, in ``Store.stats().auto_checkpoint_error`` and by
     the next explicit ``Store.checkpoint()``.  A warning, not an error: it is
     not raised in place of a result.
+    """
+
+
+class MissingDependencyError(MmwalError, ImportError):
+    """An optional feature needs a package that is not installed.
+
+    The message names the ``pip install 'mmwal[extra]'`` that installs it;
+    attributes ``package`` and ``extra`` carry the two names.  Also an
+    ``ImportError``, which is what code that probes for optional features
+    catches.
     """
