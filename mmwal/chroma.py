@@ -853,9 +853,9 @@ class Collection:
                 else:
                     merged[k] = v
             meta = merged or None
-        if docs is not None:
+        if docs is not None and docs[i] is not None:  # None: unchanged, as in Chroma
             doc = docs[i]
-        if uri_list is not None:
+        if uri_list is not None and uri_list[i] is not None:
             uri = uri_list[i]
         if vecs is not None:
             vec = vecs[i]
@@ -933,10 +933,15 @@ class Collection:
     def _validate_filters(where: Any, where_document: Any) -> None:
         from ._search import where as W
 
-        if where is not None:
-            W.parse(where)
-        if where_document is not None:
-            W.parse_document(where_document)
+        try:
+            if where is not None:
+                W.parse(where)
+            if where_document is not None:
+                W.parse_document(where_document)
+        except InvalidInputError as exc:
+            if isinstance(exc, InvalidArgumentError):
+                raise
+            raise InvalidArgumentError(exc.message, **exc.facts) from None
 
     def _select(self, snap: Any, ids: list[str] | None, where: Any,
                 where_document: Any) -> list[str]:
@@ -1099,6 +1104,10 @@ class Collection:
         if name is not None:
             validate_name(name)
         meta = _check_collection_metadata(metadata) if metadata is not None else None
+        if (meta is not None and "hnsw:space" in meta) or configuration is not None:
+            # Chroma 1.5.9 refuses it too, even with the same value.
+            raise _bad("changing the distance function (hnsw:space) of a collection once it "
+                       "is created is not supported; create a new collection")
         with client._locked():
             entries = dict(client._registry.load())
             e = entries.get(self.id)
@@ -1106,11 +1115,6 @@ class Collection:
                 raise NotFoundError(f"collection [{self.id}] does not exist", id=self.id)
             e = dict(e)
             if meta is not None:
-                space = _space_of(meta, configuration) if (
-                    "hnsw:space" in meta or configuration) else e["space"]
-                if space != e["space"]:
-                    raise _bad("changing the distance function (hnsw:space) of a collection "
-                               "is not supported; create a new collection")
                 e["metadata"] = meta
             if name is not None and name != e["name"]:
                 if any(x["name"] == name for x in entries.values()):
@@ -1170,7 +1174,8 @@ def import_chroma(src: str, dst: str, *, batch_size: int = 1000,
                     if not r["ids"]:
                         break
                     tc.add(ids=r["ids"], embeddings=r["embeddings"],
-                           documents=r["documents"], metadatas=r["metadatas"],
+                           documents=r["documents"],
+                           metadatas=[m or None for m in r["metadatas"]],
                            uris=r["uris"])
                     done += len(r["ids"])
                     bar.set(done)

@@ -496,6 +496,23 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 # ============================================================================ stress
+def _cmd_import_chroma(args: argparse.Namespace) -> int:
+    from .chroma import import_chroma
+
+    try:
+        counts = import_chroma(args.chroma_dir, args.mmwal_dir, batch_size=args.batch_size)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    bad = [(n, a, b) for n, a, b in counts if a != b]
+    for name, a, b in counts:
+        print(f"{name}: {a:,} in Chroma, {b:,} in mmwal{'' if a == b else '  MISMATCH'}")
+    if bad:
+        print(f"mmwal import-chroma: counts differ for {', '.join(n for n, _, _ in bad)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_stress_missing(args: argparse.Namespace) -> int:
     print(f"mmwal stress: the stress harness is not available in this installation "
           f"({args._stress_error}); it ships as the mmwal.stress package", file=sys.stderr)
@@ -658,6 +675,16 @@ examples:
   mmwal stress --quick
   mmwal stress --dir /mnt/nvme/tmp --duration 600 --json run.json
   mmwal stress plot run.json -o run.png""",
+    "import-chroma": """\
+Copies every collection of a Chroma persistent directory (ids, embeddings,
+documents, metadatas, uris, collection metadata and space) into an
+mmwal.chroma client directory, in batches, with progress on stderr, then
+compares the counts.  Needs chromadb (`pip install chromadb`) to read.
+
+exit codes: 0 copied and counts equal, 1 counts differ, 2 usage or no chromadb.
+
+examples:
+  mmwal import-chroma ./chroma ./mmwal-db""",
     "bench": """\
 Runs a micro-benchmark in a temporary directory: per-op add ("os" and
 "fsync"), add_many(1000), Reader open, one search; medians of several rounds,
@@ -747,6 +774,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         else:
             stress.add_arguments(p)
             p.set_defaults(func=stress.run)
+
+    p = add("import-chroma", "copy a Chroma persistent directory into mmwal.chroma",
+            _cmd_import_chroma)
+    p.add_argument("chroma_dir", metavar="CHROMA_DIR", help="Chroma's persist directory")
+    p.add_argument("mmwal_dir", metavar="MMWAL_DIR", help="the mmwal.chroma client directory")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                   help="records per batch (default 1000)")
 
     p = add("bench", "a quick micro-benchmark (the full benchmarks: benchmarks/)", _cmd_bench)
     p.add_argument("--quick", action="store_true", help="fewer operations and rounds")
