@@ -129,7 +129,7 @@ class errors:  # noqa: N801 - a namespace named like the module ``chromadb.error
 class EmbeddingFunction(Protocol):
     """Chroma's embedding-function protocol: texts in, one vector per text out."""
 
-    def __call__(self, input: list[str]) -> Any: ...  # noqa: A002 - Chroma's name
+    def __call__(self, input: list[str]) -> Any: ...
 
 
 GetResult = dict[str, Any]
@@ -203,7 +203,7 @@ def _check_collection_metadata(metadata: Any) -> dict[str, Any] | None:
 
 
 def _check_scalar(v: Any, where: str) -> None:
-    if isinstance(v, bool) or isinstance(v, str):
+    if isinstance(v, (bool, str)):
         return
     if isinstance(v, int):
         if not _INT64[0] <= v <= _INT64[1]:
@@ -274,12 +274,16 @@ def _check_ids(ids: Any, what: str) -> list[str]:
             raise _bad(f"ids[{i}] must be a str, got {type(x).__name__} {x!r:.40}")
         if not x:
             raise _bad(f"ids[{i}] is empty: an id must have at least one character")
-    if len(set(ids)) != len(ids):
+    out: list[str] = ids
+    if len(set(out)) != len(out):
         seen: set[str] = set()
-        dups = sorted({x for x in ids if x in seen or seen.add(x)})  # type: ignore[func-returns-value]
+        dup: set[str] = set()
+        for x in out:
+            (dup if x in seen else seen).add(x)
+        dups = sorted(dup)
         raise _bad(f"expected ids to be unique, found duplicates of: {', '.join(dups[:10])} "
                    f"in {what}", DuplicateIDError, duplicates=dups)
-    return ids
+    return out
 
 
 def _check_include(include: Any, default: Sequence[str], what: str) -> list[str]:
@@ -316,7 +320,8 @@ def _vectors(x: Any, what: str) -> np.ndarray:
 
 def _norm(arr: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(arr, axis=-1, keepdims=True)
-    return arr / np.maximum(n, 1e-30)
+    out: np.ndarray = arr / np.maximum(n, 1e-30)
+    return out
 
 
 def _distances(vecs: np.ndarray, q: np.ndarray, space: str) -> np.ndarray:
@@ -1175,7 +1180,7 @@ def import_chroma(src: str, dst: str, *, batch_size: int = 1000,
                         break
                     tc.add(ids=r["ids"], embeddings=r["embeddings"],
                            documents=r["documents"],
-                           metadatas=[m or None for m in r["metadatas"]],
+                           metadatas=[m or None for m in r["metadatas"] or []],
                            uris=r["uris"])
                     done += len(r["ids"])
                     bar.set(done)
