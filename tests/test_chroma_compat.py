@@ -337,6 +337,42 @@ def test_four_processes_with_checkpointer(tmp_path):
     assert r["ids"][0][0] == "w0-3" and r["distances"][0][0] == pytest.approx(0, abs=1e-5)
 
 
+def _creator(path: str, barrier, out) -> None:
+    client = mc.PersistentClient(path, durability="os")
+    barrier.wait(60)
+    got = {}
+    for i in range(8):
+        col = client.get_or_create_collection(f"race-{i}")
+        col.add(ids=[f"{os.getpid()}"], embeddings=[[1.0, 0.0]])
+        got[col.name] = col.id
+    out.put(got)
+
+
+def test_concurrent_get_or_create_makes_one_collection(tmp_path):
+    path = str(tmp_path / "db")
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(N_PROC), ctx.Queue()
+    ps = [ctx.Process(target=_creator, args=(path, barrier, out)) for _ in range(N_PROC)]
+    for p in ps:
+        p.start()
+    try:
+        results = [out.get(timeout=120) for _ in ps]
+        for p in ps:
+            p.join(30)
+            assert p.exitcode == 0
+    finally:
+        for p in ps:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert all(r == results[0] for r in results)  # every process got the same ids
+    client = mc.PersistentClient(path)
+    assert client.count_collections() == 8
+    for col in client.list_collections():
+        assert col.count() == N_PROC  # one record from each process in each
+    assert sorted(os.listdir(os.path.join(path, "collections"))) == sorted(results[0].values())
+
+
 # ---------------------------------------------------------------- delete vs. another process
 def _holder(path: str, ready, go, result) -> None:
     col = mc.PersistentClient(path, durability="os").get_collection("victim")
