@@ -12,12 +12,11 @@ import multiprocessing as mp
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import pytest
+from chroma_helpers import N_PROC, PER_PROC, _checkpointer, _creator, _holder, _vec_of, _writer  # noqa: I001 - spawned children import only that module
 
-import mmwal
 import mmwal.chroma as mc
 from mmwal import cli
 
@@ -264,36 +263,6 @@ def test_other_clients_see_writes_and_deletes(tmp_path):
 
 
 # ---------------------------------------------------------------- four processes
-N_PROC, PER_PROC, BATCH, QDIM = 4, 500, 25, 16
-
-
-def _vec_of(i: int) -> np.ndarray:
-    return np.random.default_rng(i).standard_normal(QDIM).astype(np.float32)
-
-
-def _writer(path: str, w: int) -> None:
-    client = mc.PersistentClient(path)  # default durability: fsync
-    col = client.get_or_create_collection("docs", metadata={"hnsw:space": "cosine"})
-    for b in range(0, PER_PROC, BATCH):
-        ids = [f"w{w}-{i}" for i in range(b, b + BATCH)]
-        col.add(ids=ids, embeddings=np.stack([_vec_of(w * 10_000 + i)
-                                              for i in range(b, b + BATCH)]),
-                documents=[f"doc {x}" for x in ids], metadatas=[{"w": w, "i": i}
-                                                                for i in range(b, b + BATCH)])
-
-
-def _checkpointer(store_path: str, stop, done) -> None:
-    n = 0
-    while not stop.is_set():
-        if not os.path.exists(os.path.join(store_path, "MANIFEST")):
-            time.sleep(0.005)
-            continue
-        with mmwal.Store(store_path) as s:
-            s.checkpoint()
-            n += 1
-    done.put(n)
-
-
 def test_four_processes_with_checkpointer(tmp_path):
     path = str(tmp_path / "db")
     col = mc.PersistentClient(path).get_or_create_collection(
@@ -337,17 +306,6 @@ def test_four_processes_with_checkpointer(tmp_path):
     assert r["ids"][0][0] == "w0-3" and r["distances"][0][0] == pytest.approx(0, abs=1e-5)
 
 
-def _creator(path: str, barrier, out) -> None:
-    client = mc.PersistentClient(path, durability="os")
-    barrier.wait(60)
-    got = {}
-    for i in range(8):
-        col = client.get_or_create_collection(f"race-{i}")
-        col.add(ids=[f"{os.getpid()}"], embeddings=[[1.0, 0.0]])
-        got[col.name] = col.id
-    out.put(got)
-
-
 def test_concurrent_get_or_create_makes_one_collection(tmp_path):
     path = str(tmp_path / "db")
     ctx = mp.get_context("spawn")
@@ -374,18 +332,6 @@ def test_concurrent_get_or_create_makes_one_collection(tmp_path):
 
 
 # ---------------------------------------------------------------- delete vs. another process
-def _holder(path: str, ready, go, result) -> None:
-    col = mc.PersistentClient(path, durability="os").get_collection("victim")
-    col.add(ids=["held"], embeddings=[[1.0, 1.0]])
-    ready.set()
-    go.wait(30)
-    try:
-        col.add(ids=["late"], embeddings=[[1.0, 1.0]])
-        result.put("added")
-    except mc.NotFoundError:
-        result.put("NotFoundError")
-
-
 def test_delete_while_another_process_has_it_open(tmp_path):
     path = str(tmp_path / "db")
     client = mc.PersistentClient(path, durability="os")
