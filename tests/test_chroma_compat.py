@@ -15,7 +15,9 @@ import sys
 
 import numpy as np
 import pytest
-from chroma_helpers import N_PROC, PER_PROC, _checkpointer, _creator, _holder, _vec_of, _writer  # noqa: I001 - spawned children import only that module
+
+# child-process bodies live there: spawned children then import no chromadb
+from chroma_helpers import N_PROC, PER_PROC, _checkpointer, _creator, _holder, _vec_of, _writer
 
 import mmwal.chroma as mc
 from mmwal import cli
