@@ -211,8 +211,8 @@ def _check_scalar(v: Any, where: str) -> None:
         return
     if isinstance(v, float):
         if not math.isfinite(v):
-            raise _bad(f"{where}: {v} is not a finite float (Chroma cannot store it either: "
-                       "1.5.9 drops the whole metadata)")
+            raise _bad(f"{where}: {v} is not a finite float (chromadb 1.5.9 accepts it and "
+                       "silently drops it); store it as a str or leave the key out")
         return
     raise _bad(f"{where}: expected a str, int, float, bool, a list of those, or None, got "
                f"{type(v).__name__} {v!r:.60}")
