@@ -401,3 +401,24 @@ def test_import_chroma_count_mismatch_and_missing_chromadb(tmp_path, capsys, mon
     monkeypatch.setitem(sys.modules, "chromadb", None)
     rc = cli.main(["import-chroma", str(tmp_path / "chroma"), str(tmp_path / "mm2")])
     assert rc == 2 and "pip install chromadb" in capsys.readouterr().err
+
+
+def test_documented_differences(tmp_path):
+    """Each row of the differences table in docs/integrations.md that mmwal decides."""
+    col = mc.PersistentClient(tmp_path, durability="os").create_collection("diffs")
+    col.add(ids=["a", "b", "c", "d"], embeddings=[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0],
+                                                   [0.0, 1.0]], documents=["", None, "x", "y"])
+    for bad in ({"n": float("nan")}, {"n": float("inf")}, {"n": 2**70}, {"\x00chroma": 1},
+                {"\x00a": 1}):
+        with pytest.raises(mc.InvalidArgumentError):
+            col.add(ids=["z"], embeddings=[[1.0, 1.0]], metadatas=[bad])
+    # query(ids=) naming a missing id: ignored (Chroma 1.5.9: InternalError)
+    r = col.query(query_embeddings=[[0.0, 1.0]], ids=["a", "gone"], n_results=5)
+    assert r["ids"] == [["a"]]
+    # exact ties straddling the cut: the earliest inserted are returned
+    assert col.query(query_embeddings=[[0.0, 1.0]], n_results=2)["ids"] == [["b", "c"]]
+    # "" and None documents stay apart; the reserved key never shows
+    got = col.get(include=["documents", "metadatas", "uris"])
+    assert got["documents"] == ["", None, "x", "y"]
+    assert got["metadatas"] == [None] * 4 and got["uris"] == [None] * 4
+    assert col.get(where_document={"$not_contains": "x"})["ids"] == ["a", "b", "d"]
