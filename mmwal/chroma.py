@@ -999,9 +999,15 @@ class Collection:
         if snap is None:
             return self._result([], [], inc)
         sel = self._select(snap, id_list, where, where_document)
+        start = offset or 0
+        if id_list is not None:
+            # Few records: order them by their own metadata, not the whole collection's.
+            pairs = [(x, d) for x, d in ((x, snap.get(x)) for x in sel) if d is not None]
+            pairs.sort(key=lambda p: (_unpack_meta(p[1].metadata)[1], p[0]))
+            pairs = pairs[start:] if limit is None else pairs[start:start + limit]
+            return self._result([p[0] for p in pairs], [p[1] for p in pairs], inc)
         orders = self._orders(h, snap)
         sel.sort(key=lambda x: (orders.get(x, 0), x))
-        start = offset or 0
         sel = sel[start:] if limit is None else sel[start:start + limit]
         docs = [snap.get(x) for x in sel]
         keep = [i for i, d in enumerate(docs) if d is not None]
