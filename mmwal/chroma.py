@@ -1070,9 +1070,10 @@ class Collection:
         for k in ("embeddings", "documents", "uris", "metadatas", "distances"):
             if k in inc:
                 out[k] = []
+        need_docs = any(k in inc for k in ("embeddings", "documents", "uris", "metadatas"))
         for q in Q:
             ids_q, docs_q, dist_q = self._query_one(h, snap, q, n_results, id_list, where,
-                                                    where_document)
+                                                    where_document, need_docs)
             r = self._result(ids_q, docs_q, [k for k in inc if k != "distances"])
             out["ids"].append(ids_q)
             for k in ("embeddings", "documents", "uris", "metadatas"):
@@ -1083,29 +1084,49 @@ class Collection:
         return out
 
     def _query_one(self, h: _Handle, snap: Any, q: np.ndarray, n: int,
-                   ids: list[str] | None, where: Any, where_document: Any,
+                   ids: list[str] | None, where: Any, where_document: Any, need_docs: bool,
                    ) -> tuple[list[str], list[Any], list[float]]:
         if snap is None or len(snap) == 0:
             return [], [], []
         if ids is not None:
             cands = self._select(snap, ids, where, where_document)
+            pairs = [(x, d) for x, d in ((x, snap.get(x)) for x in cands) if d is not None]
+            if not pairs:
+                return [], [], []
+            dist = _distances(np.stack([d.embedding for _, d in pairs]), q, self.space)
+            order = [_unpack_meta(d.metadata)[1] for _, d in pairs]
+            rank = sorted(range(len(pairs)),
+                          key=lambda i: (float(dist[i]), order[i], pairs[i][0]))[:n]
+            return ([pairs[i][0] for i in rank], [pairs[i][1] for i in rank],
+                    [float(dist[i]) for i in rank])
+        metric = {"l2": "l2", "cosine": "cosine", "ip": "dot"}[self.space]
+        # A few more than asked: records tied at the cut are then ordered as
+        # Chroma orders whole tie groups (first insertion) before the list is cut.
+        hits = snap.search(q, k=n + 8, metric=metric, where=where,
+                           where_document=where_document)
+        if self.space == "l2":
+            dist = [h_.score * h_.score for h_ in hits]  # mmwal: Euclidean, exact
         else:
-            metric = {"l2": "l2", "cosine": "cosine", "ip": "dot"}[self.space]
-            # A few more than asked: ties at the cut are then ordered as Chroma
-            # orders them (first insertion) before the list is cut.
-            hits = snap.search(q, k=n + 8, metric=metric, where=where,
-                               where_document=where_document)
-            cands = [x.id for x in hits]
-        docs = [snap.get(x) for x in cands]
-        pairs = [(x, d) for x, d in zip(cands, docs) if d is not None]
-        if not pairs:
-            return [], [], []
-        dist = _distances(np.stack([d.embedding for _, d in pairs]), q, self.space)
-        order = [_unpack_meta(d.metadata)[1] for _, d in pairs]
-        rank = sorted(range(len(pairs)), key=lambda i: (float(dist[i]), order[i], pairs[i][0]))
-        rank = rank[:n]
-        return ([pairs[i][0] for i in rank], [pairs[i][1] for i in rank],
-                [float(dist[i]) for i in rank])
+            dist = [1.0 - h_.score for h_ in hits]  # 1 - cosine similarity / dot product
+        cands = [h_.id for h_ in hits]
+        docs: dict[str, Any] = {}
+        a = 0
+        while a < min(n, len(cands)):
+            b = a + 1
+            while b < len(cands) and dist[b] == dist[a]:
+                b += 1
+            if b - a > 1:  # a tie group reaching into the first n: order it
+                for x in cands[a:b]:
+                    docs[x] = snap.get(x)
+                group = sorted(range(a, b), key=lambda i: (
+                    _unpack_meta(docs[cands[i]].metadata)[1], cands[i]))
+                cands[a:b] = [cands[i] for i in group]
+                dist[a:b] = [dist[i] for i in group]
+            a = b
+        cands, dist = cands[:n], dist[:n]
+        if not need_docs:
+            return cands, [], dist
+        return cands, [docs[x] if x in docs else snap.get(x) for x in cands], dist
 
     # ------------------------------------------------------------------ modify
     def modify(self, name: str | None = None, metadata: Mapping[str, Any] | None = None,
