@@ -1093,17 +1093,18 @@ class Collection:
             pairs = [(x, d) for x, d in ((x, snap.get(x)) for x in cands) if d is not None]
             if not pairs:
                 return [], [], []
-            dist = _distances(np.stack([d.embedding for _, d in pairs]), q, self.space)
+            exact = _distances(np.stack([d.embedding for _, d in pairs]), q, self.space)
             order = [_unpack_meta(d.metadata)[1] for _, d in pairs]
             rank = sorted(range(len(pairs)),
-                          key=lambda i: (float(dist[i]), order[i], pairs[i][0]))[:n]
+                          key=lambda i: (float(exact[i]), order[i], pairs[i][0]))[:n]
             return ([pairs[i][0] for i in rank], [pairs[i][1] for i in rank],
-                    [float(dist[i]) for i in rank])
+                    [float(exact[i]) for i in rank])
         metric = {"l2": "l2", "cosine": "cosine", "ip": "dot"}[self.space]
         # A few more than asked: records tied at the cut are then ordered as
         # Chroma orders whole tie groups (first insertion) before the list is cut.
         hits = snap.search(q, k=n + 8, metric=metric, where=where,
                            where_document=where_document)
+        dist: list[float]
         if self.space == "l2":
             dist = [h_.score * h_.score for h_ in hits]  # mmwal: Euclidean, exact
         else:
