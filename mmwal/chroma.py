@@ -402,8 +402,14 @@ class _Handle:
                     obj.close()
                 except (MmwalError, OSError):
                     pass
-        if self.lock is not None:
-            self.lock.close()
+        lk = self.lock
+        # A thread of this process may hold the write lock right now (a write that
+        # finds its collection deleted): then Collection._write closes it instead.
+        if lk is not None and lk.thread_lock.acquire(False):
+            try:
+                lk.close()
+            finally:
+                lk.thread_lock.release()
         self.store = self.reader = self.lock = None
 
 
@@ -737,8 +743,14 @@ class Collection:
         try:
             h = self._sync_entry()  # deleted while we waited? then NotFoundError
             store = fn(self._snapshot(h), h)
-        finally:
+        except NotFoundError:
             lock.release_slow()
+            lock.close()  # the collection is gone; its handle no longer owns this lock
+            raise
+        except BaseException:
+            lock.release_slow()
+            raise
+        lock.release_slow()
         if store is None:
             return
         if self._client.durability == "fsync":

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -422,3 +423,41 @@ def test_documented_differences(tmp_path):
     assert got["documents"] == ["", None, "x", "y"]
     assert got["metadatas"] == [None] * 4 and got["uris"] == [None] * 4
     assert col.get(where_document={"$not_contains": "x"})["ids"] == ["a", "b", "d"]
+
+
+def test_write_waiting_for_the_lock_sees_the_deletion(tmp_path):
+    """A write that passed its first check and then waited on the collection's write
+    lock while the collection was deleted raises NotFoundError; it never reports
+    success for a record written into the deleted store."""
+    import threading
+
+    from mmwal._lock import FileLock
+
+    a = mc.PersistentClient(tmp_path, durability="os")
+    b = mc.PersistentClient(tmp_path, durability="os")
+    col = a.create_collection("doomed")
+    col.add(ids=["x"], embeddings=[[1.0, 0.0]])
+    held = FileLock(os.path.join(tmp_path, "collections", col.id, "write.lock"), 30)
+    held.acquire_exclusive_slow()  # another process in the middle of a write
+    outcome: list = []
+
+    def write():
+        try:
+            col.add(ids=["y"], embeddings=[[0.0, 1.0]])
+            outcome.append("added")
+        except mc.NotFoundError:
+            outcome.append("NotFoundError")
+
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(0.3)  # let the write pass its first check and block on the lock
+    d = threading.Thread(target=b.delete_collection, args=("doomed",))
+    d.start()
+    while b.count_collections():  # the registry entry goes first
+        time.sleep(0.01)
+    held.release_slow()
+    held.close()
+    t.join(30)
+    d.join(30)
+    assert outcome == ["NotFoundError"]
+    assert os.listdir(tmp_path / "collections") == []
