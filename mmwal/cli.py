@@ -562,6 +562,23 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 # ============================================================================ stress
+def _cmd_import_chroma(args: argparse.Namespace) -> int:
+    from .chroma import import_chroma
+
+    try:
+        counts = import_chroma(args.chroma_dir, args.mmwal_dir, batch_size=args.batch_size)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    bad = [(n, a, b) for n, a, b in counts if a != b]
+    for name, a, b in counts:
+        print(f"{name}: {a:,} in Chroma, {b:,} in mmwal{'' if a == b else '  MISMATCH'}")
+    if bad:
+        print(f"mmwal import-chroma: counts differ for {', '.join(n for n, _, _ in bad)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_stress_missing(args: argparse.Namespace) -> int:
     print(f"mmwal stress: the stress harness is not available in this installation "
           f"({args._stress_error}); it ships as the mmwal.stress package", file=sys.stderr)
@@ -752,6 +769,16 @@ examples:
   mmwal serve my.store --workers 2
   MMWAL_SERVE_TOKEN=$(cat token) mmwal serve my.store --host 0.0.0.0
   curl -s localhost:8000/search -d '{"vector": [0.1, 0.2, 0.3], "k": 3}'""",
+    "import-chroma": """\
+Copies every collection of a Chroma persistent directory (ids, embeddings,
+documents, metadatas, uris, collection metadata and space) into an
+mmwal.chroma client directory, in batches, with progress on stderr, then
+compares the counts.  Needs chromadb (`pip install chromadb`) to read.
+
+exit codes: 0 copied and counts equal, 1 counts differ, 2 usage or no chromadb.
+
+examples:
+  mmwal import-chroma ./chroma ./mmwal-db""",
     "bench": """\
 Runs a micro-benchmark in a temporary directory: per-op add ("os" and
 "fsync"), add_many(1000), Reader open, one search; medians of several rounds,
@@ -860,6 +887,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="largest request body (default 8 MiB; 413 past it)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without a token")
+    p = add("import-chroma", "copy a Chroma persistent directory into mmwal.chroma",
+            _cmd_import_chroma)
+    p.add_argument("chroma_dir", metavar="CHROMA_DIR", help="Chroma's persist directory")
+    p.add_argument("mmwal_dir", metavar="MMWAL_DIR", help="the mmwal.chroma client directory")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                   help="records per batch (default 1000)")
 
     p = add("bench", "a quick micro-benchmark (the full benchmarks: benchmarks/)", _cmd_bench)
     p.add_argument("--quick", action="store_true", help="fewer operations and rounds")
