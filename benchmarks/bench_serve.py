@@ -476,6 +476,9 @@ def read_locust_csv(prefix: str) -> dict[str, Any]:
 def start_server(procs: Procs, backend: str, path: str, port: int, a: argparse.Namespace,
                  log: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
+    if a.blas_threads is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(a.blas_threads)
     if backend == "mmwal":
         argv = [sys.executable, "-m", "mmwal", "serve", path, "--port", str(port),
                 "--workers", str(a.workers), "--refresh-every", str(a.refresh_every)]
@@ -670,6 +673,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-every", type=float, default=5.0, help="seconds between Pss samples")
     ap.add_argument("--probe-timeout", type=float, default=15.0)
     ap.add_argument("--start-timeout", type=float, default=120.0)
+    ap.add_argument("--blas-threads", type=int,
+                    help="set OPENBLAS/OMP/MKL_NUM_THREADS for the servers (default: inherit)")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help="ingestion modes, from idle (no writers, no checkpointer), paced, full")
@@ -728,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     import _workload
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     own_work = a.work is None
     work = a.work or tempfile.mkdtemp(prefix="mmwal-bench-serve-")
     os.makedirs(work, exist_ok=True)
