@@ -17,7 +17,8 @@ and each ingestion mode (``paced``: 2 writers at --paced-rate docs/s in total;
    "page": i%50}) is built;
 2. the service starts on a free port with --workers worker processes: ``mmwal serve
    --workers 4 --refresh-every 1``, or ``uvicorn _serve_lance_app:app --workers 4``
-   (LanceDB, read_consistency_interval 1 s);
+   (LanceDB, read_consistency_interval 1 s), both with one BLAS thread per worker
+   (--blas-threads);
 3. two writer processes, a checkpointer process (``Store.checkpoint()`` or LanceDB
    ``Table.optimize()`` every --checkpoint-every s) and, after --warmup s, the load
    generator start: locust headless (``_serve_locustfile.py``, closed-loop users, 4
@@ -321,16 +322,22 @@ def http_json(port: int, method: str, path: str, body: Any = None,
         conn.close()
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], workers: int, timeout: float) -> int:
+    """Wait until /healthz answers, then (best effort, same deadline) until ``workers``
+    distinct worker pids have answered it; return how many did."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    pids: set[int] = set()
+    while time.monotonic() < deadline and len(pids) < workers:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if http_json(port, "GET", "/healthz", timeout=2.0)[0] == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the server did not answer /healthz within {timeout:.0f} s")
+        with contextlib.suppress(OSError, http.client.HTTPException, TypeError, KeyError):
+            status, body = http_json(port, "GET", "/healthz", timeout=2.0)
+            if status == 200:
+                pids.add(int(body["pid"]))
+        time.sleep(0.05 if pids else 0.2)
+    if not pids:
+        raise RuntimeError(f"the server did not answer /healthz within {timeout:.0f} s")
+    return len(pids)
 
 
 def worker_pids(server_pid: int) -> list[int]:
@@ -476,7 +483,7 @@ def read_locust_csv(prefix: str) -> dict[str, Any]:
 def start_server(procs: Procs, backend: str, path: str, port: int, a: argparse.Namespace,
                  log: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    if a.blas_threads is not None:
+    if a.blas_threads != "inherit":
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(a.blas_threads)
     if backend == "mmwal":
@@ -506,7 +513,7 @@ def run_phase(backend: str, mode: str, a: argparse.Namespace, work: str) -> dict
         server_log = os.path.join(logs, f"{tag}.server.log")
         server = start_server(procs, backend, path, port, a, server_log)
         t_start = time.monotonic()
-        wait_healthy(port, server, a.start_timeout)
+        res["workers_ready"] = wait_healthy(port, server, a.workers, a.start_timeout)
         res["server_start_seconds"] = time.monotonic() - t_start
         # The probe spacing and the load window decide how long the helpers run.
         window = a.warmup + a.run_time + 30
@@ -673,8 +680,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-every", type=float, default=5.0, help="seconds between Pss samples")
     ap.add_argument("--probe-timeout", type=float, default=15.0)
     ap.add_argument("--start-timeout", type=float, default=120.0)
-    ap.add_argument("--blas-threads", type=int,
-                    help="set OPENBLAS/OMP/MKL_NUM_THREADS for the servers (default: inherit)")
+    ap.add_argument("--blas-threads", default="1",
+                    help="OPENBLAS/OMP/MKL_NUM_THREADS for the servers' workers (default 1, "
+                         "as docs/deployment.md advises for as many workers as cores or "
+                         "more); 'inherit' leaves the environment as it is")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help="ingestion modes, from idle (no writers, no checkpointer), paced, full")
@@ -683,6 +692,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", help="write the full report here")
     ap.add_argument("--md", help="write the Markdown table here")
     a = ap.parse_args(argv)
+    if a.blas_threads != "inherit" and not a.blas_threads.isdigit():
+        ap.error(f"--blas-threads takes a number or 'inherit', got {a.blas_threads!r}")
     quick = {"docs": 5000, "run_time": 10, "users": 4, "probes": 6, "warmup": 2.0,
              "checkpoint_every": 4.0}
     full = {"docs": 100_000, "run_time": 60, "users": 8, "probes": 20, "warmup": 5.0,
