@@ -341,11 +341,12 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], workers: int, timeout
 
 
 def worker_pids(server_pid: int) -> list[int]:
-    """Pids of the server's worker processes (its children, trackers excluded)."""
+    """Pids of the server's worker processes: its direct children but multiprocessing's
+    resource tracker (a worker's own short-lived children are not workers)."""
     import psutil
 
     try:
-        kids = psutil.Process(server_pid).children(recursive=True)
+        kids = psutil.Process(server_pid).children(recursive=False)
     except psutil.Error:
         return []
     out = []
@@ -419,6 +420,7 @@ class Prober(threading.Thread):
         self.latencies: list[float] = []
         self.missed = 0
         self.unfinished = 0
+        self.made = 0
         self.error: str | None = None
 
     def run(self) -> None:
@@ -437,6 +439,7 @@ class Prober(threading.Thread):
                 if self.stop_event.wait(self.spacing):
                     break
                 ids, vecs, contents, metas = _batch(rng, f"probe-{self.tag}-", i, i + 1)
+                self.made += 1
                 if self.backend == "mmwal":
                     store.add(ids[0], vecs[0], contents[0], metas[0])
                 else:
@@ -582,10 +585,13 @@ def run_phase(backend: str, mode: str, a: argparse.Namespace, work: str) -> dict
     assert monitor is not None and prober is not None
     pids = monitor.stats_pids | monitor.proc_pids
     res["worker_pids_seen"] = sorted(pids)
-    res["worker_restarts"] = max(max(0, len(pids) - a.workers), len(res["restart_log_lines"]))
+    res["worker_pids_via_stats"] = sorted(monitor.stats_pids)
+    res["worker_pids_via_proc"] = sorted(monitor.proc_pids)
+    res["worker_restarts"] = max(len(pids) - a.workers, len(res["restart_log_lines"]), 0)
     res["stats_errors"] = monitor.stats_errors
     lat = sorted(prober.latencies)
-    res["freshness"] = {"probes": a.probes, "seen": len(lat), "missed": prober.missed,
+    res["freshness"] = {"probes": a.probes, "made": prober.made, "seen": len(lat),
+                        "missed": prober.missed,
                         "unfinished": prober.unfinished,
                         "error": prober.error, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
                         "max_ms": lat[-1] * 1000 if lat else None}
@@ -634,7 +640,7 @@ def _f(x: float | None, fmt: str = "{:.0f}") -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     head = ["backend", "ingestion", "ingest docs/s", "req/s", "p50 ms", "p99 ms", "errors",
-            "worker pids / restarts", "fresh p50 ms", "fresh p99 ms", "probes seen",
+            "worker pids / restarts", "fresh p50 ms", "fresh p99 ms", "probes seen/made",
             "workers' PSS MiB", "PSS / emb. file", "PSS / raw vectors"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
@@ -650,7 +656,7 @@ def markdown(report: dict[str, Any]) -> str:
             r["backend"], mode,
             _f(r["ingest_rate"]), _f(r["rps"], "{:.1f}"), _f(r["p50_ms"]), _f(r["p99_ms"]),
             str(r["errors"]), f"{len(r['worker_pids_seen'])} / {r['worker_restarts']}",
-            _f(fr["p50_ms"]), _f(fr["p99_ms"]), f"{fr['seen']}/{fr['probes']}",
+            _f(fr["p50_ms"]), _f(fr["p99_ms"]), f"{fr['seen']}/{fr['made']}",
             _f(r["pss_bytes"] and r["pss_bytes"] / 2**20),
             _f(r["pss_file_ratio"], "{:.2f} x"), _f(r["pss_ratio"], "{:.2f} x"),
         ]) + " |")
