@@ -457,6 +457,7 @@ class Prober(threading.Thread):
                     time.sleep(0.01)
                 if not seen and self.stop_event.is_set():
                     self.unfinished += 1  # the load window ended first: not a miss
+                    self.made -= 1
                 elif not seen:
                     self.missed += 1
         except Exception as exc:
