@@ -49,7 +49,7 @@ class SearchBody(BaseModel):
 @app.post("/search")
 def search(body: SearchBody) -> dict[str, Any]:
     rows = (_state["table"].search(body.vector).distance_type("cosine")
-            .select(["id"]).limit(body.k).to_list())
+            .select(["id", "_distance"]).limit(body.k).to_list())
     return {"hits": [{"id": r["id"], "score": 1.0 - float(r["_distance"])} for r in rows]}
 
 
