@@ -1,0 +1,203 @@
+"""Where the time of the hot paths goes: per-op add, add_many(1000), replay, Reader open.
+
+Not a benchmark against peers (that is ``bench_log.py``): this script times one
+path at a time and breaks it down, so that a change to the hot paths can be
+judged by where the microseconds went.
+
+    python benchmarks/profile_hot_paths.py                 # every path: timings + cProfile
+    python benchmarks/profile_hot_paths.py --path add      # one path
+    python benchmarks/profile_hot_paths.py --path add --no-profile   # plain loop (for py-spy)
+    python benchmarks/profile_hot_paths.py --tracemalloc   # bytes allocated per call
+    py-spy record -o add.svg --format flamegraph -- \\
+        python benchmarks/profile_hot_paths.py --path add --no-profile
+
+Paths: ``add`` (Store.add, durability "os", one process), ``add_many``
+(Store.add_many of 1000 documents), ``replay-single`` / ``replay-batched``
+(``mmwal.replay`` over a tail of single-document records / of 1000-document
+records, no checkpoint), ``reader-single`` / ``reader-batched`` (``mmwal.Reader``
+open over the same tails), ``crc`` (zlib.crc32 throughput, for the replay path).
+Inputs are the standard workload of ``_workload.py``, built before any timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _workload import DIM, make_docs  # noqa: E402
+
+import mmwal  # noqa: E402
+
+PATHS = ("add", "add_many", "replay-single", "replay-batched", "reader-single",
+         "reader-batched", "crc")
+
+
+def _store(base: str, name: str) -> mmwal.Store:
+    return mmwal.Store(os.path.join(base, name), dim=DIM, durability="os")
+
+
+def build_tail(base: str, name: str, n: int, batch: int) -> str:
+    """A store whose whole state is a log tail of ``n`` documents in records of ``batch``."""
+    d = make_docs(0, n)
+    path = os.path.join(base, name)
+    with mmwal.Store(path, dim=DIM, durability="os") as s:
+        if batch == 1:
+            for i in range(n):
+                s.add(d.ids[i], d.vecs[i], d.contents[i], d.metadatas[i])
+        else:
+            for i in range(0, n, batch):
+                s.add_many(d.ids[i:i + batch], d.vecs[i:i + batch], d.contents[i:i + batch],
+                           d.metadatas[i:i + batch])
+    return path
+
+
+def log_bytes(path: str) -> int:
+    wal = os.path.join(path, "wal")
+    return sum(os.path.getsize(os.path.join(wal, f)) for f in os.listdir(wal))
+
+
+def workload(which: str, base: str, n: int) -> tuple[Callable[[], Any], int, str]:
+    """(run, units, unit name): ``run()`` does the timed work once over ``units`` units."""
+    if which == "add":
+        d = make_docs(0, n)
+        s = _store(base, "add")
+        ids, vecs, contents, metas = d.ids, list(d.vecs), d.contents, d.metadatas
+
+        def run() -> None:
+            add = s.add
+            for i in range(n):
+                add(ids[i], vecs[i], contents[i], metas[i])
+        return run, n, "call"
+    if which == "add_many":
+        batches = max(1, n // 1000)
+        d = make_docs(0, batches * 1000)
+        s = _store(base, "add_many")
+        parts = [(d.ids[i:i + 1000], d.vecs[i:i + 1000], d.contents[i:i + 1000],
+                  d.metadatas[i:i + 1000]) for i in range(0, batches * 1000, 1000)]
+
+        def run() -> None:
+            for p in parts:
+                s.add_many(*p)
+        return run, batches, "batch of 1000"
+    if which == "crc":
+        buf = np.random.default_rng(1).bytes(64 << 20)
+
+        def run() -> None:
+            zlib.crc32(buf)
+        return run, 64, "MiB"
+    single = which.endswith("single")
+    path = os.path.join(base, "tail-single" if single else "tail-batched")
+    if not os.path.exists(path):
+        build_tail(base, os.path.basename(path), n, 1 if single else 1000)
+    units = n if single else max(1, n // 1000)
+    unit = "record" if single else "record of 1000"
+    if which.startswith("replay"):
+        def run() -> None:
+            for _op in mmwal.replay(path):
+                pass
+        return run, units, unit
+
+    def run_reader() -> None:
+        with mmwal.Reader(path) as r:
+            r.embeddings  # noqa: B018 - open is complete when the arrays exist
+    return run_reader, units, unit
+
+
+def report_profile(prof: cProfile.Profile, units: int, unit: str, top: int) -> None:
+    st = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        rows.append((tt, ct, nc, f"{os.path.basename(file)}:{line}({func})"))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"  cProfile (profiler overhead included): {total / units * 1e6:.1f} us per {unit}")
+    print(f"  {'self us/' + unit:>16} {'cum us/' + unit:>16} {'calls/' + unit:>14}  function")
+    for tt, ct, nc, name in rows[:top]:
+        print(f"  {tt / units * 1e6:16.2f} {ct / units * 1e6:16.2f} {nc / units:14.2f}  {name}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", choices=PATHS, action="append",
+                   help="the path(s) to run (default: all)")
+    p.add_argument("-n", type=int, default=20000, help="documents per path (default 20000)")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--no-profile", action="store_true", help="only the plain timed loop")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="also count bytes allocated per unit (peak and total blocks)")
+    p.add_argument("--top", type=int, default=18)
+    p.add_argument("--base-dir", default=None)
+    a = p.parse_args()
+    base = tempfile.mkdtemp(prefix="mmwal-prof-", dir=a.base_dir)
+    print(f"# mmwal hot paths, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"mmwal from {os.path.dirname(mmwal.__file__)}")
+    try:
+        for which in a.path or PATHS:
+            times = []
+            for r in range(a.repeat):
+                sub = os.path.join(base, f"{which}-{r}")
+                os.makedirs(sub)
+                if which.startswith(("replay", "reader")):
+                    sub = base  # the tail is built once and read each time
+                run, units, unit = workload(which, sub, a.n)
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            med = times[len(times) // 2]
+            extra = ""
+            if which.startswith(("replay", "reader")):
+                single = which.endswith("single")
+                nbytes = log_bytes(os.path.join(base, "tail-single" if single else "tail-batched"))
+                extra = f", {nbytes / med / 1e9:.3f} GB/s of log, {a.n / med:,.0f} docs/s"
+            elif which == "crc":
+                extra = f", {64 * 2**20 / med / 1e9:.2f} GB/s"
+            print(f"\n## {which}: median {med / units * 1e6:.2f} us per {unit} "
+                  f"({units / med:,.0f} {unit}s/s; min {times[0] / units * 1e6:.2f}, "
+                  f"max {times[-1] / units * 1e6:.2f}){extra}")
+            if a.tracemalloc:
+                # Peak of traced memory above the start while the path runs over
+                # few units: for the write paths, the transient copies of one call.
+                sub = os.path.join(base, f"{which}-tm")
+                os.makedirs(sub)
+                small = 2000
+                run, units, unit = workload(which, base if which.startswith(
+                    ("replay", "reader")) else sub, a.n if which.startswith(
+                    ("replay", "reader")) else small)
+                tracemalloc.start()
+                start = tracemalloc.get_traced_memory()[0]
+                run()
+                peak = tracemalloc.get_traced_memory()[1] - start
+                tracemalloc.stop()
+                print(f"  tracemalloc: peak {peak / 1024:.1f} KiB above the start of the run "
+                      f"({units} {unit}s)")
+            if not a.no_profile and which != "crc":
+                sub = os.path.join(base, f"{which}-prof")
+                os.makedirs(sub)
+                run, units, unit = workload(which, base if which.startswith(
+                    ("replay", "reader")) else sub, a.n)
+                prof = cProfile.Profile()
+                prof.enable()
+                run()
+                prof.disable()
+                report_profile(prof, units, unit, a.top)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
