@@ -147,17 +147,20 @@ def main() -> None:
           f"mmwal from {os.path.dirname(mmwal.__file__)}")
     try:
         for which in a.path or PATHS:
-            times = []
+            times: list[float] = []
+            cpu: list[float] = []  # CPU time (user + system): steadier on a loaded machine
             for r in range(a.repeat):
                 sub = os.path.join(base, f"{which}-{r}")
                 os.makedirs(sub)
                 if which.startswith(("replay", "reader")):
                     sub = base  # the tail is built once and read each time
                 run, units, unit = workload(which, sub, a.n)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 run()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
             times.sort()
+            cpu.sort()
             med = times[len(times) // 2]
             extra = ""
             if which.startswith(("replay", "reader")):
@@ -169,6 +172,8 @@ def main() -> None:
             print(f"\n## {which}: median {med / units * 1e6:.2f} us per {unit} "
                   f"({units / med:,.0f} {unit}s/s; min {times[0] / units * 1e6:.2f}, "
                   f"max {times[-1] / units * 1e6:.2f}){extra}")
+            print(f"  CPU time: median {cpu[len(cpu) // 2] / units * 1e6:.2f} us per {unit} "
+                  f"(min {cpu[0] / units * 1e6:.2f}, max {cpu[-1] / units * 1e6:.2f})")
             if a.tracemalloc:
                 # Peak of traced memory above the start while the path runs over
                 # few units: for the write paths, the transient copies of one call.

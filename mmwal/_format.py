@@ -160,7 +160,9 @@ def encode_frame(kind: int, first_seq: int, count: int, payload: bytes, seed: in
 
 
 _pack_prefix_into = FRAME_PREFIX.pack_into
-_pack_crc_into = struct.Struct("<II").pack_into  # the CRC and the reserved zero word
+#: The CRC and the reserved zero word of a frame header (offset 24).
+CRC_WORDS = struct.Struct("<II")
+_pack_crc_into = CRC_WORDS.pack_into
 _frames = threading.local()
 #: Frames up to this size are built in one per-thread buffer that is reused.
 REUSED_FRAME_BUFFER = 1 << 22
@@ -173,9 +175,15 @@ def _frame_buffer(size: int) -> bytearray:
         return buf
     if size > REUSED_FRAME_BUFFER:
         return bytearray(size)  # a one-off: a huge batch does not pin its memory
-    buf = bytearray(max(size, 1 << 16))
+    buf = bytearray(max(size, 2 * len(buf) if buf is not None else 0))
     _frames.buf = buf
     return buf
+
+
+#: Below this many bytes of vectors a frame is built from one ``pack`` of the
+#: whole payload: at ~1.5 KB the interpreter's steps cost more than the copies.
+SMALL_VECTORS = 1 << 16
+_ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
 
 
 def add_frame(timestamp: float, dim: int, ids: list[str], contents: list[str],
@@ -183,24 +191,30 @@ def add_frame(timestamp: float, dim: int, ids: list[str], contents: list[str],
     """An add frame ready for :func:`seal_frame`: ``(frame, payload length)``.
 
     The payload is byte for byte ``pack([timestamp, dim, ids, contents,
-    metadatas, vectors.tobytes()])``, built without copying the vector bytes
-    more than once: one ``pack`` of the five small fields (a 5-array whose
-    header byte becomes the 6-array's), the ``bin`` header of the embedding
-    block, then the vectors copied straight from the array into the frame.
-    The 32 header bytes are left for :func:`seal_frame` (the first seq is
-    known only under the append lock); the padding is zero.  The frame is a
-    view of a per-thread buffer, valid until the thread's next call.
-    ``vectors`` must be C-contiguous little-endian float32.
-    Raises what :func:`pack` raises.
+    metadatas, vectors.tobytes()])``.  The 32 header bytes are left for
+    :func:`seal_frame` (the first seq is known only under the append lock);
+    the padding is zero.  ``vectors`` must be C-contiguous little-endian
+    float32.  Raises what :func:`pack` raises.
+
+    A batch's vector block is copied once, from the array into the frame: one
+    ``pack`` of the five small fields (a 5-array whose header byte becomes the
+    6-array's), the ``bin`` header of the block, then the vectors, in a
+    per-thread buffer that is reused (the frame is valid until the thread's
+    next call).  Below :data:`SMALL_VECTORS` bytes one ``pack`` call encodes
+    the whole payload into a fresh frame: fewer interpreter steps, and the
+    extra copies of a few KB cost less than them.
     """
-    head = pack([timestamp, dim, ids, contents, metadatas])
     nv = vectors.nbytes
-    if nv < 0x100:
-        bin_header = b"\xc4" + nv.to_bytes(1, "big")
-    elif nv < 0x10000:
-        bin_header = b"\xc5" + nv.to_bytes(2, "big")
-    else:
-        bin_header = b"\xc6" + nv.to_bytes(4, "big")
+    if nv < SMALL_VECTORS:
+        payload = pack([timestamp, dim, ids, contents, metadatas, memoryview(vectors)])
+        n = len(payload)
+        frame = bytearray(_ZERO_HEADER)
+        frame += payload
+        frame += _PADS[-n & 7]
+        return memoryview(frame), n
+    head = pack([timestamp, dim, ids, contents, metadatas])
+    bin_header = (b"\xc5" + nv.to_bytes(2, "big") if nv < 0x10000
+                  else b"\xc6" + nv.to_bytes(4, "big"))
     h = len(head)
     b = h + len(bin_header)
     n = b + nv

@@ -41,7 +41,8 @@ PENDING_OFFSET = F.PENDING_OFFSET
 _AREA = F.TAIL_AREA
 _SET_PENDING = slice(PENDING_OFFSET, PENDING_OFFSET + 8)
 _ONE = (1).to_bytes(8, "little")
-_seal_frame = F.seal_frame
+_pack_prefix_into = F.FRAME_PREFIX.pack_into
+_pack_crc_into = F.CRC_WORDS.pack_into
 _payload_frame = F.payload_frame
 _unpack_header = F.FRAME_HEADER.unpack_from
 _FRAME_MAGIC = F.FRAME_MAGIC
@@ -673,7 +674,10 @@ class Appender:
                 t = self._roll(t)
                 seg, end = t.segment, t.end
             first = t.last_seq + 1
-            _seal_frame(frame, kind, first, count, n, self._seed)
+            # seal_frame, inlined: the header in place, the CRC over the frame.
+            _pack_prefix_into(frame, 0, _FRAME_MAGIC, kind, 0, 0, n, count, first)
+            _pack_crc_into(frame, 24, _crc32(frame[32 : 32 + n], _crc32(frame[:24], self._seed)),
+                           0)
             tail = self._tail
             # Announce the write: a writer killed from here until the record
             # below is published leaves pending=1; the next writer rebuilds.
