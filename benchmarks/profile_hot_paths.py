@@ -15,7 +15,8 @@ Paths: ``add`` (Store.add, durability "os", one process), ``add_many``
 (Store.add_many of 1000 documents), ``replay-single`` / ``replay-batched``
 (``mmwal.replay`` over a tail of single-document records / of 1000-document
 records, no checkpoint), ``reader-single`` / ``reader-batched`` (``mmwal.Reader``
-open over the same tails), ``crc`` (zlib.crc32 throughput, for the replay path).
+open over the same tails), ``crc`` (zlib.crc32 throughput, for the replay path),
+``breakdown`` (CPU time of each step of one ``Store.add``, timed alone).
 Inputs are the standard workload of ``_workload.py``, built before any timing.
 """
 
@@ -42,7 +43,7 @@ from _workload import DIM, make_docs  # noqa: E402
 import mmwal  # noqa: E402
 
 PATHS = ("add", "add_many", "replay-single", "replay-batched", "reader-single",
-         "reader-batched", "crc")
+         "reader-batched", "crc", "breakdown")
 
 
 def _store(base: str, name: str) -> mmwal.Store:
@@ -116,6 +117,89 @@ def workload(which: str, base: str, n: int) -> tuple[Callable[[], Any], int, str
     return run_reader, units, unit
 
 
+def breakdown(base: str, reps: int) -> None:
+    """CPU time of each step of one ``Store.add``, each step timed alone in a loop.
+
+    The steps run outside their context (warm caches, no lock contention), so
+    they add up to a little less than the whole call; the difference is the
+    glue between them.
+    """
+    from mmwal import _format as F
+    from mmwal import _validate as V
+
+    d = make_docs(0, 16)
+    s = _store(base, "breakdown")
+    v, c, m = d.vecs[0], d.contents[0], d.metadatas[0]
+    log = s._log
+    fd = os.open(os.path.join(base, "pwrite-probe"), os.O_RDWR | os.O_CREAT, 0o644)
+    frame_bytes = bytes(1736)
+    end = [0]
+
+    def pwrite() -> None:
+        os.pwrite(fd, frame_bytes, end[0])
+        end[0] += len(frame_bytes)
+
+    def lock_pair() -> None:
+        log.lock.acquire_exclusive()
+        log.lock.release()
+
+    gate = s._gate_lock
+
+    def gate_pair() -> None:
+        with gate:
+            pass
+        with gate:
+            pass
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("whole Store.add (standard document)", lambda: s.add("doc-1", v, c, m)),
+        ("call gate (two acquisitions of its lock)", gate_pair),
+        ("id check (as_id)", lambda: V.as_id("doc-1")),
+        ("vector check (as_vectors: dtype, shape, finite, norm)",
+         lambda: V.as_vectors(v, DIM, None, "embedding")),
+        ("metadata check (normalize_metadata)", lambda: V.normalize_metadata(m)),
+        ("pack of [ts, dim, ids, contents, metas, vector bytes]",
+         lambda: F.pack([1.0, DIM, ["doc-1"], [c], [m], v.tobytes()])),
+    ]
+    if hasattr(F, "add_frame"):
+        frame, n = F.add_frame(1.0, DIM, ["doc-1"], [c], [m], v)
+        steps += [
+            ("frame built (add_frame)", lambda: F.add_frame(1.0, DIM, ["doc-1"], [c], [m], v)),
+            ("header + CRC sealed (seal_frame)",
+             lambda: F.seal_frame(frame, 1, 5, 1, n, 7)),
+            ("Appender.append_frame (lock .. publish)",
+             lambda: log.append_frame(1, 1, frame, n)),
+        ]
+    else:
+        payload = F.pack([1.0, DIM, ["doc-1"], [c], [m], v.tobytes()])
+        steps += [
+            ("encode_frame (header, CRC, join)",
+             lambda: F.encode_frame(1, 5, 1, payload, 7)),
+            ("Appender.append (lock .. publish)", lambda: log.append(1, 1, payload)),
+        ]
+    tail = F.Tail(1, 2, 3, 0, 1, 2)
+    steps += [
+        ("  append lock: acquire + release (thread lock, 2 flock)", lock_pair),
+        ("  os.pwrite of 1.7 KB, appending", pwrite),
+        ("  zlib.crc32 of 1.7 KB", lambda: zlib.crc32(frame_bytes)),
+        ("  tail record encoded (encode_tail)", lambda: F.encode_tail(log.boot, tail)),
+        ("  tail record written to the shared map (88 B)",
+         lambda: log._tail.__setitem__(slice(0, 88), log._raw)),
+    ]
+    print("\n## breakdown of Store.add (CPU time, us per call, median of 5 loops)")
+    for label, fn in steps:
+        per = []
+        for _ in range(5):
+            c0 = time.process_time()
+            for _ in range(reps):
+                fn()
+            per.append((time.process_time() - c0) / reps * 1e6)
+        per.sort()
+        print(f"  {per[2]:7.2f}  {label}")
+    os.close(fd)
+    s.close()
+
+
 def report_profile(prof: cProfile.Profile, units: int, unit: str, top: int) -> None:
     st = pstats.Stats(prof)
     rows = []
@@ -147,6 +231,9 @@ def main() -> None:
           f"mmwal from {os.path.dirname(mmwal.__file__)}")
     try:
         for which in a.path or PATHS:
+            if which == "breakdown":
+                breakdown(base, a.n)
+                continue
             times: list[float] = []
             cpu: list[float] = []  # CPU time (user + system): steadier on a loaded machine
             for r in range(a.repeat):
