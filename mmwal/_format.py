@@ -206,7 +206,7 @@ def add_frame(timestamp: float, dim: int, ids: list[str], contents: list[str],
     """
     nv = vectors.nbytes
     if nv < SMALL_VECTORS:
-        payload = pack([timestamp, dim, ids, contents, metadatas, memoryview(vectors)])
+        payload = pack([timestamp, dim, ids, contents, metadatas, vectors.data])
         n = len(payload)
         frame = bytearray(_ZERO_HEADER)
         frame += payload
@@ -225,7 +225,7 @@ def add_frame(timestamp: float, dim: int, ids: list[str], contents: list[str],
     buf[p] = 0x96  # fixarray 6 (pack gave fixarray 5, 0x95: the same bytes otherwise)
     buf[p + h : p + b] = bin_header
     mv = memoryview(buf)
-    mv[p + b : p + n] = memoryview(vectors).cast("B")
+    mv[p + b : p + n] = vectors.data.cast("B")
     buf[p + n : size] = _PADS[size - p - n]
     return mv[:size], n
 
