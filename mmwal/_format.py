@@ -175,7 +175,8 @@ def _frame_buffer(size: int) -> bytearray:
         return buf
     if size > REUSED_FRAME_BUFFER:
         return bytearray(size)  # a one-off: a huge batch does not pin its memory
-    buf = bytearray(max(size, 2 * len(buf) if buf is not None else 0))
+    # Grown by doubling (fewer reallocations), never kept above the cap.
+    buf = bytearray(max(size, min(2 * len(buf) if buf is not None else 0, REUSED_FRAME_BUFFER)))
     _frames.buf = buf
     return buf
 
