@@ -10,6 +10,7 @@ do (the refusals are covered by test_store_input.py and test_fuzz_input.py).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import tracemalloc
 from typing import Any
@@ -56,12 +57,18 @@ def test_payload_frame_is_the_encoded_frame() -> None:
 
 
 def test_a_reused_buffer_leaves_no_stale_bytes_in_a_shorter_frame() -> None:
-    big = np.ones((50, DIM), dtype=np.float32)
-    F.add_frame(1.0, DIM, [f"i{k}" for k in range(50)], [""] * 50, [None] * 50, big)
-    small = np.full((1, 3), 2.0, dtype=np.float32)
-    frame, n = F.add_frame(1.0, 3, ["a"], ["b"], [None], small)
-    F.seal_frame(frame, F.KIND_ADD, 1, 1, n, 5)
-    assert bytes(frame) == _old_frame(F.KIND_ADD, 1, 1.0, 3, ["a"], ["b"], [None], small, 5)
+    # Both above SMALL_VECTORS (the reused buffer), the second shorter, with
+    # another padding and non-zero bytes left behind by the first.
+    dim = 1024
+    big = np.ones((40, dim), dtype=np.float32)
+    F.add_frame(1.0, dim, [f"i{k}" for k in range(40)], ["z" * 99] * 40, [None] * 40, big)
+    smaller = np.full((17, dim), 2.0, dtype=np.float32)
+    assert smaller.nbytes >= F.SMALL_VECTORS
+    ids, contents = [f"j{k}" for k in range(17)], ["b" * k for k in range(17)]
+    frame, n = F.add_frame(3.0, dim, ids, contents, [None] * 17, smaller)
+    F.seal_frame(frame, F.KIND_ADD, 1, 17, n, 5)
+    assert bytes(frame) == _old_frame(F.KIND_ADD, 1, 3.0, dim, ids, contents, [None] * 17,
+                                      smaller, 5)
 
 
 def test_log_bytes_of_add_and_add_many_decode_to_what_was_written(tmp_path: Any) -> None:
@@ -131,27 +138,33 @@ def test_add_many_copies_the_vectors_at_most_once(tmp_path: Any) -> None:
 
 
 def test_threads_build_frames_in_their_own_buffers(tmp_path: Any) -> None:
+    # add: small frames; add_many of 4 x 4096 float32 (64 KiB): the per-thread
+    # reused buffer.  Every document must come back with its own bytes.
     path = str(tmp_path / "s")
-    per, nthreads = 150, 4
-    with mmwal.Store(path, dim=DIM, durability="os") as s:
+    per, nthreads, dim = 500, 4, 4096
+    with mmwal.Store(path, dim=dim, durability="os") as s:
         def work(t: int) -> None:
-            for k in range(per):
-                v = np.full(DIM, t * 1000 + k, dtype=np.float32)
-                if k % 3:
-                    s.add(f"t{t}-{k}", v, f"c{t}-{k}" * (k % 7), {"t": t, "k": k})
-                else:
-                    s.add_many([f"t{t}-{k}"], v[None], [f"c{t}-{k}" * (k % 7)],
-                               [{"t": t, "k": k}])
+            for k in range(0, per, 5):
+                v = np.full((5, dim), t * 1000 + k, dtype=np.float32) + np.arange(5, dtype=np.float32)[:, None]
+                s.add(f"t{t}-{k}", v[0], f"c{t}-{k}" * (k % 7), {"t": t, "k": k})
+                s.add_many([f"t{t}-{k + j}" for j in range(1, 5)], v[1:],
+                           [f"c{t}-{k + j}" * ((k + j) % 7) for j in range(1, 5)],
+                           [{"t": t, "k": k + j} for j in range(1, 5)])
         threads = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads often: inside building a frame too
+        try:
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        finally:
+            sys.setswitchinterval(interval)
     seen = 0
     for op in mmwal.replay(path):
         t, k = (int(x) for x in op.id[1:].split("-"))
         assert op.content == f"c{t}-{k}" * (k % 7) and op.metadata == {"t": t, "k": k}
-        assert (op.embedding == t * 1000 + k).all()
+        assert (op.embedding == t * 1000 + k).all()  # k: base + row
         seen += 1
     assert seen == per * nthreads
     assert os.path.isdir(path)
