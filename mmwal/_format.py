@@ -159,6 +159,98 @@ def encode_frame(kind: int, first_seq: int, count: int, payload: bytes, seed: in
     return b"".join((prefix, crc.to_bytes(4, "little"), b"\0\0\0\0", payload, _PADS[-n & 7]))
 
 
+_pack_prefix_into = FRAME_PREFIX.pack_into
+#: The CRC and the reserved zero word of a frame header (offset 24).
+CRC_WORDS = struct.Struct("<II")
+_pack_crc_into = CRC_WORDS.pack_into
+_frames = threading.local()
+#: Frames up to this size are built in one per-thread buffer that is reused.
+REUSED_FRAME_BUFFER = 1 << 22
+
+
+def _frame_buffer(size: int) -> bytearray:
+    """A buffer of at least ``size`` bytes to build a frame in (reused per thread)."""
+    buf: bytearray | None = getattr(_frames, "buf", None)
+    if buf is not None and len(buf) >= size:
+        return buf
+    if size > REUSED_FRAME_BUFFER:
+        return bytearray(size)  # a one-off: a huge batch does not pin its memory
+    # Grown by doubling (fewer reallocations), never kept above the cap.
+    buf = bytearray(max(size, min(2 * len(buf) if buf is not None else 0, REUSED_FRAME_BUFFER)))
+    _frames.buf = buf
+    return buf
+
+
+#: Below this many bytes of vectors a frame is built from one ``pack`` of the
+#: whole payload: at ~1.5 KB the interpreter's steps cost more than the copies.
+SMALL_VECTORS = 1 << 16
+_ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
+
+
+def add_frame(timestamp: float, dim: int, ids: list[str], contents: list[str],
+              metadatas: list[Any], vectors: np.ndarray) -> tuple[memoryview, int]:
+    """An add frame ready for :func:`seal_frame`: ``(frame, payload length)``.
+
+    The payload is byte for byte ``pack([timestamp, dim, ids, contents,
+    metadatas, vectors.tobytes()])``.  The 32 header bytes are left for
+    :func:`seal_frame` (the first seq is known only under the append lock);
+    the padding is zero.  ``vectors`` must be C-contiguous little-endian
+    float32.  Raises what :func:`pack` raises.
+
+    A batch's vector block is copied once, from the array into the frame: one
+    ``pack`` of the five small fields (a 5-array whose header byte becomes the
+    6-array's), the ``bin`` header of the block, then the vectors, in a
+    per-thread buffer that is reused (the frame is valid until the thread's
+    next call).  Below :data:`SMALL_VECTORS` bytes one ``pack`` call encodes
+    the whole payload into a fresh frame: fewer interpreter steps, and the
+    extra copies of a few KB cost less than them.
+    """
+    nv = vectors.nbytes
+    if nv < SMALL_VECTORS:
+        payload = pack([timestamp, dim, ids, contents, metadatas, vectors.data])
+        n = len(payload)
+        frame = bytearray(_ZERO_HEADER)
+        frame += payload
+        frame += _PADS[-n & 7]
+        return memoryview(frame), n
+    head = pack([timestamp, dim, ids, contents, metadatas])
+    bin_header = (b"\xc5" + nv.to_bytes(2, "big") if nv < 0x10000
+                  else b"\xc6" + nv.to_bytes(4, "big"))
+    h = len(head)
+    b = h + len(bin_header)
+    n = b + nv
+    size = FRAME_HEADER_SIZE + ((n + 7) & ~7)
+    buf = _frame_buffer(size)
+    p = FRAME_HEADER_SIZE
+    buf[p : p + h] = head
+    buf[p] = 0x96  # fixarray 6 (pack gave fixarray 5, 0x95: the same bytes otherwise)
+    buf[p + h : p + b] = bin_header
+    mv = memoryview(buf)
+    mv[p + b : p + n] = vectors.data.cast("B")
+    buf[p + n : size] = _PADS[size - p - n]
+    return mv[:size], n
+
+
+def payload_frame(payload: bytes) -> tuple[memoryview, int]:
+    """Any payload in a frame ready for :func:`seal_frame`: ``(frame, payload length)``."""
+    n = len(payload)
+    size = FRAME_HEADER_SIZE + ((n + 7) & ~7)
+    buf = bytearray(size)
+    buf[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + n] = payload
+    return memoryview(buf), n
+
+
+def seal_frame(frame: memoryview, kind: int, first_seq: int, count: int, n: int,
+               seed: int) -> None:
+    """Write the header of ``frame`` (payload of ``n`` bytes at offset 32) in place.
+
+    The result equals :func:`encode_frame` of the same payload.
+    """
+    _pack_prefix_into(frame, 0, FRAME_MAGIC, kind, 0, 0, n, count, first_seq)
+    crc = _crc32(frame[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + n], _crc32(frame[:24], seed))
+    _pack_crc_into(frame, 24, crc, 0)
+
+
 # Outcome of looking at one position of a segment.
 FRAME_OK = 0
 FRAME_END = 1  # nothing (or zeros, or a partial header) here: end of the log for now

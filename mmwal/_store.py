@@ -24,7 +24,15 @@ from ._fsutil import (
 )
 from ._lock import FileLock
 from ._types import DURABILITY_MODES, Config, StoreStats
-from ._validate import as_id, as_list, as_text, as_vectors, normalize_metadata
+from ._validate import (
+    as_id,
+    as_ids,
+    as_text,
+    as_texts,
+    as_vectors,
+    normalize_metadata,
+    normalize_metadatas,
+)
 from ._wal import Appender, create_segment
 from .errors import (
     CheckpointWarning,
@@ -41,8 +49,12 @@ from .errors import (
 __all__ = ["Store", "open_manifest"]
 
 _pack = F.pack
+_add_frame = F.add_frame
 _time = time.time
 _ADD = F.KIND_ADD
+_MAX_PAYLOAD = F.MAX_PAYLOAD
+#: An ASCII id of at most this many characters needs no further check.
+_ASCII_ID = F.MAX_ID_BYTES
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -68,12 +80,22 @@ _R = TypeVar("_R")
 def _admitted(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
     """A public Store call: refused once close() began, waited for by close()."""
 
+    # The gate inlined (Store._enter/_leave): it runs around every call.
     def call(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        self._enter()
+        if self._generation != _fork_generation and not self._closing:
+            self._after_fork()
+        gate = self._gate_lock
+        with gate:
+            if self._closing:
+                raise self._closed_error()
+            self._calls += 1
         try:
             return method(self, *args, **kwargs)
         finally:
-            self._leave()
+            with gate:
+                self._calls -= 1
+                if self._closing and not self._calls:
+                    self._gate.notify_all()
 
     functools.update_wrapper(call, method)  # name and docstring (help(), doctests)
     return call
@@ -230,6 +252,8 @@ class Store:
         # and the seq before which no automatic checkpoint is tried again.
         self._auto_error: Exception | None = None
         self._auto_retry_seq = 0
+        # add's hot path: nothing to do after the write (durability and config are fixed).
+        self._os_only = durability == "os" and not config.auto_checkpoint
         self._closed = False
         self._closing = False
         _stores.add(self)
@@ -406,7 +430,10 @@ class Store:
 
     # ------------------------------------------------------------------ writes
     def _write(self, kind: int, count: int, payload: bytes) -> int:
-        first, seg, end = self._log.append(kind, count, payload)
+        return self._done(*self._log.append(kind, count, payload), count, 6)
+
+    def _done(self, first: int, seg: int, end: int, count: int, stacklevel: int) -> int:
+        """After a frame is written: the durability of the mode, an automatic checkpoint."""
         mode = self.durability
         if mode == "os":
             pass
@@ -415,10 +442,10 @@ class Store:
         else:
             self._interval(seg, end, count)
         if self.config.auto_checkpoint:
-            self._auto_checkpoint(first + count - 1)
+            self._auto_checkpoint(first + count - 1, stacklevel)
         return first
 
-    def _auto_checkpoint(self, seq: int) -> None:
+    def _auto_checkpoint(self, seq: int, stacklevel: int) -> None:
         """Checkpoint if due; a failure is reported, never raised (the record is committed).
 
         Raising here made a committed add look failed: the caller retried and
@@ -429,14 +456,15 @@ class Store:
         except Exception as exc:  # whatever the cause: the write it follows succeeded
             self._auto_error = exc
             self._auto_retry_seq = seq + self.config.checkpoint_threshold
-            # stacklevel 5: _auto_checkpoint <- _write <- add/add_many/... <- gate <- caller
+            # stacklevel: the caller's frame, above _auto_checkpoint <- _done
+            # <- (_write) <- add/add_many/... <- (the gate of all but add)
             warnings.warn(CheckpointWarning(
                 f"the automatic checkpoint of {self.path} after seq {seq} failed: "
                 f"{type(exc).__name__}: {exc}; the write was committed and its seq returned. "
                 f"No automatic checkpoint is tried before seq {self._auto_retry_seq}; "
                 "Store.stats().auto_checkpoint_error keeps this error until a checkpoint "
                 "succeeds, and Store.checkpoint() runs one now (raising the current cause)"),
-                stacklevel=5)
+                stacklevel=stacklevel)
 
     def _durable(self, seg: int, end: int) -> None:
         try:
@@ -504,7 +532,6 @@ class Store:
         self._flusher = t
         t.start()
 
-    @_admitted
     def add(self, id: str, embedding: Any, content: str = "",
             metadata: dict[str, Any] | None = None) -> int:
         """Add (or replace) one document; return its sequence number.
@@ -524,21 +551,40 @@ class Store:
         levels, vectors with a norm above 2**62 (docs/concepts.md, "What a
         document may hold").
         """
-        if self._poisoned is not None:
-            self._check()
-        id = as_id(id)
-        vec = as_vectors(embedding, self.dim, None, "embedding")
-        if type(content) is not str:
-            content = as_text(content, "content")
-        if metadata is not None:
-            metadata = normalize_metadata(metadata)
+        # The hot path.  The call gate of _admitted is inlined here (one frame
+        # less per call); everything else is shared with add_many.
+        if self._generation != _fork_generation and not self._closing:
+            self._after_fork()
+        gate = self._gate_lock
+        with gate:
+            if self._closing:
+                raise self._closed_error()
+            self._calls += 1
         try:
-            payload = _pack([_time(), self.dim, [id], [content], [metadata], vec.tobytes()])
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise self._unpackable(exc) from None
-        if self.durability == "os" and not self.config.auto_checkpoint:
-            return self._log.append(_ADD, 1, payload)[0]  # the hot path, nothing to wait for
-        return self._write(_ADD, 1, payload)
+            log = self._log
+            if log.poisoned is not None:
+                self._check()
+            if type(id) is not str or not id.isascii() or not 0 < len(id) <= _ASCII_ID:
+                id = as_id(id)
+            dim = self.dim
+            vec = as_vectors(embedding, dim, None, "embedding")
+            if type(content) is not str:
+                content = as_text(content, "content")
+            if metadata is not None:
+                metadata = normalize_metadata(metadata)
+            try:
+                frame, n = _add_frame(_time(), dim, [id], [content], [metadata], vec)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise self._unpackable(exc) from None
+            if self._os_only:
+                return log.append_frame(_ADD, 1, frame, n)[0]  # nothing to wait for
+            # stacklevel 4: _auto_checkpoint <- _done <- add <- caller
+            return self._done(*log.append_frame(_ADD, 1, frame, n), 1, 4)
+        finally:
+            with gate:
+                self._calls -= 1
+                if self._closing and not self._calls:
+                    self._gate.notify_all()
 
     @_admitted
     def add_many(self, ids: Any, embeddings: Any, contents: Any = None,
@@ -553,28 +599,24 @@ class Store:
         Each document is checked and normalised as in :meth:`add`.
         """
         self._check()
-        ids = as_list(ids, None, "ids")
+        ids = as_ids(ids)
         n = len(ids)
-        ids = [as_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
         if n == 0:
             return range(0)
         vecs = as_vectors(embeddings, self.dim, n, "embeddings")
-        if contents is None:
-            contents = [""] * n
-        else:
-            contents = [as_text(c, f"contents[{i}]")
-                        for i, c in enumerate(as_list(contents, n, "contents"))]
-        if metadatas is None:
-            metadatas = [None] * n
-        else:
-            metadatas = [normalize_metadata(m, f"metadatas[{i}]")
-                         for i, m in enumerate(as_list(metadatas, n, "metadatas"))]
-        payload = self._pack([time.time(), self.dim, ids, contents, metadatas, vecs.tobytes()])
-        if len(payload) > F.MAX_PAYLOAD:
+        contents = [""] * n if contents is None else as_texts(contents, n, "contents")
+        metadatas = ([None] * n if metadatas is None
+                     else normalize_metadatas(metadatas, n, "metadatas"))
+        try:
+            frame, size = _add_frame(time.time(), self.dim, ids, contents, metadatas, vecs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._unpackable(exc) from None
+        if size > _MAX_PAYLOAD:
             raise InvalidInputError(
-                f"this batch encodes to {len(payload)} bytes, more than one record may hold "
-                f"({F.MAX_PAYLOAD}); split it into smaller add_many calls", size=len(payload))
-        first = self._write(F.KIND_ADD, n, payload)
+                f"this batch encodes to {size} bytes, more than one record may hold "
+                f"({_MAX_PAYLOAD}); split it into smaller add_many calls", size=size)
+        # stacklevel 5: _auto_checkpoint <- _done <- add_many <- gate <- caller
+        first = self._done(*self._log.append_frame(_ADD, n, frame, size), n, 5)
         return range(first, first + n)
 
     @_admitted

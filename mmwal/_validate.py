@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._format import (
+    MAX_ID_BYTES,
     MAX_METADATA_DEPTH,
     MAX_VECTOR_NORM,
     METADATA_INT_MAX,
@@ -167,6 +168,46 @@ def _dict(d: dict[Any, Any], where: str, depth: int) -> dict[str, Any]:
     return out
 
 
+_SCALAR_TYPES = frozenset((bool, type(None), bytes))
+_CHECK_DEPTH = 8  # _plain checks this many levels; deeper metadata takes the full path
+
+
+def _plain(v: Any, depth: int) -> bool:
+    """Whether ``v`` (a dict or list) is already plain and passes every check.
+
+    The fast path of :func:`normalize_metadata`: one loop, no copy.  True only
+    when the full check would accept ``v`` and return an equal object of the
+    same plain types (exact str/int/float/bool/None/bytes, dict with ASCII str
+    keys, list); anything else - subclasses, tuples, non-ASCII text, a value
+    out of range - answers False and takes the full path, which normalises or
+    raises the precise error.
+    """
+    if type(v) is dict:
+        for k in v:
+            if type(k) is not str or not k.isascii():
+                return False
+        items: Any = v.values()
+    else:
+        items = v
+    for x in items:
+        t = type(x)
+        if t is str:
+            if not x.isascii():
+                return False
+        elif t is int:
+            if not METADATA_INT_MIN <= x <= METADATA_INT_MAX:
+                return False
+        elif t is float:
+            if x - x != 0.0:  # NaN or an infinity (inf - inf is NaN)
+                return False
+        elif t is dict or t is list:
+            if depth >= _CHECK_DEPTH or not _plain(x, depth + 1):
+                return False
+        elif t not in _SCALAR_TYPES:
+            return False
+    return True
+
+
 def normalize_metadata(m: Any, where: str = "metadata") -> dict[str, Any] | None:
     """``m`` as the plain dict a reader gives back (None stays None); refuses the rest.
 
@@ -177,6 +218,8 @@ def normalize_metadata(m: Any, where: str = "metadata") -> dict[str, Any] | None
     """
     if m is None:
         return None
+    if type(m) is dict and _plain(m, 0):
+        return m  # already what a reader gives back: nothing to copy
     if not isinstance(m, dict):
         raise InvalidInputError(f"{where} must be a dict or None, got {_type_name(m)}",
                                 got=type(m).__name__)
@@ -282,3 +325,41 @@ def as_list(x: Any, n: int | None, where: str) -> list[Any]:
                                 expected=n, got=len(out))
     return out
 
+
+
+# ---------------------------------------------------------------------- batches
+_STR_ONLY = frozenset((str,))
+
+
+def as_ids(x: Any) -> list[str]:
+    """``x`` (the ids of a batch) as a list of plain str after checking every one.
+
+    The common batch - plain ASCII str ids, none empty or too long - is checked
+    in one pass over the list (their types, lengths and one ``isascii`` of the
+    joined ids); any other batch is checked id by id, for the precise error.
+    """
+    ids = as_list(x, None, "ids")
+    if ids and _STR_ONLY.issuperset(map(type, ids)):
+        lens = list(map(len, ids))
+        if min(lens) > 0 and max(lens) <= MAX_ID_BYTES and "".join(ids).isascii():
+            return ids  # ASCII: one byte per character, within MAX_ID_BYTES
+    return [as_id(key, f"ids[{i}]") for i, key in enumerate(ids)]
+
+
+def as_texts(x: Any, n: int, where: str) -> list[str]:
+    """``x`` (the contents of a batch) as a list of ``n`` plain str."""
+    texts = as_list(x, n, where)
+    if _STR_ONLY.issuperset(map(type, texts)):
+        return texts
+    return [as_text(c, f"{where}[{i}]") for i, c in enumerate(texts)]
+
+
+def normalize_metadatas(x: Any, n: int, where: str) -> list[dict[str, Any] | None]:
+    """``x`` (the metadatas of a batch) as a list of ``n`` plain dicts or None."""
+    metas = as_list(x, n, where)
+    plain = _plain
+    todo = [i for i, m in enumerate(metas)
+            if m is not None and not (type(m) is dict and plain(m, 0))]
+    for i in todo:  # subclasses, tuples, non-ASCII text, or an error to raise
+        metas[i] = normalize_metadata(metas[i], f"{where}[{i}]")
+    return metas

@@ -41,7 +41,9 @@ PENDING_OFFSET = F.PENDING_OFFSET
 _AREA = F.TAIL_AREA
 _SET_PENDING = slice(PENDING_OFFSET, PENDING_OFFSET + 8)
 _ONE = (1).to_bytes(8, "little")
-_encode_frame = F.encode_frame
+_pack_prefix_into = F.FRAME_PREFIX.pack_into
+_pack_crc_into = F.CRC_WORDS.pack_into
+_payload_frame = F.payload_frame
 _unpack_header = F.FRAME_HEADER.unpack_from
 _FRAME_MAGIC = F.FRAME_MAGIC
 _MAX_PAYLOAD = F.MAX_PAYLOAD
@@ -641,10 +643,25 @@ class Appender:
 
     # -------------------------------------------------------------- append
     def append(self, kind: int, count: int, payload: bytes) -> tuple[int, int, int]:
-        """Write one frame; return (first seq, segment id, end offset after it).
+        """Write one frame of ``payload``; return (first seq, segment id, end offset after it)."""
+        frame, n = _payload_frame(payload)
+        return self.append_frame(kind, count, frame, n)
 
-        The hot path of every write: kept free of allocations it can avoid.
+    def append_frame(self, kind: int, count: int, frame: memoryview,
+                     n: int) -> tuple[int, int, int]:
+        """Seal and write a frame built by ``_format.add_frame``/``payload_frame``.
+
+        Returns (first seq, segment id, end offset after it).  The hot path of
+        every write: under the lock only the 32 header bytes are filled in, the
+        CRC computed over the frame in place and the frame written with one
+        pwrite, with no copy of the payload.
         """
+        if n > _MAX_PAYLOAD:
+            raise InvalidInputError(
+                f"this record encodes to {n} bytes, more than one record may hold "
+                f"({_MAX_PAYLOAD}); store less content/metadata, or split the batch",
+                size=n)
+        size = len(frame)
         lock = self.lock
         lock.acquire_exclusive()
         try:
@@ -652,19 +669,15 @@ class Appender:
             seg = t.segment
             if seg != self._seg_id:
                 self._use_segment(seg)
-            n = len(payload)
-            if n > F.MAX_PAYLOAD:
-                raise InvalidInputError(
-                    f"this record encodes to {n} bytes, more than one record may hold "
-                    f"({F.MAX_PAYLOAD}); store less content/metadata, or split the batch",
-                    size=n)
-            size = 32 + ((n + 7) & ~7)
             end = t.end
             if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
                 t = self._roll(t)
                 seg, end = t.segment, t.end
             first = t.last_seq + 1
-            frame = _encode_frame(kind, first, count, payload, self._seed)
+            # seal_frame, inlined: the header in place, the CRC over the frame.
+            _pack_prefix_into(frame, 0, _FRAME_MAGIC, kind, 0, 0, n, count, first)
+            _pack_crc_into(frame, 24, _crc32(frame[32 : 32 + n], _crc32(frame[:24], self._seed)),
+                           0)
             tail = self._tail
             # Announce the write: a writer killed from here until the record
             # below is published leaves pending=1; the next writer rebuilds.
@@ -675,10 +688,9 @@ class Appender:
                 raise _io.io_error(exc, "write", self.paths.segment(seg)) from None
             if w != size:
                 # A short write (rare on regular files): continue it, or raise.
-                write_all(self._seg_fd, memoryview(frame)[w:], end + w, self.paths.segment(seg))
+                write_all(self._seg_fd, frame[w:], end + w, self.paths.segment(seg))
             end += size
-            last = first + count - 1
-            nt = F.Tail(seg, end, last, 0, t.synced_segment, t.synced_end)
+            nt = F.Tail(seg, end, first + count - 1, 0, t.synced_segment, t.synced_end)
             raw = _encode_tail(self.boot, nt)
             tail[:_AREA] = raw
             self._raw = raw
