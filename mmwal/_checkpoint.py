@@ -313,7 +313,12 @@ class CheckpointView:
         got = decode_chunk(bytes(self.docs[a:b]), self.max_chunk, rows,
                            os.path.join(self.dir, "docs.lz4"), a)
         if len(cache) >= 8:
-            cache.pop(next(iter(cache)))
+            # Threads share this view (every snapshot of the checkpoint does):
+            # two may evict at once, so neither may rely on the other's key.
+            try:
+                cache.pop(next(iter(cache)), None)
+            except (StopIteration, RuntimeError):
+                pass
         cache[k] = got
         return got
 

@@ -41,6 +41,18 @@ from .errors import ClosedError, CorruptionError, InvalidInputError, MmwalError
 __all__ = ["Reader", "ReaderStats", "Snapshot"]
 
 _log = logging.getLogger("mmwal")
+#: Serialises the after-fork handling of the threads of one child; a new lock
+#: in every child (the parent's could have been held by one of its threads).
+_FORK_GUARD = threading.Lock()
+
+
+def _new_fork_guard() -> None:
+    global _FORK_GUARD
+    _FORK_GUARD = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_fork_guard)
 
 @dataclass(frozen=True)
 class ReaderStats:
@@ -236,8 +248,9 @@ class Reader:
 
     def _switch(self, manifest: dict[str, Any], reuse: bool = True) -> None:
         old = self._state
-        if not reuse:
-            self._state = None  # map the checkpoint again too
+        if not reuse and old is not None:
+            old.cursor.close()  # and map the checkpoint again too
+            self._state = old = None
         self._state = self._load(manifest)
         if old is not None:
             old.cursor.close()
@@ -305,7 +318,7 @@ class Reader:
     def _publish(self) -> None:
         s = self._state
         assert s is not None
-        self._snap = Snapshot(s.ckpt, s.ckpt_id, s.tail, s.seq, self.dim)
+        self._snap = Snapshot(s.ckpt, s.ckpt_id, s.tail, s.seq, self.dim, s.ckpt_seq)
         if self._trim:
             self._trim = False
             _trim_heap()
@@ -319,18 +332,31 @@ class Reader:
             self._after_fork()
         return self._snap
 
-    def _after_fork(self) -> None:
-        """First use in a forked child: own locks and descriptors, keep the mappings."""
-        # The parent's refresh lock may have been held by a parent thread that
-        # does not exist here; the flock descriptor is the parent's open file
-        # description (sharing it would share the lock).
-        self._refresh_lock = threading.Lock()
-        if self._lock is not None:
-            self._lock.after_fork()
-        self._generation = _st._fork_generation
-        self._stop = threading.Event()
-        if self.refresh_every is not None:
-            self._start_thread()
+    def _after_fork(self, *, restart: bool = True) -> None:
+        """First use in a forked child: own locks and descriptors, keep the mappings.
+
+        Runs once per child even when several of its threads make their first
+        call at once (``_FORK_GUARD`` is new in every child).
+        """
+        with _FORK_GUARD:
+            if self._generation == _st._fork_generation:
+                return  # another thread of this child did it
+            # The parent's refresh lock may have been held by a parent thread that
+            # does not exist here: then that refresh stopped part way in our copy
+            # of the state (half a frame applied, the cursor not moved past it),
+            # and the next refresh must start over from the MANIFEST.  The
+            # published snapshot is whole either way.
+            if self._refresh_lock.locked():
+                self._dirty = True
+            self._refresh_lock = threading.Lock()
+            # The flock descriptor is the parent's open file description
+            # (sharing it would share the lock): open our own.
+            if self._lock is not None:
+                self._lock.after_fork()
+            self._stop = threading.Event()
+            self._generation = _st._fork_generation
+            if restart and self.refresh_every is not None and not self._closed:
+                self._start_thread()
 
     def snapshot(self) -> Snapshot:
         """The current immutable view (``ids``, ``embeddings``, ``get``, ``search``, ``seq``).
@@ -497,16 +523,15 @@ class Reader:
 
     def stats(self) -> ReaderStats:
         """Counters of what this Reader serves and how far behind the log it is."""
-        snap = self._use()
-        state = self._state
-        ckpt_seq = state.ckpt_seq if state is not None else 0
+        snap = self._use()  # every figure from one snapshot: a refresh may run meanwhile
+        ckpt_seq = snap.checkpoint_seq
         newest = _newest_seq(self._paths)
-        ckpt = snap._ckpt
+        base = snap._base
         frag: list[dict[str, Any]] = []
-        if state is not None and state.ckpt is not None:
-            frag.append({"checkpoint": state.ckpt_id, "rows": state.ckpt.count,
-                         "dead_rows": state.ckpt.count - snap._ckpt_live if ckpt is not None
-                         else state.ckpt.count, "index": None, "columns": []})
+        if base is not None:
+            frag.append({"checkpoint": snap.checkpoint_id, "rows": base.count,
+                         "dead_rows": base.count - snap._ckpt_live, "index": None,
+                         "columns": []})
         return ReaderStats(
             path=self.path, dim=self.dim, seq=snap.seq, newest_seq=newest,
             lag=None if newest is None else max(0, newest - snap.seq), documents=len(snap),
@@ -529,6 +554,8 @@ class Reader:
         """
         if self._closed:
             return
+        if self._generation != _st._fork_generation:
+            self._after_fork(restart=False)  # a lock a parent thread held would never free
         self._closed = True
         self._stop.set()
         t = self._thread

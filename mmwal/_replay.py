@@ -93,7 +93,8 @@ class LogSeeker:
     after the cursor raised :class:`Retired` (a checkpoint folded the segments
     under it), ``retired()`` moves the floor to the MANIFEST's replay segment,
     so the next cursor starts where the log now begins.  The cursors it opens
-    re-check the MANIFEST before they report damage (issue of a stale view).
+    check that their segment was not retired under them before they report
+    damage (a stale view).
     """
 
     def __init__(self, paths: Paths, mode: str = "strict") -> None:
@@ -104,8 +105,6 @@ class LogSeeker:
         self._last: tuple[int, int] = (-1, -1)
 
     def cursor(self, after_seq: int) -> LogCursor:
-        from ._store import folded_past
-
         paths = self.paths
         for _ in range(_MAX_RESTARTS):
             segs = [s for s in list_segments(paths) if s >= self.floor]
@@ -118,8 +117,10 @@ class LogSeeker:
                 if os.path.exists(paths.segment(start)):
                     raise
                 continue  # retired between the listing and the read
-            return LogCursor(paths, start, h.first_seq, mode=self.mode, lock=reader_lock(paths),
-                             folded=lambda seg: folded_past(paths, seg))
+            # No ``folded`` check: replay reads segments a checkpoint folded (but
+            # did not retire yet) on purpose, and damage there is damage of the
+            # log it reports.  Only a segment unlinked under the cursor is stale.
+            return LogCursor(paths, start, h.first_seq, mode=self.mode, lock=reader_lock(paths))
         raise CorruptionError(f"{paths.wal}: log segments kept vanishing while being opened; "
                               "run `mmwal verify`", path=paths.wal, offset=0)
 

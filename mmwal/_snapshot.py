@@ -154,12 +154,15 @@ class Snapshot:
     (its files stay mapped) and is cheap to keep for the length of a request.
     """
 
-    __slots__ = ("_cache", "_ckpt", "_ckpt_live", "_death", "_k", "_kc", "_n", "_norms",
-                 "_tail", "_tail_live", "_vecs", "checkpoint_id", "dim", "seq")
+    __slots__ = ("_base", "_cache", "_ckpt", "_ckpt_live", "_death", "_k", "_kc", "_n",
+                 "_norms", "_tail", "_tail_live", "_vecs", "checkpoint_id", "checkpoint_seq",
+                 "dim", "seq")
 
     def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, tail: _Tail, seq: int,
-                 dim: int) -> None:
+                 dim: int, ckpt_seq: int = 0) -> None:
         tail.flush()
+        self._base = ckpt  # the mapped checkpoint, even when a clear made it all dead
+        self.checkpoint_seq = ckpt_seq
         self._ckpt = None if tail.cleared else ckpt
         self.checkpoint_id = ckpt_id
         self._tail = tail

@@ -254,3 +254,38 @@ def test_repair_look_and_verify_wait_for_a_running_checkpoint(tmp_path):
     with repair_locks(path, exclusive=False, timeout=0.2):
         pass
     assert mmwal.verify(path, lock_timeout=0.2).ok
+
+
+def test_strict_replay_still_reports_damage_in_a_folded_segment_left_on_disk(tmp_path):
+    # replay reads segments a checkpoint folded but did not retire (a crash
+    # between the MANIFEST replace and the retirement leaves them) on purpose:
+    # damage there must still raise, not be skipped as a "stale view".
+    import shutil
+
+    from mmwal._fsutil import Paths, list_segments
+    from mmwal._store import open_manifest
+
+    path = str(tmp_path / "s")
+    cfg = mmwal.Config(segment_bytes=4096)
+    paths = Paths(path)
+    with mmwal.Store(path, dim=4, durability="os", config=cfg) as st:
+        for i in range(60):
+            st.add(f"id{i}", np.full(4, i, np.float32), "x" * 20)
+        segs = list_segments(paths)
+        saved = {g: helpers.read_bytes(paths.segment(g)) for g in segs}
+        st.checkpoint()
+        st.add("late", np.full(4, 7, np.float32))
+    first_kept = open_manifest(paths)["replay_segment"]
+    for g, data in saved.items():  # the folded segments, as an interrupted retirement leaves them
+        if g < first_kept:
+            helpers.overwrite(paths.segment(g), data)
+    damaged = bytearray(saved[segs[0]])
+    damaged[200] ^= 0xFF
+    helpers.overwrite(paths.segment(segs[0]), bytes(damaged))
+    assert shutil.disk_usage(path)  # (the store is on disk, nothing mapped)
+    with pytest.raises(mmwal.CorruptionError) as exc:
+        list(mmwal.replay(path))
+    assert exc.value.path == paths.segment(segs[0])
+    # A Reader needs none of those segments: it opens on the checkpoint.
+    with mmwal.Reader(path) as r:
+        assert len(r) == 61

@@ -320,3 +320,117 @@ def test_a_failed_refresh_leaves_the_snapshot_and_the_next_refresh_starts_clean(
             _io.set_layer(old)
         assert list(r.ids) == ["a", "b"] and r.seq == 2
         assert r.refresh() == 1 and list(r.ids) == ["a", "b", "c"] and r.checkpoint_id == 1
+
+
+def _forked_mid_refresh(tmp_path, child_body):
+    """Fork while another thread of the parent is inside Reader.refresh, mid-frame."""
+    from mmwal import _snapshot
+
+    path = str(tmp_path / "s")
+    st = mmwal.Store(path, dim=4, durability="os")
+    st.add_many(["a", "b", "c"], np.eye(4, dtype=np.float32)[:3])
+    r = mmwal.Reader(path)
+    st.add_many(["a", "b", "c", "d"], np.ones((4, 4), np.float32))  # replaces a, b, c
+    st.close()
+    inside, go = threading.Event(), threading.Event()
+    real = _snapshot._Tail._kill
+    calls = [0]
+
+    def slow_kill(self, key, ckpt):
+        out = real(self, key, ckpt)
+        calls[0] += 1
+        if calls[0] == 2 and threading.current_thread().name == "refresher":
+            inside.set()
+            go.wait(60)
+        return out
+
+    _snapshot._Tail._kill = slow_kill
+    try:
+        t = threading.Thread(target=r.refresh, name="refresher")
+        t.start()
+        assert inside.wait(60)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            try:
+                res = child_body(r)
+            except BaseException as exc:
+                res = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(wfd, json.dumps(res).encode())
+            os._exit(0)
+        os.close(wfd)
+        try:
+            with os.fdopen(rfd, "rb") as f:
+                data = f.read()
+        finally:
+            go.set()
+            t.join(60)
+            os.waitpid(pid, 0)
+    finally:
+        _snapshot._Tail._kill = real
+    assert r.snapshot().ids == ["a", "b", "c", "d"]
+    r.close()
+    return json.loads(data)
+
+
+def _child_refreshes(r):
+    r.refresh()
+    snap = r.snapshot()
+    return {"ids": list(snap.ids), "len": len(snap), "a": snap.get("a") is not None,
+            "hits": sorted(h.id for h in snap.search(np.ones(4), k=10))}
+
+
+def test_a_child_forked_during_a_refresh_starts_its_state_over(tmp_path):
+    # The child inherits a tail with half a frame applied and a cursor not
+    # yet past that frame: replaying it again lost documents ("a" born dead).
+    res = _forked_mid_refresh(tmp_path, _child_refreshes)
+    assert res == {"ids": ["a", "b", "c", "d"], "len": 4, "a": True,
+                   "hits": ["a", "b", "c", "d"]}, res
+
+
+def _child_closes(r):
+    import signal as sig
+
+    sig.alarm(20)  # a deadlock kills the child; the parent then reads no result
+    r.close()
+    sig.alarm(0)
+    return {"closed": True}
+
+
+def test_close_in_a_child_forked_during_a_refresh_returns(tmp_path):
+    # close() waited for ever on the copy of a lock a parent thread held.
+    assert _forked_mid_refresh(tmp_path, _child_closes) == {"closed": True}
+
+
+def test_threads_reading_one_checkpoint_share_its_chunk_cache(tmp_path):
+    # Every snapshot shares the checkpoint view's small cache of decoded chunks:
+    # two threads evicting at once raised KeyError from Reader.get.
+    import sys
+
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=2, durability="os", config=mmwal.Config(chunk_documents=1)) as st:
+        st.add_many([f"i{k}" for k in range(64)], np.ones((64, 2), np.float32),
+                    contents=[f"c{k}" for k in range(64)])
+        st.checkpoint()
+    errors: list[str] = []
+    with mmwal.Reader(path) as r:
+        def work(seed):
+            rng = random.Random(seed)
+            try:
+                for _ in range(6000):
+                    k = rng.randrange(64)
+                    assert r.get(f"i{k}").content == f"c{k}"
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            sys.setswitchinterval(switch)
+    assert not errors, errors[:3]
