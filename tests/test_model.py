@@ -29,8 +29,9 @@ vectors = st.lists(
     min_size=DIM, max_size=DIM,
 ).map(lambda v: np.array(v, dtype=np.float32))
 contents = st.text(max_size=12)
+# What add accepts (tests/test_store_input.py): finite floats, 64-bit ints.
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-                    st.floats(allow_nan=False), st.text(max_size=6))
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6))
 metadatas = st.one_of(
     st.none(),
     st.dictionaries(st.text(max_size=4),
