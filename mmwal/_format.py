@@ -431,11 +431,14 @@ def _is_doc_fields(ids: list[Any], contents: list[Any], metas: list[Any]) -> boo
 
 
 def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
+               check_metadata: bool = True,
                ) -> tuple[float, list[str], list[str], list[Any], bytes]:
     """Decode an add payload to (timestamp, ids, contents, metadatas, embedding bytes).
 
     The embedding bytes are ``count * dim`` little-endian float32, row-major:
     callers that need arrays make them with one ``np.frombuffer`` (or lazily).
+    ``check_metadata=False`` skips the walk of the metadata against the
+    writer's limits: for callers that drop the metadata unread.
     """
     obj = _unpack(payload, path, offset)
     if type(obj) is not list or len(obj) != 6:
@@ -458,16 +461,18 @@ def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
         ok = _is_doc_fields(ids, contents, metas)
     if not ok:
         raise _malformed(KIND_ADD, path, offset, "a document has fields of the wrong type")
-    why = _ids_problem(ids) or metas_problem(metas)
+    why = _ids_problem(ids) or (metas_problem(metas) if check_metadata else None)
     if why:
         raise _malformed(KIND_ADD, path, offset, why)
     return ts, ids, contents, metas, emb
 
 
-def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int) -> Any:
+def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int,
+                   check_metadata: bool = True) -> Any:
     """Decode a CRC-valid payload; returns AddBatch, (ts, id) or (ts,)."""
     if kind == KIND_ADD:
-        ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset)
+        ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset,
+                                                   check_metadata)
         vecs = np.frombuffer(emb, dtype="<f4").reshape(count, dim)
         return AddBatch(ts, ids, contents, metas, vecs)
     obj = _unpack(payload, path, offset)

@@ -24,23 +24,63 @@ def reader_lock(paths: Paths) -> FileLock | None:
     return FileLock.for_reader(paths.append_lock)
 
 
-def iter_ops(frame: Any, dim: int) -> Iterator[Op]:
-    """The Ops of one raw frame (one per document of an add batch)."""
-    body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path, frame.offset)
+#: The fields of an Op that ``replay(fields=...)`` can leave out (seq and kind always come).
+OP_FIELDS = ("id", "embedding", "content", "metadata", "timestamp")
+
+
+def check_fields(fields: Any) -> frozenset[str] | None:
+    """``replay``'s ``fields`` argument as a set of Op field names (None: all of them)."""
+    if fields is None:
+        return None
+    from .errors import InvalidInputError
+
+    if isinstance(fields, (str, bytes)) or not hasattr(fields, "__iter__"):
+        raise InvalidInputError(f"fields must be a tuple of field names such as ('id', "
+                                f"'embedding'), got {fields!r}", got=repr(fields))
+    out = frozenset(fields)
+    bad = sorted(str(f) for f in out if f not in OP_FIELDS and f not in ("seq", "kind"))
+    if bad:
+        raise InvalidInputError(f"fields {bad} are not Op fields; choose from "
+                                f"{('seq', 'kind', *OP_FIELDS)}", got=bad)
+    return out
+
+
+def iter_ops(frame: Any, dim: int, fields: frozenset[str] | None = None) -> Iterator[Op]:
+    """The Ops of one raw frame (one per document of an add batch).
+
+    With ``fields``, the Op fields not named are None (the timestamp 0.0), and
+    metadata that is not asked for is not checked.
+    """
+    want_meta = fields is None or "metadata" in fields
+    body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path, frame.offset,
+                            want_meta)
     seq = frame.first_seq
     if frame.kind == F.KIND_ADD:
         ts = body.timestamp
+        if fields is not None:
+            n = frame.count
+            none = [None] * n
+            ids = body.ids if "id" in fields else none
+            vecs = body.embeddings if "embedding" in fields else none
+            contents = body.contents if "content" in fields else none
+            metas = body.metadatas if want_meta else none
+            ts = ts if "timestamp" in fields else 0.0
+            for i in range(n):
+                yield Op(seq + i, "add", ids[i], vecs[i], contents[i], metas[i], ts)
+            return
         for i in range(frame.count):
             yield Op(seq + i, "add", body.ids[i], body.embeddings[i], body.contents[i],
                      body.metadatas[i], ts)
     elif frame.kind == F.KIND_REMOVE:
-        yield Op(seq, "remove", body[1], None, None, None, body[0])
+        yield Op(seq, "remove", body[1] if fields is None or "id" in fields else None, None,
+                 None, None, body[0] if fields is None or "timestamp" in fields else 0.0)
     else:
-        yield Op(seq, "clear", None, None, None, None, body[0])
+        yield Op(seq, "clear", None, None, None, None,
+                 body[0] if fields is None or "timestamp" in fields else 0.0)
 
 
 def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
-           mode: str = "strict") -> Iterator[Op]:
+           mode: str = "strict", fields: Any = None) -> Iterator[Op]:
     """Yield every logged operation with seq > ``after_seq``, in seq order.
 
     Covers what the log still holds: operations folded into a checkpoint whose
@@ -49,6 +89,9 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
     is the recovery policy: ``"strict"`` (a torn tail ends the log quietly,
     damage followed by valid records raises CorruptionError),
     ``"point-in-time"`` (stop at the first damage) or ``"skip-bad"``.
+    ``fields`` names the Op fields wanted, e.g. ``("id", "embedding")``: the
+    others are None (``timestamp`` 0.0) and metadata not asked for is not
+    checked on the way (``seq`` and ``kind`` always come).
 
     Examples
     --------
@@ -66,6 +109,7 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"after_seq must be an int >= 0, got {after_seq!r}")
+    want = check_fields(fields)
     paths = Paths(store_root(path))
     dim = open_manifest(paths)["dim"]
     seeker = LogSeeker(paths, mode)
@@ -75,7 +119,7 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
             for frame in cur.frames():
                 if frame.first_seq + frame.count - 1 <= after_seq:
                     continue
-                for op in iter_ops(frame, dim):
+                for op in iter_ops(frame, dim, want):
                     if op.seq > after_seq:
                         yield op
                         after_seq = op.seq

@@ -193,6 +193,8 @@ class Op:
     ``kind`` is ``"add"``, ``"remove"`` or ``"clear"``; ``id`` is None for a
     clear, ``embedding``/``content``/``metadata`` are None except for an add.
     ``timestamp`` is the writer's wall clock (seconds since the epoch).
+    With ``replay(fields=...)`` the fields not asked for are None (the
+    timestamp 0.0).
     """
 
     seq: int
