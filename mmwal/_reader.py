@@ -30,13 +30,13 @@ import numpy as np
 from . import _format as F
 from . import _store as _st
 from ._checkpoint import CheckpointView
-from ._fsutil import Paths, boot_id, store_root
+from ._fsutil import Paths, store_root
 from ._lock import FileLock
 from ._snapshot import IdView, Snapshot, _Tail
 from ._store import folded_past, open_manifest
 from ._types import Document
-from ._wal import RECOVERY_MODES, LogCursor, Retired
-from .errors import ClosedError, CorruptionError, InvalidInputError, MmwalError
+from ._wal import RECOVERY_MODES, LogCursor, Retired, read_tail_record
+from .errors import ClosedError, CorruptionError, InvalidInputError
 
 __all__ = ["Reader", "ReaderStats", "Snapshot"]
 
@@ -609,20 +609,5 @@ class Reader:
 
 def _newest_seq(paths: Paths) -> int | None:
     """The last seq the writers' tail record announces, if it can be trusted now."""
-    try:
-        fd = os.open(paths.tail, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        raw = os.pread(fd, F.TAIL_SIZE, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(raw) != F.TAIL_SIZE:
-        return None
-    try:
-        t = F.decode_tail(raw, boot_id())
-    except MmwalError:
-        return None
+    t = read_tail_record(paths)
     return None if t is None else t.last_seq

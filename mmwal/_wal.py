@@ -33,7 +33,7 @@ from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, wri
 from ._lock import FileLock
 from .errors import CorruptionError, InvalidInputError, PoisonedError, StorageIOError
 
-__all__ = ["Appender", "LogCursor", "create_segment", "read_segment_header"]
+__all__ = ["Appender", "LogCursor", "create_segment", "read_segment_header", "read_tail_record"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _PENDING = struct.Struct("<Q")
@@ -77,6 +77,21 @@ def read_segment_header(path: str) -> F.SegmentHeader:
 
 
 # ====================================================================== reading
+def read_tail_record(paths: Paths) -> F.Tail | None:
+    """The writers' tail record if it is valid for this boot (read-only), else None."""
+    try:
+        fd = os.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, F.TAIL_SIZE, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
+
+
 class Retired(Exception):
     """Internal: the segment the cursor needs is gone (a checkpoint retired it)."""
 
@@ -381,18 +396,7 @@ class LogCursor:
         return self.folded is not None and self.folded(m.seg_id)
 
     def _tail_record(self) -> F.Tail | None:
-        """The writers' tail record if it is valid for this boot (read-only), else None."""
-        try:
-            fd = os.open(self.paths.tail, os.O_RDONLY | _O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            raw = os.pread(fd, F.TAIL_SIZE, 0)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
+        return read_tail_record(self.paths)
 
     def _tail_claims_more(self, m: _Mapped, off: int) -> bool:
         """At the end of the file: does the tail record say frames exist past ``off``?
