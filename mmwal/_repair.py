@@ -49,7 +49,7 @@ from ._checkpoint import CheckpointView, _rmtree, clean_orphans, fold, list_chec
 from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
 from ._types import Config, VerifyReport
-from ._wal import RawFrame, create_segment
+from ._wal import RawFrame, create_segment, read_tail_record
 from .errors import CorruptionError, FormatVersionError, InvalidInputError, MmwalError
 
 __all__ = ["MODES", "Plan", "apply_plan", "make_plan", "read_tail_hint", "repair_locks", "restore"]
@@ -283,20 +283,7 @@ def _why(msg: str, path: str) -> str:
 
 def read_tail_hint(paths: Paths) -> tuple[int, int, int] | None:
     """(segment, end, last seq) of the tail record, when it is valid for this boot."""
-    io = _io.layer
-    try:
-        fd = io.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = io.pread(fd, F.TAIL_SIZE, 0)
-    except OSError:
-        return None  # a hint only: without it the scan trusts the log alone
-    finally:
-        io.close(fd)
-    if len(raw) != F.TAIL_SIZE:
-        return None
-    t = F.decode_tail(raw, boot_id())
+    t = read_tail_record(paths)  # a hint only: without it the scan trusts the log alone
     return None if t is None else (t.segment, t.end, t.last_seq)
 
 

@@ -78,17 +78,21 @@ def read_segment_header(path: str) -> F.SegmentHeader:
 
 # ====================================================================== reading
 def read_tail_record(paths: Paths) -> F.Tail | None:
-    """The writers' tail record if it is valid for this boot (read-only), else None."""
+    """The writers' tail record if it is valid for this boot (read-only), else None.
+
+    A hint only: whoever cannot read it trusts the log alone.
+    """
+    io = _io.layer
     try:
-        fd = os.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
+        fd = io.open(paths.tail, os.O_RDONLY | _O_CLOEXEC)
     except OSError:
         return None
     try:
-        raw = os.pread(fd, F.TAIL_SIZE, 0)
+        raw = io.pread(fd, F.TAIL_SIZE, 0)
     except OSError:
         return None
     finally:
-        os.close(fd)
+        io.close(fd)
     return F.decode_tail(raw, boot_id()) if len(raw) == F.TAIL_SIZE else None
 
 
