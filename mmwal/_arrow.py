@@ -92,15 +92,18 @@ def _docs(snap: Any) -> tuple[list[str], list[Any]]:
     ckpt = snap._ckpt
     if ckpt is not None and snap._ckpt_live:
         dead = snap._ckpt_dead()
-        step = ckpt.chunk_docs
-        for k in range(ckpt.nchunks):
-            chunk = ckpt.chunk(k)
-            if dead is not None:
-                keep = np.flatnonzero(~dead[k * step : k * step + len(chunk)]).tolist()
-                chunk = [chunk[j] for j in keep]
-            for content, meta in chunk:
-                contents.append(content)
-                metas.append(meta)
+        for p in ckpt.parts:  # each fragment, one chunk decode at a time
+            v = p.view
+            step = v.chunk_docs
+            for k in range(v.nchunks):
+                chunk = v.chunk(k)
+                if dead is not None:
+                    a = p.start + k * step
+                    keep = np.flatnonzero(~dead[a : a + len(chunk)]).tolist()
+                    chunk = [chunk[j] for j in keep]
+                for content, meta in chunk:
+                    contents.append(content)
+                    metas.append(meta)
     docs = snap._tail.docs
     for row in snap._tail_rows().tolist():
         content, meta = docs[row]

@@ -32,20 +32,22 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lz4.frame
 import numpy as np
 
 from . import _format as F
 from . import _io
-from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file, write_all
-from ._lock import FileLock
-from ._types import CheckpointInfo, Config
-from ._wal import Appender, LogCursor
+from ._fsutil import Paths, read_file, write_all
+from ._types import Config
+from ._wal import LogCursor
 from .errors import CorruptionError, FormatVersionError
 
-__all__ = ["CheckpointView", "list_checkpoints", "retire", "run_checkpoint"]
+if TYPE_CHECKING:
+    from ._version import VersionView
+
+__all__ = ["CheckpointView", "FoldResult", "fold", "list_checkpoints"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _EMPTY = -1
@@ -610,15 +612,28 @@ def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
         cur.close()
 
 
-def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, end_seg: int,
-         first_seq: int, last_seq: int, tmpdir: str, ckpt_id: int, config: Config,
+class FoldResult(NamedTuple):
+    """What :func:`fold` found and wrote: the new fragment, the rows that died, a clear."""
+
+    body: dict[str, Any] | None  # the new fragment's descriptor; None: no live new rows
+    dead: np.ndarray  # global rows of ``prev`` that the folded records killed (sorted)
+    cleared: bool  # a clear among the records: every row of ``prev`` is dead
+
+
+def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_seg: int,
+         first_seq: int, last_seq: int, tmpdir: str, frag_id: int, config: Config,
          *, frames: Callable[[], Iterable[Any]] | None = None, seq_as: int | None = None,
-         ) -> dict[str, Any]:
-    """Build a checkpoint of ``prev`` + the log up to ``last_seq`` into ``tmpdir``.
+         ) -> FoldResult:
+    """Fold the log after ``prev`` up to ``last_seq``: a new fragment and the rows that die.
+
+    The new fragment (built in ``tmpdir``) holds only the documents added or
+    replaced since ``prev`` and still live, in the order of their last write;
+    the rows of ``prev`` that a later record replaced or removed are returned,
+    never rewritten.  The cost follows the records folded, not the store.
 
     ``frames`` (a callable returning a fresh iterable of frames, called once per
     pass) replaces reading segments [start_seg, end_seg), and ``seq_as`` is the
-    seq the checkpoint is published at when it is not ``last_seq``: both are
+    seq the fragment is recorded at when it is not ``last_seq``: both are
     for ``mmwal repair``, which folds the frames it salvaged and publishes them
     at the highest seq ever used, so that no seq is handed out twice.
     """
@@ -660,23 +675,20 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
             f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
             "nothing was published: run `mmwal verify` and see `mmwal repair`",
             path=paths.wal, offset=0)
-    dropped = np.empty(0, dtype=np.int64)
-    keep_prev = prev is not None and not cleared
-    if keep_prev:
-        assert prev is not None
+    dead = np.empty(0, dtype=np.int64)
+    if prev is not None and not cleared and prev.count:
         try:
             rows = [prev.lookup(k.encode("utf-8")) for k in touched]
         except CorruptionError as exc:
-            check_files(prev)  # name the damaged file when its checksum can
+            for part in prev.parts:
+                check_files(part.view)  # name the damaged file when its checksum can
             raise exc from None
-        dropped = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
-    n_prev = prev.count if (keep_prev and prev is not None) else 0
-    live = sum(1 for t in touched.values() if t.live)
-    n = n_prev - len(dropped) + live
+        dead = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
+    n = sum(1 for t in touched.values() if t.live)
+    if not n:
+        return FoldResult(None, dead, cleared)
     b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level)
     try:
-        if keep_prev and prev is not None:
-            _copy_prev(prev, dropped, b)
         # Pass 2: the live delta documents, in the seq order of their last write.
         for frame in source():
             if frame.first_seq > last_seq:
@@ -691,7 +703,8 @@ def fold(paths: Paths, dim: int, prev: CheckpointView | None, start_seg: int, en
             if pick:
                 b.add([body.ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
                       [[body.contents[i], body.metadatas[i]] for i in pick])
-        return b.finish(ckpt_id, last_seq if seq_as is None else seq_as)
+        return FoldResult(b.finish(frag_id, last_seq if seq_as is None else seq_as), dead,
+                          cleared)
     except BaseException:
         b.abort()
         raise
@@ -853,60 +866,7 @@ def _dontneed(*arrays: Any) -> None:
                 pass
 
 
-# ============================================================================ publish
-def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) -> CheckpointInfo:
-    """Seal the log, fold it into a new checkpoint, publish it, retire the old files.
-
-    One checkpointer at a time (``checkpoint.lock``); writers keep appending to
-    the new segment meanwhile.  Publish order (RULES.md 10): files under a temp
-    name -> fsync -> rename -> fsync dir -> MANIFEST replaced atomically -> only
-    then old segments and checkpoints are deleted.
-    """
-    from ._store import open_manifest
-
-    lock.acquire_exclusive_slow()
-    try:
-        manifest = open_manifest(paths)
-        dim = manifest["dim"]
-        clean_orphans(paths, manifest["checkpoint"])
-        log.remove_temp_segments()  # leftovers of rolls that died (under the append lock)
-        new_seg, last_seq = log.roll()
-        prev_id, prev_seq = manifest["checkpoint"], manifest["checkpoint_seq"]
-        if last_seq == prev_seq:
-            retire(paths, manifest, config.keep_checkpoints)
-            return CheckpointInfo(prev_id, prev_seq, int(manifest.get("checkpoint_documents", 0)))
-        prev = CheckpointView(paths, prev_id, dim) if prev_id else None
-        existing = list_checkpoints(paths)
-        ckpt_id = max([prev_id, *existing]) + 1
-        final = paths.checkpoint(ckpt_id)
-        tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
-        try:
-            _io.layer.mkdir(tmp)
-        except OSError as exc:
-            raise _io.io_error(exc, "mkdir", tmp) from None
-        try:
-            body = fold(paths, dim, prev, manifest["replay_segment"], new_seg, prev_seq + 1,
-                        last_seq, tmp, ckpt_id, config)
-            fsync_dir(tmp)
-            try:
-                _io.layer.rename(tmp, final)
-            except OSError as exc:
-                raise _io.io_error(exc, "rename", final) from None
-        except BaseException:
-            _rmtree(tmp)
-            raise
-        fsync_dir(paths.checkpoints)
-        new_manifest = dict(manifest)
-        new_manifest.update({"checkpoint": ckpt_id, "checkpoint_seq": last_seq,
-                             "replay_segment": new_seg, "checkpoint_documents": body["count"],
-                             "checkpointed": time.time()})
-        atomic_write(paths.manifest, F.encode_manifest(new_manifest))  # the commit point
-        retire(paths, new_manifest, config.keep_checkpoints)
-        return CheckpointInfo(ckpt_id, last_seq, body["count"])
-    finally:
-        lock.release_slow()
-
-
+# ============================================================================ files
 def _rmtree(path: str) -> None:
     io = _io.layer
     try:
@@ -934,54 +894,3 @@ def _rmtree(path: str) -> None:
         raise _io.io_error(exc, "rmdir", path) from None
 
 
-def clean_orphans(paths: Paths, current: int) -> None:
-    """Delete leftovers of crashed checkpoints: temp dirs and dirs never published.
-
-    Called under ``checkpoint.lock``, so no checkpoint is being built meanwhile.
-    """
-    try:
-        names = _io.layer.listdir(paths.checkpoints)
-    except FileNotFoundError:
-        return
-    removed = False
-    for name in names:
-        orphan = name.startswith(".tmp-") or (len(name) == 8 and name.isdigit()
-                                              and int(name) > current)
-        if orphan:
-            _rmtree(os.path.join(paths.checkpoints, name))
-            removed = True
-    if removed:
-        fsync_dir(paths.checkpoints)
-
-
-def retire(paths: Paths, manifest: dict[str, Any], keep: int) -> None:
-    """Delete segments before the replay start and checkpoints beyond ``keep``.
-
-    Only after the MANIFEST naming the new checkpoint is durable.  Readers that
-    still map retired files keep working: unlink never invalidates a mapping.
-    """
-    io = _io.layer
-    replay_from = manifest["replay_segment"]
-    removed = False
-    for s in list_segments(paths):  # ascending: what is left stays contiguous
-        if s >= replay_from:
-            break
-        try:
-            io.unlink(paths.segment(s))
-            removed = True
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _io.io_error(exc, "unlink", paths.segment(s)) from None
-    # wal/.tmp-* are left alone here: a writer may be rolling right now (under
-    # the append lock, which we do not hold); writers remove them on rebuild.
-    if removed:
-        fsync_dir(paths.wal)
-    current = manifest["checkpoint"]
-    older = [c for c in list_checkpoints(paths) if c < current]
-    keep_old = max(keep, 1) - 1
-    doomed = older[: max(0, len(older) - keep_old)]
-    for c in doomed:
-        _rmtree(paths.checkpoint(c))
-    if doomed:
-        fsync_dir(paths.checkpoints)

@@ -497,6 +497,14 @@ DESCRIPTOR_MAGIC = b"MMWALCKD"
 DESCRIPTOR_KEYED_VERSION = 2
 
 
+#: The newest version of each manifest-like file this mmwal reads (docs/format.md):
+#: MANIFEST 2 names a version of fragments (1 named one checkpoint); VERSION and
+#: deletion-vector files are new in it.
+MANIFEST_VERSION = 2
+NEWEST_VERSION = {MANIFEST_MAGIC: MANIFEST_VERSION, DESCRIPTOR_MAGIC: DESCRIPTOR_KEYED_VERSION,
+                  b"MMWALVER": 1}
+
+
 def encode_manifest(body: dict[str, Any], magic: bytes = MANIFEST_MAGIC,
                     version: int | None = None) -> bytes:
     """A MANIFEST (or, with ``DESCRIPTOR_MAGIC``, a checkpoint DESCRIPTOR)."""
@@ -539,7 +547,7 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
     # checked first, a flipped bit in the version word of a damaged MANIFEST or
     # DESCRIPTOR was reported as "written by a newer format, upgrade mmwal"
     # (FormatVersionError) instead of CorruptionError.
-    newest = DESCRIPTOR_KEYED_VERSION if magic_expected == DESCRIPTOR_MAGIC else FORMAT_VERSION
+    newest = NEWEST_VERSION.get(bytes(magic_expected), FORMAT_VERSION)
     if version > newest:
         raise FormatVersionError(
             f"{path}: store written by format version {version}, this mmwal reads up to "

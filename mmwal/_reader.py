@@ -29,12 +29,12 @@ import numpy as np
 
 from . import _format as F
 from . import _store as _st
-from ._checkpoint import CheckpointView
 from ._fsutil import Paths, store_root
 from ._lock import FileLock
 from ._snapshot import IdView, Snapshot, _Tail
 from ._store import folded_past, open_manifest
 from ._types import Document
+from ._version import VersionView
 from ._wal import RECOVERY_MODES, LogCursor, Retired, read_tail_record
 from .errors import ClosedError, CorruptionError, InvalidInputError
 
@@ -90,7 +90,7 @@ class _State:
 
     __slots__ = ("ckpt", "ckpt_id", "ckpt_seq", "cursor", "mstat", "seq", "tail")
 
-    def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, ckpt_seq: int,
+    def __init__(self, ckpt: VersionView | None, ckpt_id: int, ckpt_seq: int,
                  tail: _Tail, cursor: LogCursor, mstat: tuple[int, ...]) -> None:
         self.ckpt = ckpt
         self.ckpt_id = ckpt_id
@@ -217,13 +217,13 @@ class Reader:
         old = self._state
         if old is not None and old.ckpt_id == cid:
             ckpt = old.ckpt
+        elif cid:
+            # Fragments the old version shares with the new one stay mapped
+            # (and keep their metadata columns): a switch maps only new files.
+            reuse = old.ckpt.views if old is not None and old.ckpt is not None else None
+            ckpt = VersionView(self._paths, manifest, self.dim, reuse)
         else:
-            ckpt = CheckpointView(self._paths, cid, self.dim) if cid else None
-        if ckpt is not None and ckpt.seq != manifest["checkpoint_seq"]:
-            raise CorruptionError(
-                f"{self._paths.manifest}: names checkpoint {cid} at seq "
-                f"{manifest['checkpoint_seq']}, its descriptor says {ckpt.seq}",
-                path=self._paths.manifest, offset=F.MANIFEST_HEADER.size)
+            ckpt = None
         seq = manifest["checkpoint_seq"]
         paths = self._paths
         cursor = LogCursor(paths, manifest["replay_segment"], seq + 1, mode=self.recovery,

@@ -45,10 +45,12 @@ from typing import Any
 
 from . import _format as F
 from . import _io
-from ._checkpoint import CheckpointView, _rmtree, clean_orphans, fold, list_checkpoints
+from ._checkpoint import CheckpointView, _rmtree, fold
 from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
+from ._publish import publish_fold
 from ._types import Config, VerifyReport
+from ._version import VersionView, clean_orphans, deletion_path, next_id, read_version, version_path
 from ._wal import RawFrame, create_segment, read_tail_record
 from .errors import CorruptionError, FormatVersionError, InvalidInputError, MmwalError
 
@@ -532,28 +534,43 @@ def _copy_file(src: str, dst: str, advance: Callable[[int], None]) -> list[int]:
     return [pos, crc]
 
 
-def _backup_files(plan: Plan) -> list[str]:
+def _backup_files(plan: Plan) -> tuple[list[str], list[str], dict[str, list[int]]]:
     """What the backup holds, relative to the store: enough to rebuild the store alone.
 
-    MANIFEST, the tail record, every segment in ``wal/`` and every file of the
-    checkpoint the MANIFEST names: the next checkpoint retires that checkpoint
-    and those segments, and a backup that only pointed at them could then no
-    longer be restored.
+    MANIFEST, the tail record, every segment in ``wal/``, and the current
+    version: its version file, every file of every fragment it lists and its
+    deletion vectors (the next checkpoint may retire any of them, and a backup
+    that only pointed at them could then no longer be restored).  Returns
+    (files, fragment directories, the size and CRC-32 each fragment's
+    descriptor records for its files).
     """
     paths = Paths(plan.root)
     rel = ["MANIFEST"]
     if os.path.exists(paths.tail):
         rel.append("tail")
     rel += [os.path.relpath(paths.segment(s), paths.root) for s in list_segments(paths)]
-    cid = plan.manifest["checkpoint"]
-    if cid:
-        cdir = paths.checkpoint(cid)
-        try:
-            names = _io.layer.listdir(cdir)
-        except OSError as exc:
-            raise _io.io_error(exc, "listdir", cdir) from None
-        rel += [os.path.relpath(os.path.join(cdir, n), paths.root) for n in sorted(names)]
-    return rel
+    dirs: list[str] = []
+    want: dict[str, list[int]] = {}
+    if plan.manifest["checkpoint"]:
+        v = read_version(paths, plan.manifest)
+        if not v.legacy:
+            rel.append(os.path.relpath(version_path(paths, v.id), paths.root))
+        for e in v.entries:
+            cdir = paths.checkpoint(e.fid)
+            dirs.append(os.path.relpath(cdir, paths.root))
+            try:
+                names = _io.layer.listdir(cdir)
+            except OSError as exc:
+                raise _io.io_error(exc, "listdir", cdir) from None
+            rel += [os.path.relpath(os.path.join(cdir, n), paths.root) for n in sorted(names)]
+            view = CheckpointView(paths, e.fid, plan.manifest["dim"])
+            for name, meta in view.descriptor["files"].items():
+                want[os.path.relpath(os.path.join(cdir, name), paths.root)] = list(meta)
+            del view
+            if e.dv:
+                rel.append(os.path.relpath(deletion_path(paths, e.fid, e.dv), paths.root))
+                want[rel[-1]] = [e.dv_size, e.dv_crc]
+    return rel, dirs, want
 
 
 def _backup(plan: Plan, show: bool) -> str:
@@ -574,36 +591,28 @@ def _backup(plan: Plan, show: bool) -> str:
     while os.path.exists(backup):
         n += 1
         backup = os.path.join(paths.root, f"repair-backup-{stamp}-{n}")
-    files = _backup_files(plan)
-    cid = plan.manifest["checkpoint"]
-    cdir = os.path.relpath(paths.checkpoint(cid), paths.root) if cid else None
+    files, dirs, want = _backup_files(plan)
     _mkdir(backup)
     fsync_dir(paths.root)
-    for d in ("wal", "checkpoints", *([cdir] if cdir else [])):
+    for d in ("wal", "checkpoints", *dirs):
         _mkdir(os.path.join(backup, d))
     try:
         total = sum(_io.layer.stat(os.path.join(paths.root, r)).st_size for r in files)
     except OSError as exc:
         raise _io.io_error(exc, "stat", paths.root) from None
     held: dict[str, list[int]] = {}
-    descriptor = None
-    if cid:
-        view = CheckpointView(paths, cid, plan.manifest["dim"])
-        descriptor = view.descriptor["files"]
-        del view
     with progress(total, "backup", "B", enabled=None if show else False) as bar:
         for r in files:
             got = held[r] = _copy_file(os.path.join(paths.root, r), os.path.join(backup, r),
                                        bar.update)
-            name = os.path.basename(r)
-            if (descriptor is not None and r.startswith("checkpoints" + os.sep)
-                    and name in descriptor and got != list(descriptor[name])):
+            exp = want.get(r)
+            if exp is not None and got != exp:
                 raise CorruptionError(
-                    f"{os.path.join(paths.root, r)}: size/CRC-32 {got[0]}/{got[1]:#010x}, the "
-                    f"descriptor says {descriptor[name][0]}/{descriptor[name][1]:#010x}: the "
-                    "checkpoint is damaged; nothing was repaired", path=os.path.join(
-                        paths.root, r), offset=0)
-    for d in (*([cdir] if cdir else []), "checkpoints", "wal", ""):
+                    f"{os.path.join(paths.root, r)}: size/CRC-32 {got[0]}/{got[1]:#010x}, "
+                    f"its checkpoint records {exp[0]}/{exp[1]:#010x}: the checkpoint is "
+                    "damaged; nothing was repaired", path=os.path.join(paths.root, r),
+                    offset=0)
+    for d in (*dirs, "checkpoints", "wal", ""):
         fsync_dir(os.path.join(backup, d))
     index = {**plan.as_dict(), "started": time.time(), "files": held,
              "restore": RESTORE_HOWTO}
@@ -641,29 +650,29 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
     dim = manifest["dim"]
     backup = _backup(plan, show_progress)
 
-    # 1. The salvaged state as a new checkpoint, by the library's own fold.
-    clean_orphans(paths, manifest["checkpoint"])
-    prev_id = manifest["checkpoint"]
-    prev = CheckpointView(paths, prev_id, dim) if prev_id else None
-    ckpt_id = max([prev_id, *list_checkpoints(paths)]) + 1
-    final = paths.checkpoint(ckpt_id)
+    # 1. The salvaged state as a new fragment, by the library's own fold.
+    clean_orphans(paths, manifest)  # leftovers of crashed checkpoints
+    prev = VersionView(paths, manifest, dim) if manifest["checkpoint"] else None
+    ckpt_id = next_id(paths, manifest)
     tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
     _mkdir(tmp)
     try:
-        body = fold(paths, dim, prev, manifest["replay_segment"], 0,
-                    manifest["checkpoint_seq"] + 1, plan.last_kept, tmp, ckpt_id, config,
-                    frames=_raw_frames(plan.keep), seq_as=plan.max_seen)
-        fsync_dir(tmp)
-        try:
-            _io.layer.rename(tmp, final)
-        except OSError as exc:
-            raise _io.io_error(exc, "rename", final) from None
+        res = fold(paths, dim, prev, manifest["replay_segment"], 0,
+                   manifest["checkpoint_seq"] + 1, plan.last_kept, tmp, ckpt_id, config,
+                   frames=_raw_frames(plan.keep), seq_as=plan.max_seen)
+        if res.body is not None:
+            fsync_dir(tmp)
+            final = paths.checkpoint(ckpt_id)
+            try:
+                _io.layer.rename(tmp, final)
+            except OSError as exc:
+                raise _io.io_error(exc, "rename", final) from None
+        else:
+            _rmtree(tmp)
     except BaseException:
         with contextlib.suppress(OSError, MmwalError):
             _rmtree(tmp)  # else a leftover the next checkpoint removes
         raise
-    fsync_dir(paths.checkpoints)
-    del prev
 
     # 2. A fresh segment continuing after every seq ever used, and the tail record
     #    pointing at it (pending word first, as a roll does: a crash in between
@@ -687,13 +696,12 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
     finally:
         _io.layer.close(fd)
 
-    # 3. The commit point.
-    new_manifest = dict(manifest)
-    new_manifest.update({"checkpoint": ckpt_id, "checkpoint_seq": plan.max_seen,
-                         "replay_segment": new_seg, "checkpoint_documents": body["count"],
-                         "checkpointed": time.time(), "repaired": time.time(),
-                         "repair_backup": os.path.basename(backup)})
-    atomic_write(paths.manifest, F.encode_manifest(new_manifest))
+    # 3. The commit point: deletion vectors, the version file, then the MANIFEST.
+    _, version, _ = publish_fold(
+        paths, manifest, prev, res, ckpt_id, plan.max_seen, new_seg,
+        {"repaired": time.time(), "repair_backup": os.path.basename(backup)})
+    del prev
+    documents = version.documents
 
     # 4. Unlink the old segments (backed up above; readers that map them keep
     #    their mappings).  Checkpoints are all kept: the next ordinary
@@ -708,7 +716,7 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
             except OSError as exc:
                 raise _io.io_error(exc, "unlink", paths.segment(s)) from None
     fsync_dir(paths.wal)
-    return {"backup": backup, "checkpoint": ckpt_id, "documents": body["count"],
+    return {"backup": backup, "checkpoint": ckpt_id, "documents": documents,
             "seq": plan.max_seen, "next_seq": plan.max_seen + 1, "segment": new_seg}
 
 

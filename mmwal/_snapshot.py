@@ -27,6 +27,7 @@ from ._checkpoint import CheckpointView
 from ._search import where as where_
 from ._types import Document, Hit
 from ._validate import as_vectors
+from ._version import VersionView
 from .errors import InvalidInputError
 
 __all__ = ["METRICS", "IdView", "Snapshot"]
@@ -109,7 +110,7 @@ class _Tail:
             self.deaths.append(row)
             self.live -= 1
 
-    def _kill(self, key: str, ckpt: CheckpointView | None) -> int:
+    def _kill(self, key: str, ckpt: VersionView | None) -> int:
         """Kill the current version of ``key`` (tail row or checkpoint row); its tail row."""
         old = self.newest.get(key, -1)
         if old >= 0:
@@ -122,7 +123,7 @@ class _Tail:
         return old
 
     def add(self, ids: list[str], emb: bytes, contents: list[str], metas: list[Any],
-            ckpt: CheckpointView | None) -> None:
+            ckpt: VersionView | None) -> None:
         count = len(ids)
         n0 = self.n
         if n0 + count > len(self.death):
@@ -140,7 +141,7 @@ class _Tail:
         if self._pending_bytes >= _FLUSH_BYTES:
             self.flush()
 
-    def remove(self, key: str, ckpt: CheckpointView | None) -> None:
+    def remove(self, key: str, ckpt: VersionView | None) -> None:
         self._kill(key, ckpt)
 
 
@@ -158,7 +159,7 @@ class Snapshot:
                  "_norms", "_tail", "_tail_live", "_vecs", "checkpoint_id", "checkpoint_seq",
                  "dim", "seq")
 
-    def __init__(self, ckpt: CheckpointView | None, ckpt_id: int, tail: _Tail, seq: int,
+    def __init__(self, ckpt: VersionView | None, ckpt_id: int, tail: _Tail, seq: int,
                  dim: int, ckpt_seq: int = 0) -> None:
         tail.flush()
         self._base = ckpt  # the mapped checkpoint, even when a clear made it all dead
@@ -172,7 +173,7 @@ class Snapshot:
         self._vecs = tail.vecs
         self._norms = tail.norms
         self._death = tail.death
-        self._ckpt_live = (self._ckpt.count - self._kc) if self._ckpt is not None else 0
+        self._ckpt_live = (self._ckpt.live - self._kc) if self._ckpt is not None else 0
         self._tail_live = tail.live
         self.seq = seq
         self.dim = dim
@@ -181,11 +182,14 @@ class Snapshot:
     # ------------------------------------------------------------------ rows
     def _ckpt_dead(self) -> np.ndarray | None:
         """Bool mask of checkpoint rows dead in this snapshot, or None when there are none."""
-        if not self._kc or self._ckpt is None:
+        if self._ckpt is None:
             return None
+        base = self._ckpt.dead  # the version's deletion vectors
+        if not self._kc:
+            return base
         got = self._cache.get("ckpt_dead")
         if got is None:
-            got = np.zeros(self._ckpt.count, dtype=bool)
+            got = (np.zeros(self._ckpt.count, dtype=bool) if base is None else base.copy())
             got[np.asarray(self._tail.ckpt_deaths[: self._kc], dtype=np.int64)] = True
             self._cache["ckpt_dead"] = got
         return got  # type: ignore[no-any-return]
@@ -266,7 +270,7 @@ class Snapshot:
         if pos is not None and pos < self._kc:
             return default
         content, meta = ckpt.doc(crow)
-        return Document(id, ckpt.embeddings[crow], content, meta)
+        return Document(id, ckpt.vector(crow), content, meta)
 
     @property
     def ids(self) -> IdView:
@@ -278,23 +282,27 @@ class Snapshot:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """(n, dim) float32, read-only; a zero-copy memmap when nothing supersedes the checkpoint.
+        """(n, dim) float32, read-only; zero-copy when the version is one whole fragment.
 
-        With tail documents or superseded checkpoint rows it is a new read-only
-        array (surviving checkpoint rows, then live tail rows), built once per
-        snapshot; ``search`` never builds it.
+        It is the mapped ``embeddings.npy`` itself when the version has one
+        fragment without deletions and nothing in the tail supersedes it.
+        Otherwise it is a new read-only array (live rows of each fragment in
+        order, then live tail rows), built once per snapshot - a copy;
+        :attr:`fragments` gives the zero-copy parts, and ``search`` never
+        builds it.
         """
         got = self._cache.get("emb")
         if got is not None:
             return got  # type: ignore[no-any-return]
         ckpt = self._ckpt
-        if ckpt is not None and not self._kc and not self._tail_live:
-            got = ckpt.embeddings  # the map itself, zero-copy
+        whole = ckpt.embeddings if ckpt is not None else None
+        if whole is not None and not self._kc and not self._tail_live:
+            got = whole  # the map itself, zero-copy
         else:
             parts = []
             if ckpt is not None and self._ckpt_live:
-                parts.append(ckpt.embeddings if not self._kc
-                             else ckpt.embeddings[self._ckpt_rows()])
+                parts.append(whole if whole is not None and not self._kc
+                             else ckpt.gather(self._ckpt_rows()))
             parts.append(self._vecs[self._tail_rows()])
             got = np.concatenate(parts) if len(parts) > 1 else parts[0]
             got.flags.writeable = False
@@ -306,7 +314,9 @@ class Snapshot:
         """Rows of the checkpoint whose metadata matches ``expr`` (dead rows included)."""
         ckpt = self._ckpt
         assert ckpt is not None
-        return where_.compile_columns(expr, checkpoint_columns(ckpt), ckpt.count)
+        masks = [where_.compile_columns(expr, checkpoint_columns(p.view), p.view.count)
+                 for p in ckpt.parts]
+        return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
 
     def _tail_match(self, expr: where_.Expr | None, doc: where_.DocExpr | None) -> np.ndarray:
         docs = self._tail.docs
@@ -322,10 +332,8 @@ class Snapshot:
         ckpt = self._ckpt
         assert ckpt is not None
         out = np.zeros(ckpt.count, dtype=bool)
-        step = ckpt.chunk_docs
-        for k in range(ckpt.nchunks):
-            for j, (content, _meta) in enumerate(ckpt.chunk(k)):
-                out[k * step + j] = where_.matches_document(doc, content)
+        for row, (content, _meta) in enumerate(ckpt.iter_docs()):
+            out[row] = where_.matches_document(doc, content)
         return out
 
     def _allowed(self, where: Any, where_document: Any = None,
@@ -466,18 +474,23 @@ class Snapshot:
 
         ckpt = self._ckpt
         n_ckpt = 0
-        if ckpt is not None and ckpt.count and self._ckpt_live:
+        if ckpt is not None and ckpt.count:
             n_ckpt = ckpt.count
+        if n_ckpt and self._ckpt_live:
+            assert ckpt is not None
             drop = ~ckpt_ok if filtered and ckpt_ok is not None else self._ckpt_dead()
-            E, norms = ckpt.embeddings, ckpt.norms
-            for a in range(0, n_ckpt, SEARCH_ROWS):
-                b = min(n_ckpt, a + SEARCH_ROWS)
-                if drop is not None and drop[a:b].all():
-                    continue
-                s = _score(E[a:b], norms[a:b], Q, qn, metric)
-                if drop is not None:
-                    s[drop[a:b]] = -np.inf
-                take(s, a)
+            # Each fragment's mapped matrix in turn, in blocks; the top k merge.
+            for part in ckpt.parts:
+                E, norms, p0 = part.view.embeddings, part.view.norms, part.start
+                for a in range(0, part.view.count, SEARCH_ROWS):
+                    b = min(part.view.count, a + SEARCH_ROWS)
+                    d = None if drop is None else drop[p0 + a:p0 + b]
+                    if d is not None and d.all():
+                        continue
+                    s = _score(E[a:b], norms[a:b], Q, qn, metric)
+                    if d is not None:
+                        s[d] = -np.inf
+                    take(s, p0 + a)
         n = self._n
         if self._tail_live:
             T = self._vecs[:n]
@@ -495,7 +508,7 @@ class Snapshot:
             if metric == "l2" and len(r):
                 # The expanded form |v|^2 - 2 v.q + |q|^2 loses precision near 0 in
                 # float32: recompute the k winners' distances exactly.
-                vecs = np.stack([ckpt.embeddings[x] if x < n_ckpt and ckpt is not None
+                vecs = np.stack([ckpt.vector(x) if x < n_ckpt and ckpt is not None
                                  else self._vecs[x - n_ckpt] for x in r.tolist()])
                 diff = vecs.astype(np.float64) - Q[j].astype(np.float64)
                 s = -np.sqrt(np.einsum("ij,ij->i", diff, diff))

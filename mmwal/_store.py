@@ -176,10 +176,10 @@ def _create(paths: Paths, dim: int, lock: FileLock) -> None:
             io.close(fd)
         if 1 not in list_segments(paths):
             create_segment(paths, 1, 1)
-        body = {"format": F.FORMAT_VERSION, "dim": dim, "created": time.time(),
+        body = {"format": F.MANIFEST_VERSION, "dim": dim, "created": time.time(),
                 "checkpoint": 0, "checkpoint_seq": 0, "replay_segment": 1,
-                "checkpoint_documents": 0}
-        atomic_write(paths.manifest, F.encode_manifest(body))
+                "checkpoint_documents": 0, "fragments": 0}
+        atomic_write(paths.manifest, F.encode_manifest(body, version=F.MANIFEST_VERSION))
     finally:
         lock.release_slow()
 
@@ -702,11 +702,15 @@ class Store:
         segs = list_segments(self._paths)
         ckpt_bytes = 0
         if m["checkpoint"]:
-            d = self._paths.checkpoint(m["checkpoint"])
+            from ._version import read_version
+
             try:
-                ckpt_bytes = sum(e.stat().st_size for e in os.scandir(d) if e.is_file())
-            except FileNotFoundError:
-                pass
+                for e in read_version(self._paths, m).entries:
+                    d = self._paths.checkpoint(e.fid)
+                    ckpt_bytes += sum(x.stat().st_size for x in os.scandir(d) if x.is_file())
+                    ckpt_bytes += e.dv_size
+            except (FileNotFoundError, MmwalError):
+                pass  # retired meanwhile (a newer version), or damaged: verify says which
         return StoreStats(
             path=self.path, dim=self.dim, durability=self.durability, seq=t.last_seq,
             checkpoint_id=m["checkpoint"], checkpoint_seq=m["checkpoint_seq"],
@@ -752,11 +756,44 @@ class Store:
         return self._checkpoint()
 
     def _checkpoint(self) -> Any:
-        from ._checkpoint import run_checkpoint
+        from ._publish import run_checkpoint
 
         info = run_checkpoint(self._paths, self._log, self._ckpt_lock, self.config)
         self._auto_error = None
         self._auto_retry_seq = 0
+        self._refresh_manifest()
+        return info
+
+    @_admitted
+    def compact(self, *, target_fragments: int | None = None,
+                min_dead_fraction: float | None = None) -> Any:
+        """Merge fragments and drop dead rows, as a new version; return a CompactionInfo.
+
+        With no arguments: a full compaction (like SQLite's VACUUM) - every
+        fragment of the current version merged into one, without its dead
+        rows.  ``target_fragments`` asks for at most that many fragments
+        (tiered: the smallest neighbours merge first, large old fragments are
+        left alone), ``min_dead_fraction`` rewrites a fragment whose share of
+        dead rows reaches it.  Runs under the checkpoint lock (a second
+        ``compact()`` waits, then finds nothing to do and rewrites nothing);
+        writers keep appending and readers keep reading meanwhile.  Folds no
+        log record: the version keeps its seq.  ``checkpoint()`` compacts on
+        its own with ``Config(auto_compact=True)`` (see docs/concepts.md).
+        """
+        self._check()
+        if target_fragments is not None and (type(target_fragments) is not int
+                                             or not 1 <= target_fragments <= 1 << 16):
+            raise InvalidInputError(f"target_fragments must be None or an int from 1 to "
+                                    f"65536, got {target_fragments!r:.60}",
+                                    got=target_fragments)
+        f = min_dead_fraction
+        if f is not None and (type(f) not in (int, float) or not 0 <= f <= 1):
+            raise InvalidInputError(f"min_dead_fraction must be None or a number from 0 to 1, "
+                                    f"got {f!r:.60}", got=f)
+        from ._publish import run_compact
+
+        info = run_compact(self._paths, self._ckpt_lock, self.config, target_fragments,
+                           None if f is None else float(f))
         self._refresh_manifest()
         return info
 

@@ -69,6 +69,16 @@ class Config:
         records (``Store.checkpoint()`` retries at once).
     chunk_documents
         Documents per compressed content/metadata chunk of a checkpoint.
+    max_fragments
+        Fragments a version may list before a checkpoint compacts (with
+        ``auto_compact``); also the target of ``Store.compact()``.
+    compact_dead_fraction
+        Share of dead rows (replaced or removed) at which a fragment is
+        rewritten by a compaction (and, with ``auto_compact``, by a checkpoint).
+    auto_compact
+        Compact at the end of ``checkpoint()`` when the new version lists more
+        than ``max_fragments`` fragments or a fragment reaches
+        ``compact_dead_fraction`` (on by default).
     recovery
         ``"strict"`` (default), ``"point-in-time"`` or ``"skip-bad"``: what
         readers do with a damaged frame that has valid frames after it.
@@ -100,6 +110,9 @@ class Config:
     auto_checkpoint: bool = False
     chunk_documents: int = 256
     recovery: str = "strict"
+    max_fragments: int = 8
+    compact_dead_fraction: float = 0.2
+    auto_compact: bool = True
 
     def __post_init__(self) -> None:
         # Every field is checked here, before a Store touches the disk with it:
@@ -133,6 +146,13 @@ class Config:
                       f"from 0 to {_MAX_SECONDS:.0f}")
         if type(self.auto_checkpoint) is not bool:
             raise bad("auto_checkpoint", "a bool")
+        if type(self.auto_compact) is not bool:
+            raise bad("auto_compact", "a bool")
+        if type(self.max_fragments) is not int or not 1 <= self.max_fragments <= 1 << 16:
+            raise bad("max_fragments", "an int from 1 to 65536")
+        f = self.compact_dead_fraction
+        if not (_is_number(f) and (isinstance(f, int) or math.isfinite(f)) and 0 < f <= 1):
+            raise bad("compact_dead_fraction", "a number > 0 and <= 1")
         if type(self.recovery) is not str or self.recovery not in _RECOVERY:
             raise bad("recovery", "'strict', 'point-in-time' or 'skip-bad'")
 
@@ -213,6 +233,38 @@ class CheckpointInfo:
     id: int
     seq: int
     documents: int
+    #: Fragments the published version lists.
+    fragments: int = 0
+    #: New fragments written (the checkpoint's own, plus any an automatic compaction wrote).
+    fragments_written: int = 0
+    #: Fragments an automatic compaction merged or rewrote into the new ones.
+    fragments_merged: int = 0
+    #: Rows written into new fragments (new documents plus rows a compaction copied).
+    rows_copied: int = 0
+    #: Bytes of new files: fragments, deletion vectors, the version file.
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompactionInfo:
+    """What ``Store.compact()`` did: the version it published and what it rewrote.
+
+    ``fragments_merged == 0`` means there was nothing to do: no version was
+    published and ``id`` is the current one.
+    """
+
+    id: int
+    seq: int
+    documents: int
+    fragments_before: int
+    fragments: int
+    fragments_merged: int = 0
+    fragments_written: int = 0
+    rows_copied: int = 0
+    rows_dropped: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._replay import iter_ops, reader_lock, scan_log
 from ._types import Problem, VerifyReport
+from ._version import Version, VersionView, list_versions, load_version, read_version, version_path
 from ._wal import LogCursor, Retired, read_segment_header
 from .errors import MmwalError
 
@@ -98,76 +99,117 @@ def _scan(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
             paths.segment(manifest["replay_segment"]), 32,
             f"the log starts at seq {report.first_seq}, the checkpoint ends at "
             f"{manifest['checkpoint_seq']}"))
+    checked: dict[int, CheckpointView | None] = {}
     if manifest["checkpoint"]:
-        view = _check_checkpoint(paths, manifest, report)
-        if view is not None:
-            report.documents = view.count
-            _compare_with_log(paths, manifest, view, report)
-    _check_older(paths, manifest, report)
+        try:
+            version = read_version(paths, manifest)
+        except MmwalError as exc:
+            report.problems.append(Problem(getattr(exc, "path", paths.manifest),
+                                           getattr(exc, "offset", 0), str(exc)))
+        else:
+            view = _check_version(paths, version, dim, report, checked)
+            if view is not None:
+                report.documents = view.live
+                _compare_with_log(paths, manifest, view, report)
+    _check_older(paths, manifest, report, checked)
     _note_leftovers(paths, manifest, report)
 
 
-def _check_older(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
-    """Check the older checkpoints kept beside the current one (``keep_checkpoints``).
+def _check_version(paths: Paths, version: Version, dim: int, report: VerifyReport,
+                   checked: dict[int, CheckpointView | None]) -> VersionView | None:
+    """Check a version: each fragment once (``checked``), its deletion vectors, unique ids."""
+    ok = True
+    for e in version.entries:
+        if e.fid not in checked:
+            checked[e.fid] = _check_fragment(paths, e.fid, dim, report)
+        if checked[e.fid] is None:
+            ok = False
+    if not ok:
+        return None
+    reuse = {fid: v for fid, v in checked.items() if v is not None}
+    try:
+        view = VersionView(paths, None, dim, reuse, version=version)
+    except MmwalError as exc:
+        report.problems.append(Problem(getattr(exc, "path", paths.checkpoints),
+                                       getattr(exc, "offset", 0), str(exc)))
+        return None
+    if version.legacy and view.parts and view.parts[0].view.seq != version.seq:
+        report.problems.append(Problem(paths.manifest, 16, f"checkpoint seq {version.seq} in "
+                                       f"the manifest, {view.parts[0].view.seq} in the "
+                                       "descriptor"))
+    if len(view.parts) > 1:
+        # An id is live in at most one fragment of a version.
+        seen: set[bytes] = set()
+        for p in view.parts:
+            for row in range(p.view.count):
+                if p.dead is not None and p.dead[row]:
+                    continue
+                key = p.view.id_bytes(row)
+                if key in seen:
+                    report.problems.append(Problem(
+                        version_path(paths, version.id), 0,
+                        f"id {key!r} is live in two fragments of version {version.id} (the "
+                        f"second: fragment {p.entry.fid}, row {row})"))
+                    return None
+                seen.add(key)
+    return view
 
-    Their data is checked like the current checkpoint's (descriptor sizes and
-    CRC-32s, ids, index, chunks, norms) and compared with the log where it
-    still holds what they folded in: damage there would otherwise go unseen
-    until someone fell back on them.  One that a checkpointer retires while
-    this runs is not damage: it is noted and skipped.
+
+def _check_older(paths: Paths, manifest: dict[str, Any], report: VerifyReport,
+                 checked: dict[int, CheckpointView | None]) -> None:
+    """Check the older versions kept beside the current one (``keep_checkpoints``).
+
+    Their fragments are checked like the current version's (each fragment
+    once, however many versions list it), their deletion vectors too, and
+    each is compared with the log where it still holds what they folded in:
+    damage there would otherwise go unseen until someone fell back on them.
     """
     current = manifest["checkpoint"]
-    for cid in list_checkpoints(paths):
-        if cid >= current:
+    dim = manifest["dim"]
+    for vid in list_versions(paths):
+        if vid >= current:
             continue
         sub = VerifyReport(path=report.path)
-        cdir = paths.checkpoint(cid)
         try:
-            present = set(os.listdir(cdir))
-        except FileNotFoundError:
-            present = set()
-        except OSError as exc:
-            report.problems.append(Problem(cdir, 0, f"unreadable: {exc}"))
-            continue
-        if not present >= {"DESCRIPTOR", *FILES}:
-            # Retirement unlinks a checkpoint's files one by one, then its
-            # directory: a process killed in between leaves it incomplete.
-            # Not damage of anything in use; the next checkpoint removes it.
-            report.notes.append(f"older checkpoint {cid} is incomplete (its retirement was "
-                                "interrupted, or is running); the next checkpoint removes it")
+            version = load_version(paths, vid, dim)
+        except MmwalError as exc:
+            if os.path.exists(version_path(paths, vid)):
+                report.problems.append(Problem(getattr(exc, "path", version_path(paths, vid)),
+                                               getattr(exc, "offset", 0), str(exc)))
             continue
         try:
-            view = _check_checkpoint(paths, {**manifest, "checkpoint": cid}, sub,
-                                     expect_seq=False)
+            view = _check_version(paths, version, dim, sub, checked)
             if view is not None:
                 _compare_with_log(paths, manifest, view, sub)
         except (MmwalError, OSError) as exc:
-            sub.problems.append(Problem(paths.checkpoint(cid), 0, str(exc)))
-        try:
-            whole = set(os.listdir(cdir)) >= {"DESCRIPTOR", *FILES}
-        except OSError:
-            whole = False
-        if sub.problems and not whole:
-            report.notes.append(f"older checkpoint {cid} was retired while verify ran")
-            continue
+            sub.problems.append(Problem(version_path(paths, vid), 0, str(exc)))
         report.problems.extend(sub.problems)
         report.notes.extend(n for n in sub.notes if "no longer holds" not in n
                             and "was checked against its descriptor only" not in n)
 
 
 def _check_checkpoint(paths: Paths, manifest: dict[str, Any], report: VerifyReport,
-                      *, expect_seq: bool = True) -> CheckpointView | None:
-    cid, dim = manifest["checkpoint"], manifest["dim"]
+                      ) -> VersionView | None:
+    """Check the version the MANIFEST names (every fragment, every deletion vector)."""
     try:
-        view = CheckpointView(paths, cid, dim)
+        version = read_version(paths, manifest)
     except MmwalError as exc:
-        report.problems.append(Problem(getattr(exc, "path", paths.checkpoint(cid)),
+        report.problems.append(Problem(getattr(exc, "path", paths.manifest),
+                                       getattr(exc, "offset", 0), str(exc)))
+        return None
+    return _check_version(paths, version, manifest["dim"], report, {})
+
+
+def _check_fragment(paths: Paths, fid: int, dim: int, report: VerifyReport,
+                    ) -> CheckpointView | None:
+    """Check one fragment: files against its descriptor, ids, index, chunks, norms."""
+    try:
+        view = CheckpointView(paths, fid, dim)
+    except MmwalError as exc:
+        report.problems.append(Problem(getattr(exc, "path", paths.checkpoint(fid)),
                                        getattr(exc, "offset", 0), str(exc)))
         return None
     bad = report.problems.append
-    if expect_seq and view.seq != manifest["checkpoint_seq"]:
-        bad(Problem(paths.manifest, 16, f"checkpoint seq {manifest['checkpoint_seq']} in the "
-                    f"manifest, {view.seq} in the descriptor"))
     files = view.descriptor["files"]
     ok = True
     for name in FILES:
@@ -225,9 +267,9 @@ def _check_checkpoint(paths: Paths, manifest: dict[str, Any], report: VerifyRepo
     return view
 
 
-def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointView,
+def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: VersionView,
                       report: VerifyReport) -> None:
-    """Where the log still starts at seq 1, replay it and compare with the checkpoint."""
+    """Where the log still starts at seq 1, replay it and compare with the version."""
     segs = list_segments(paths)
     if not segs:
         return
@@ -271,17 +313,21 @@ def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointVi
                             f"before the checkpoint's {view.seq}; the checkpoint was checked "
                             "against its descriptor only")
         return
-    where = os.path.join(view.dir, "DESCRIPTOR")
-    if len(state) != view.count:
-        report.problems.append(Problem(where, 0, f"the checkpoint holds {view.count} documents, "
+    where = version_path(paths, view.id) if not view.version.legacy else os.path.join(
+        paths.checkpoint(view.id), "DESCRIPTOR")
+    if len(state) != view.live:
+        report.problems.append(Problem(where, 0, f"the checkpoint holds {view.live} documents, "
                                        f"replaying the log up to seq {view.seq} gives "
                                        f"{len(state)}"))
         return
+    dead = view.dead
     for row in range(view.count):
+        if dead is not None and dead[row]:
+            continue
         key = view.id_at(row)
         want = state.get(key)
         content, meta = view.doc(row)
-        if want is None or not np.array_equal(want[0], view.embeddings[row]) or \
+        if want is None or not np.array_equal(want[0], view.vector(row)) or \
                 want[1] != content or want[2] != meta:
             report.problems.append(Problem(where, 0, f"document {key!r} (row {row}) differs "
                                            "from the replay of the log"))
@@ -290,10 +336,23 @@ def _compare_with_log(paths: Paths, manifest: dict[str, Any], view: CheckpointVi
 
 def _note_leftovers(paths: Paths, manifest: dict[str, Any], report: VerifyReport) -> None:
     current = manifest["checkpoint"]
-    for c in list_checkpoints(paths):
+    for c in list_versions(paths):
         if c > current:
-            report.notes.append(f"checkpoint {c} was never published (a crashed checkpoint); "
+            report.notes.append(f"version {c} was never published (a crashed checkpoint); "
                                 "the next checkpoint removes it")
+    listed: set[int] = set()
+    try:
+        for vid in list_versions(paths):
+            listed |= {e.fid for e in load_version(paths, vid, manifest["dim"]).entries}
+        if current:
+            listed |= {e.fid for e in read_version(paths, manifest).entries}
+    except MmwalError:
+        listed = set(list_checkpoints(paths))  # reported above
+    for c in list_checkpoints(paths):
+        if c not in listed:
+            report.notes.append(f"fragment {c} is listed by no version (a crashed checkpoint, "
+                                "or one retired by keep_checkpoints); the next checkpoint "
+                                "removes it")
     for s in list_segments(paths):
         if s < manifest["replay_segment"]:
             report.notes.append(f"segment {s} is already folded into checkpoint {current}; "

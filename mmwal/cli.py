@@ -153,11 +153,11 @@ def inspect_store(path: str) -> dict[str, Any]:
     under ``errors`` instead of raising.
     """
     from . import _format as F
-    from ._checkpoint import list_checkpoints
     from ._fsutil import Paths, read_file
     from ._reader import Reader
     from ._repair import read_tail_hint
     from ._store import open_manifest
+    from ._version import deletion_path, list_versions, read_version
     from ._wal import read_segment_header
 
     root = _require_store(path)
@@ -186,19 +186,26 @@ def inspect_store(path: str) -> dict[str, Any]:
     cid = manifest["checkpoint"]
     ckpt: dict[str, Any] | None = None
     if cid:
-        cdir = paths.checkpoint(cid)
         ckpt = {"id": cid, "seq": manifest["checkpoint_seq"],
-                "documents": manifest.get("checkpoint_documents"), "dir": cdir}
+                "documents": manifest.get("checkpoint_documents"), "fragments": []}
         try:
-            d = _read_descriptor(root, cid)
-            ckpt.update({"documents": d["count"], "seq": d["seq"], "created": _iso(d["created"]),
-                         "files": {k: v[0] for k, v in sorted(d["files"].items())}})
-            ckpt["bytes"] = sum(os.path.getsize(os.path.join(cdir, n))
-                                for n in os.listdir(cdir))
+            version = read_version(paths, manifest)
+            total = 0
+            for e in version.entries:
+                cdir = paths.checkpoint(e.fid)
+                d = _read_descriptor(root, e.fid)
+                size = sum(os.path.getsize(os.path.join(cdir, n)) for n in os.listdir(cdir))
+                total += size + e.dv_size
+                ckpt["fragments"].append({
+                    "id": e.fid, "rows": e.rows, "dead_rows": e.dead, "seq": d["seq"],
+                    "created": _iso(d["created"]), "dir": cdir, "bytes": size,
+                    "deletion_vector": (os.path.basename(deletion_path(paths, e.fid, e.dv))
+                                        if e.dv else None)})
+            ckpt.update({"documents": version.documents, "seq": version.seq, "bytes": total})
         except (MmwalError, OSError) as exc:
             errors.append(f"checkpoint {cid}: {exc}")
     info["checkpoint"] = ckpt
-    info["checkpoints_kept"] = [c for c in list_checkpoints(paths) if c != cid]
+    info["checkpoints_kept"] = [v for v in list_versions(paths) if v < cid]
     segs = []
     for s in _segments(paths):
         p = paths.segment(s)
@@ -268,11 +275,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if c is None:
         rows.append(("checkpoint", "none yet (the whole state is in the log)"))
     else:
-        rows.append(("checkpoint", f"{c['id']}: {c.get('documents') or 0:,} documents at seq "
-                     f"{c['seq']:,}, {_size(c.get('bytes', 0))}, created "
-                     f"{c.get('created') or '-'}"))
+        frags = c.get("fragments") or []
+        rows.append(("checkpoint", f"version {c['id']}: {c.get('documents') or 0:,} documents "
+                     f"at seq {c['seq']:,}, {_size(c.get('bytes', 0))}, {len(frags)} "
+                     f"fragment{'' if len(frags) == 1 else 's'}"))
+        for f in frags:
+            rows.append(("", f"fragment {f['id']}: {f['rows']:,} rows, {f['dead_rows']:,} dead, "
+                         f"{_size(f['bytes'])}, created {f.get('created') or '-'}"))
     if info["checkpoints_kept"]:
-        rows.append(("", "older checkpoints kept: "
+        rows.append(("", "older versions kept: "
                      + ", ".join(map(str, info["checkpoints_kept"]))))
     segs = info["segments"]
     live = [e for e in segs if not e["folded"]]
