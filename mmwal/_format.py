@@ -507,9 +507,12 @@ NEWEST_VERSION = {MANIFEST_MAGIC: MANIFEST_VERSION, DESCRIPTOR_MAGIC: DESCRIPTOR
 
 def encode_manifest(body: dict[str, Any], magic: bytes = MANIFEST_MAGIC,
                     version: int | None = None) -> bytes:
-    """A MANIFEST (or, with ``DESCRIPTOR_MAGIC``, a checkpoint DESCRIPTOR)."""
+    """A MANIFEST (or, with ``DESCRIPTOR_MAGIC``, a checkpoint DESCRIPTOR).
+
+    ``version`` defaults to the newest this mmwal writes for ``magic``.
+    """
     if version is None:
-        version = FORMAT_VERSION
+        version = MANIFEST_VERSION if magic == MANIFEST_MAGIC else FORMAT_VERSION
     data = pack(body)
     hdr = MANIFEST_HEADER.pack(magic, version, len(data), 0)
     crc = _crc32(data, _crc32(hdr))
@@ -547,7 +550,9 @@ def decode_manifest(buf: bytes, path: str = "MANIFEST", magic_expected: bytes = 
     # checked first, a flipped bit in the version word of a damaged MANIFEST or
     # DESCRIPTOR was reported as "written by a newer format, upgrade mmwal"
     # (FormatVersionError) instead of CorruptionError.
-    newest = NEWEST_VERSION.get(bytes(magic_expected), FORMAT_VERSION)
+    newest = (DESCRIPTOR_KEYED_VERSION if magic_expected == DESCRIPTOR_MAGIC
+              else MANIFEST_VERSION if magic_expected == MANIFEST_MAGIC
+              else NEWEST_VERSION.get(bytes(magic_expected), FORMAT_VERSION))
     if version > newest:
         raise FormatVersionError(
             f"{path}: store written by format version {version}, this mmwal reads up to "

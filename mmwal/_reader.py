@@ -521,17 +521,28 @@ class Reader:
         """Ids of the live documents matching ``where``, in row order (see :meth:`search`)."""
         return self._use().find(where, limit, where_document=where_document)
 
+    @property
+    def fragments(self) -> list[Any]:
+        """Per fragment of the current version: ``id``, ``ids``, mapped ``embeddings``, ``live``.
+
+        The zero-copy way to the whole matrix when :attr:`embeddings` would be
+        a copy (several fragments, deletions, or a tail); see
+        :attr:`Snapshot.fragments`.  Taken from one snapshot: for several
+        reads that must agree with each other, use :meth:`snapshot`.
+        """
+        return self._use().fragments
+
     def stats(self) -> ReaderStats:
         """Counters of what this Reader serves and how far behind the log it is."""
         snap = self._use()  # every figure from one snapshot: a refresh may run meanwhile
         ckpt_seq = snap.checkpoint_seq
         newest = _newest_seq(self._paths)
-        base = snap._base
         frag: list[dict[str, Any]] = []
-        if base is not None:
-            frag.append({"checkpoint": snap.checkpoint_id, "rows": base.count,
-                         "dead_rows": base.count - snap._ckpt_live, "index": None,
-                         "columns": []})
+        for f in snap.fragments:
+            cols = f.ids._view.where_columns
+            frag.append({"id": f.id, "rows": len(f), "dead_rows": len(f) - int(f.live.sum()),
+                         "index": None,
+                         "columns": sorted(cols) if cols is not None else []})
         return ReaderStats(
             path=self.path, dim=self.dim, seq=snap.seq, newest_seq=newest,
             lag=None if newest is None else max(0, newest - snap.seq), documents=len(snap),

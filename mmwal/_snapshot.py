@@ -30,7 +30,7 @@ from ._validate import as_vectors
 from ._version import VersionView
 from .errors import InvalidInputError
 
-__all__ = ["METRICS", "IdView", "Snapshot"]
+__all__ = ["METRICS", "Fragment", "IdView", "Snapshot"]
 
 METRICS = ("cosine", "dot", "l2")
 #: Rows scored per step of a search over the mapped checkpoint.
@@ -309,6 +309,36 @@ class Snapshot:
         self._cache["emb"] = got
         return got
 
+    @property
+    def fragments(self) -> list[Fragment]:
+        """The zero-copy parts of this snapshot's version, one per fragment, in row order.
+
+        Each has ``id``, ``ids`` (every row's id, dead rows too), ``embeddings``
+        (the mapped ``embeddings.npy``, read-only) and ``live`` (bool per row:
+        not deleted in the version nor superseded in this snapshot's tail).
+        The live rows of all fragments, in order, then the live tail rows are
+        exactly :attr:`ids` / :attr:`embeddings`.
+        """
+        got = self._cache.get("fragments")
+        if got is None:
+            got = []
+            base = self._base
+            if base is not None:
+                dead = self._ckpt_dead()
+                for p in base.parts:
+                    n = p.view.count
+                    if self._ckpt is None:  # a clear in the tail: every row is dead
+                        live = np.zeros(n, dtype=bool)
+                    elif dead is None:
+                        live = np.ones(n, dtype=bool)
+                    else:
+                        live = ~dead[p.start:p.start + n]
+                    live.flags.writeable = False
+                    got.append(Fragment(p.entry.fid, FragmentIds(p.view), p.view.embeddings,
+                                        live))
+            self._cache["fragments"] = got
+        return got  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ filters
     def _ckpt_match(self, expr: where_.Expr) -> np.ndarray:
         """Rows of the checkpoint whose metadata matches ``expr`` (dead rows included)."""
@@ -567,6 +597,64 @@ def checkpoint_columns(ckpt: CheckpointView) -> where_.Columns:
         got = builder.finish()
         ckpt.where_columns = got
     return got
+
+
+class Fragment:
+    """One fragment of a snapshot's version: its rows as mapped, and which are live.
+
+    ``ids[i]`` is the id of row ``i`` of ``embeddings`` (a read-only memmap,
+    zero-copy); ``live[i]`` says whether that row is a live document of the
+    snapshot.  See :attr:`Snapshot.fragments`.
+    """
+
+    __slots__ = ("embeddings", "id", "ids", "live")
+
+    def __init__(self, fid: int, ids: FragmentIds, embeddings: np.ndarray,
+                 live: np.ndarray) -> None:
+        self.id = fid
+        self.ids = ids
+        self.embeddings = embeddings
+        self.live = live
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __repr__(self) -> str:
+        return (f"Fragment(id={self.id}, rows={len(self.live)}, "
+                f"live={int(np.count_nonzero(self.live))})")
+
+
+class FragmentIds(Sequence[str]):
+    """Every row's id of one fragment (dead rows too), read from its mapped ``ids.bin``."""
+
+    def __init__(self, view: CheckpointView) -> None:
+        self._view = view
+
+    def __len__(self) -> int:
+        return int(self._view.count)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("row out of range")
+        return self._view.id_at(i)
+
+    def __iter__(self) -> Iterator[str]:
+        v = self._view
+        for a in range(0, v.count, 65536):
+            for b in v.id_block(a, min(65536, v.count - a)):
+                yield b.decode("utf-8", "surrogateescape")
+
+    def __repr__(self) -> str:
+        return f"FragmentIds(len={len(self)})"
 
 
 class IdView(Sequence[str]):

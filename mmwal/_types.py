@@ -243,7 +243,8 @@ class CheckpointInfo:
     rows_copied: int = 0
     #: Bytes of new files: fragments, deletion vectors, the version file.
     bytes_written: int = 0
-    seconds: float = 0.0
+    #: Wall time of the call (not compared: two infos of the same version are equal).
+    seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class CompactionInfo:
     rows_copied: int = 0
     rows_dropped: int = 0
     bytes_written: int = 0
-    seconds: float = 0.0
+    seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

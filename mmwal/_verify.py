@@ -342,12 +342,17 @@ def _note_leftovers(paths: Paths, manifest: dict[str, Any], report: VerifyReport
                                 "the next checkpoint removes it")
     listed: set[int] = set()
     try:
-        for vid in list_versions(paths):
-            listed |= {e.fid for e in load_version(paths, vid, manifest["dim"]).entries}
         if current:
             listed |= {e.fid for e in read_version(paths, manifest).entries}
     except MmwalError:
-        listed = set(list_checkpoints(paths))  # reported above
+        return  # reported above
+    for vid in list_versions(paths):
+        try:
+            listed |= {e.fid for e in load_version(paths, vid, manifest["dim"]).entries}
+        except MmwalError:
+            if vid <= current:
+                return  # a damaged retained version (reported above): nothing is certain
+
     for c in list_checkpoints(paths):
         if c not in listed:
             report.notes.append(f"fragment {c} is listed by no version (a crashed checkpoint, "

@@ -274,7 +274,7 @@ def retained_versions(paths: Paths, manifest: dict[str, Any],
     dim = manifest["dim"]
     older = [v for v in list_versions(paths) if v < current.id]
     if keep is not None:
-        older = older[len(older) - (max(keep, 1) - 1):] if max(keep, 1) > 1 else []
+        older = older[max(0, len(older) - (max(keep, 1) - 1)):] if max(keep, 1) > 1 else []
     for vid in reversed(older):
         out.append(load_version(paths, vid, dim))
     return out
@@ -349,19 +349,25 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int | None, *,
                 doomed.append(name)
         elif name.endswith(".deleted") and name not in dvs:
             doomed.append(name)
-    for name in doomed:
-        p = os.path.join(paths.checkpoints, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            _rmtree(p)
-        else:
-            try:
-                io.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise _io.io_error(exc, "unlink", p) from None
-    if doomed:
-        fsync_dir(paths.checkpoints)
+    # Version files go first, durably: a fragment or deletion vector half
+    # deleted (a crash mid-retirement) is then listed by no version on disk,
+    # so nothing ever reads it; the next checkpoint finishes the job.
+    first = [n for n in doomed if n.endswith(".version")]
+    rest = [n for n in doomed if not n.endswith(".version")]
+    for batch in (first, rest):
+        for name in batch:
+            p = os.path.join(paths.checkpoints, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                _rmtree(p)
+            else:
+                try:
+                    io.unlink(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise _io.io_error(exc, "unlink", p) from None
+        if batch:
+            fsync_dir(paths.checkpoints)
 
 
 def next_id(paths: Paths, manifest: dict[str, Any]) -> int:

@@ -100,19 +100,41 @@ def checkpoint_dirs(root: str) -> list[str]:
 
 
 def leftovers(root: str, keep: int) -> list[str]:
-    """What a completed checkpoint must have cleaned up; [] when the store is tidy."""
+    """What a completed checkpoint must have cleaned up; [] when the store is tidy.
+
+    At most ``max(keep, 1)`` version files, none newer than the current one;
+    exactly the fragments and deletion vectors those versions list; no temp
+    file; no segment before the replay start.
+    """
+    from mmwal._version import load_version, read_version
+
     paths = Paths(root)
     m = open_manifest(paths)
     bad: list[str] = []
     for d in (paths.checkpoints, paths.wal):
-        bad += [f"temp {d}/{n}" for n in os.listdir(d) if n.startswith(".tmp-")]
-    ckpts = [n for n in os.listdir(paths.checkpoints) if not n.startswith(".tmp-")]
+        bad += [f"temp {d}/{n}" for n in os.listdir(d)
+                if n.startswith(".tmp-") or n.endswith(".tmp")]
+    names = [n for n in os.listdir(paths.checkpoints) if not n.startswith(".tmp-")]
     current = m["checkpoint"]
-    bad += [f"unreferenced checkpoint {n}" for n in ckpts
-            if not (n.isdigit() and len(n) == 8) or int(n) > current]
-    older = [n for n in ckpts if n.isdigit() and int(n) < current]
-    if len(older) > max(keep, 1) - 1:
-        bad.append(f"{len(older)} older checkpoints kept, keep_checkpoints={keep}")
+    versions = sorted(int(n[:8]) for n in names if n.endswith(".version"))
+    bad += [f"unpublished version {v}" for v in versions if v > current]
+    if len(versions) > max(keep, 1):
+        bad.append(f"{len(versions)} versions kept, keep_checkpoints={keep}")
+    listed = [read_version(paths, m)] if current else []
+    listed += [load_version(paths, v, m["dim"]) for v in versions if v < current]
+    frags = {e.fid for v in listed for e in v.entries}
+    dvs = {f"{e.fid:08d}-{e.dv:08d}.deleted" for v in listed for e in v.entries if e.dv}
+    for n in names:
+        if n.isdigit() and len(n) == 8:
+            if int(n) not in frags:
+                bad.append(f"unreferenced fragment {n}")
+        elif n.endswith(".deleted"):
+            if n not in dvs:
+                bad.append(f"unreferenced deletion vector {n}")
+        elif not n.endswith(".version"):
+            bad.append(f"unexpected {n}")
+    bad += [f"missing fragment {f}" for f in frags if f"{f:08d}" not in names]
+    bad += [f"missing deletion vector {d}" for d in dvs if d not in names]
     bad += [f"segment {s} before the replay start {m['replay_segment']}"
             for s in list_segments(paths) if s < m["replay_segment"]]
     return bad

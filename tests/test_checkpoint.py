@@ -21,8 +21,9 @@ from ckpt_helpers import (
 
 import mmwal
 from mmwal import _checkpoint
-from mmwal._checkpoint import FILES, CheckpointView
+from mmwal._checkpoint import FILES
 from mmwal._fsutil import Paths, list_segments
+from mmwal._version import VersionView
 
 
 def add(store: mmwal.Store, key: int, name: str | None = None) -> int:
@@ -30,16 +31,20 @@ def add(store: mmwal.Store, key: int, name: str | None = None) -> int:
                      metadata=meta_of(key))
 
 
-def view(path: str) -> CheckpointView:
+def view(path: str) -> VersionView:
     m = manifest(path)
-    return CheckpointView(Paths(path), m["checkpoint"], m["dim"])
+    return VersionView(Paths(path), m, m["dim"])
 
 
-def view_state(v: CheckpointView) -> list[tuple[str, bytes, str, object]]:
+def view_state(v: VersionView) -> list[tuple[str, bytes, str, object]]:
+    """The live rows of a version, in row order."""
     out = []
+    dead = v.dead
     for row in range(v.count):
+        if dead is not None and dead[row]:
+            continue
         c, m = v.doc(row)
-        out.append((v.id_at(row), np.asarray(v.embeddings[row]).tobytes(), c, m))
+        out.append((v.id_at(row), np.asarray(v.vector(row)).tobytes(), c, m))
     return out
 
 
@@ -49,7 +54,8 @@ def want(name: str, key: int) -> tuple[str, bytes, str, object]:
 
 # ---------------------------------------------------------------------- contents
 def test_checkpoint_contents_and_row_order(store_path):
-    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+    cfg = mmwal.Config(auto_compact=False)
+    with mmwal.Store(store_path, dim=DIM, durability="os", config=cfg) as s:
         for k, name in enumerate("abcd"):
             add(s, k, name)
         info = s.checkpoint()
@@ -70,17 +76,31 @@ def test_checkpoint_contents_and_row_order(store_path):
         add(s, 18, "e")        # replaced again within the delta: moves to its last write
         info = s.checkpoint()
         assert (info.id, info.seq, info.documents) == (2, 16, 7)
+        assert (info.fragments, info.fragments_written, info.rows_copied) == (2, 1, 6)
         # surviving previous rows in their order, then delta docs in last-write order
         expect = [want("d", 3), want("b", 11), want("f", 12), want("a", 13),
                   want("h", 15), want("g", 16)]
         expect.append(want("e", 18))  # "e" was last written at seq 16, after g/h
         got = view_state(view(store_path))
         assert got == expect
-        # compacted: the matrix holds exactly the live rows
-        emb = np.load(os.path.join(store_path, "checkpoints", "00000002", "embeddings.npy"),
-                      mmap_mode="r")
-        assert emb.shape == (7, DIM)
-        assert np.array_equal(emb, np.stack([np.frombuffer(e[1], "<f4") for e in expect]))
+        # The older fragment is not rewritten: a deletion vector marks a, b, c dead.
+        ckdir = os.path.join(store_path, "checkpoints")
+        assert sorted(os.listdir(ckdir)) == ["00000001", "00000001-00000002.deleted",
+                                             "00000001.version", "00000002",
+                                             "00000002.version"]
+        old = np.load(os.path.join(ckdir, "00000001", "embeddings.npy"), mmap_mode="r")
+        assert old.shape == (4, DIM)
+        emb = np.load(os.path.join(ckdir, "00000002", "embeddings.npy"), mmap_mode="r")
+        assert np.array_equal(emb, np.stack([np.frombuffer(e[1], "<f4") for e in expect[1:]]))
+        with mmwal.Reader(store_path) as r:
+            assert list(r.ids) == [e[0] for e in expect]
+            assert not isinstance(r.embeddings, np.memmap)  # two fragments: a copy
+            assert np.array_equal(r.embeddings,
+                                  np.stack([np.frombuffer(e[1], "<f4") for e in expect]))
+        # A full compaction: one fragment holding exactly the live rows, mapped.
+        c = s.compact()
+        assert (c.fragments_before, c.fragments, c.rows_copied, c.rows_dropped) == (2, 1, 7, 3)
+        assert view_state(view(store_path)) == expect
         with mmwal.Reader(store_path) as r:
             assert list(r.ids) == [e[0] for e in expect]
             assert isinstance(r.embeddings, np.memmap)
@@ -88,15 +108,13 @@ def test_checkpoint_contents_and_row_order(store_path):
         s.clear()
         add(s, 20, "z")
         info = s.checkpoint()
-        assert (info.id, info.seq, info.documents) == (3, 18, 1)
+        assert (info.seq, info.documents, info.fragments) == (18, 1, 1)
         assert view_state(view(store_path)) == [want("z", 20)]
 
         s.clear()
         info = s.checkpoint()
-        assert (info.id, info.seq, info.documents) == (4, 19, 0)
+        assert (info.seq, info.documents, info.fragments) == (19, 0, 0)
         assert view(store_path).count == 0
-        assert np.load(os.path.join(store_path, "checkpoints", "00000004", "embeddings.npy"),
-                       mmap_mode="r").shape == (0, DIM)
         with mmwal.Reader(store_path) as r:
             assert len(r) == 0 and r.embeddings.shape == (0, DIM)
             assert r.search(key_vec(1), k=3) == []
@@ -149,38 +167,54 @@ def test_checkpoint_files_are_mappable_npy(store_path):
 # ---------------------------------------------------------------------- retention
 @pytest.mark.parametrize("keep", [0, 1, 2, 3, 6])
 def test_keep_checkpoints(store_path, keep):
-    cfg = mmwal.Config(keep_checkpoints=keep)
+    """keep_checkpoints counts versions; a fragment goes when no kept version lists it."""
+    cfg = mmwal.Config(keep_checkpoints=keep, auto_compact=False)
     with mmwal.Store(store_path, dim=DIM, durability="os", config=cfg) as s:
         for round_ in range(1, 5):
             add(s, round_)
             assert s.checkpoint().id == round_
             kept = max(keep, 1)
-            expect = [f"{c:08d}" for c in range(max(1, round_ - kept + 1), round_ + 1)]
-            assert checkpoint_dirs(store_path) == expect
+            versions = [f"{c:08d}.version" for c in range(max(1, round_ - kept + 1), round_ + 1)]
+            # every version lists every fragment written so far (nothing died)
+            frags = [f"{c:08d}" for c in range(1, round_ + 1)]
+            assert checkpoint_dirs(store_path) == sorted(frags + versions)
             assert leftovers(store_path, keep) == []
+        # Replacing k1 and k2 kills the only rows of fragments 1 and 2: the new
+        # version no longer lists them, and once no kept version does, they go.
+        add(s, 11, "k1")
+        add(s, 12, "k2")
+        v5 = s.checkpoint()
+        assert v5.fragments == 3  # fragments 3, 4 and the new 5
+        assert leftovers(store_path, keep) == []
+        names = checkpoint_dirs(store_path)
+        assert ("00000001" in names) == (keep >= 2)
         with mmwal.Reader(store_path) as r:
             assert sorted(r.ids) == [f"k{i}" for i in range(1, 5)]
+            assert np.array_equal(r.get("k1").embedding, key_vec(11))
 
 
 def test_checkpoint_with_nothing_new_creates_nothing(store_path):
-    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+    cfg = mmwal.Config(auto_compact=False)
+    with mmwal.Store(store_path, dim=DIM, durability="os", config=cfg) as s:
         # an empty store: nothing to fold
         s.stats()  # the first lock holder publishes the shared tail hint
         before = snapshot(store_path)
-        assert s.checkpoint() == mmwal.CheckpointInfo(0, 0, 0)
+        assert s.checkpoint() == mmwal.CheckpointInfo(0, 0, 0)  # no fragment, no bytes
         assert snapshot(store_path) == before
         for k in range(5):
             add(s, k)
         first = s.checkpoint()
-        assert first == mmwal.CheckpointInfo(1, 5, 5)
+        assert (first.id, first.seq, first.documents, first.fragments) == (1, 5, 5, 1)
         before = snapshot(store_path)
-        assert s.checkpoint() == first
-        assert s.checkpoint() == first
+        again = s.checkpoint()
+        assert (again.id, again.seq, again.documents, again.fragments) == (1, 5, 5, 1)
+        assert again.fragments_written == again.bytes_written == 0
         assert snapshot(store_path) == before
         assert s.stats().checkpoint_id == 1
         # and the next real one still works and numbers on
         s.remove("k0")
-        assert s.checkpoint() == mmwal.CheckpointInfo(2, 6, 4)
+        info = s.checkpoint()
+        assert (info.id, info.seq, info.documents) == (2, 6, 4)
 
 
 # ---------------------------------------------------------------------- thresholds
@@ -256,20 +290,29 @@ def test_orphans_removed_by_next_checkpoint(store_path):
             f.write(b"half a file")
         unref = os.path.join(ck, "00000007")
         shutil.copytree(os.path.join(ck, "00000001"), unref)
+        # A version that was never published (a crash before the MANIFEST), with
+        # its fragment and a deletion vector of fragment 1.
+        shutil.copytree(os.path.join(ck, "00000001"), os.path.join(ck, "00000008"))
+        shutil.copy(os.path.join(ck, "00000001.version"), os.path.join(ck, "00000008.version"))
+        with open(os.path.join(ck, "00000001-00000008.deleted"), "wb") as f:
+            f.write(b"an unfinished deletion vector")
         report = mmwal.verify(store_path)
         assert report.ok, report.problems
         assert any("never published" in n for n in report.notes)
+        assert any("listed by no version" in n for n in report.notes)
         assert any("temporary" in n for n in report.notes)
         with mmwal.Reader(store_path) as r:  # readers ignore the orphans
             assert r.checkpoint_id == 1 and list(r.ids) == ["k1"]
         add(s, 2)
         info = s.checkpoint()
-        assert info.id == 2  # numbered after the published one, not after the orphan
-        assert checkpoint_dirs(store_path) == ["00000001", "00000002"]
+        assert info.id == 2  # numbered after the published one, not after the orphans
+        assert checkpoint_dirs(store_path) == ["00000001", "00000001.version", "00000002",
+                                               "00000002.version"]
         assert leftovers(store_path, 2) == []
     report = mmwal.verify(store_path)
     assert report.ok, report.problems
-    assert not [n for n in report.notes if "published" in n or "temporary" in n], report.notes
+    assert not [n for n in report.notes if "published" in n or "temporary" in n
+                or "no version" in n], report.notes
 
 
 # ---------------------------------------------------------------------- damage
@@ -404,8 +447,11 @@ def test_large_checkpoint_round_trips(store_path):
             s.add_many([f"doc-{k}" for k in keys], key_vecs(keys, dim),
                        contents=[f"c{k}" for k in keys],
                        metadatas=[{"k": k} if k % 3 else None for k in keys])
-        assert s.checkpoint() == mmwal.CheckpointInfo(1, n, n)
-        # a second fold copies the previous rows across several copy steps
+        first = s.checkpoint()
+        assert (first.id, first.seq, first.documents) == (1, n, n)
+        assert (first.fragments, first.rows_copied) == (1, n)
+        # a second fold writes the replacements and a deletion vector; its
+        # automatic compaction (12% dead < 20%: none) leaves fragment 1 alone
         s.add_many([f"doc-{k}" for k in range(0, n, 10)], key_vecs(range(n, n + n // 10), dim))
         for k in range(5, n, 50):
             s.remove(f"doc-{k}")
@@ -414,13 +460,19 @@ def test_large_checkpoint_round_trips(store_path):
     replaced = {k: n + k // 10 for k in range(0, n, 10)}
     live = [k for k in range(n) if k not in removed]
     assert info.documents == len(live)
+    assert (info.fragments, info.fragments_written, info.rows_copied) == (2, 1, n // 10)
     with mmwal.Reader(store_path) as r:
         assert len(r) == len(live)
         ids = list(r.ids)
         kept = [k for k in live if k not in replaced]
         assert ids == [f"doc-{k}" for k in kept] + [f"doc-{k}" for k in range(0, n, 10)]
-        emb = r.embeddings
-        assert isinstance(emb, np.memmap)
+        emb = r.embeddings  # two fragments, one with deletions: a copy
+        assert not isinstance(emb, np.memmap)
+        frags = r.fragments  # the zero-copy parts
+        assert [len(f.ids) for f in frags] == [n, n // 10]
+        assert all(isinstance(f.embeddings, np.memmap) for f in frags)
+        assert int(frags[0].live.sum()) == len(kept) and frags[1].live.all()
+        assert np.array_equal(frags[0].embeddings[frags[0].live], key_vecs(kept, dim))
         assert np.array_equal(emb[: len(kept)], key_vecs(kept, dim))
         assert np.array_equal(emb[len(kept):], key_vecs([replaced[k] for k in range(0, n, 10)],
                                                         dim))
@@ -451,9 +503,15 @@ def test_partitioned_index(store_path, monkeypatch):
         s.add_many([f"p{k}" for k in range(0, n, 7)], key_vecs(range(n, n + len(range(0, n, 7)))))
         s.checkpoint()
     v = view(store_path)
-    assert v.partitions > 1
-    for row in range(v.count):
-        assert v.lookup(v.id_bytes(row)) == row
+    big = v.parts[0].view  # the first fragment, all 3000 rows (some dead now)
+    assert big.partitions > 1
+    for row in range(big.count):
+        assert big.lookup(big.id_bytes(row)) == row
+    dead = v.dead
+    assert dead is not None and int(dead.sum()) == len(range(0, n, 7))
+    for row in range(v.count):  # the version resolves every live id to its live row
+        if not dead[row]:
+            assert v.lookup(v.id_at(row).encode()) == row
     assert v.lookup(b"p-missing") == -1
     with mmwal.Reader(store_path) as r:
         assert all(f"p{k}" in r for k in range(n))

@@ -202,7 +202,9 @@ def test_readers_touching_every_page_while_checkpoints_retire_files(tmp_path):
                     add_keys(list(range(next_key, next_key + 500)))
                     next_key += 500
                 s.checkpoint()  # keep_checkpoints=1: the previous files are unlinked now
-                assert len(os.listdir(os.path.join(path, "checkpoints"))) == 1
+                names = os.listdir(os.path.join(path, "checkpoints"))
+                assert [n for n in names if n.endswith(".version")] != []
+                assert leftovers(path, 1) == []
             with open(stop, "w"):
                 pass
             t.join(60)

@@ -86,7 +86,9 @@ class Template:
             self.seq = s.seq
         assert len(os.listdir(os.path.join(path, "wal"))) > 2
         keep = max(1, cfg.get("keep_checkpoints", 2))
-        assert len(os.listdir(os.path.join(path, "checkpoints"))) == min(2, keep)
+        names = os.listdir(os.path.join(path, "checkpoints"))
+        assert len([n for n in names if n.endswith(".version")]) == min(2, keep)
+        assert leftovers(path, keep) == []
 
     def _put(self, s: mmwal.Store, name: str, key: int) -> None:
         s.add(name, key_vec(key), content=content_of(key), metadata=meta_of(key))
@@ -148,7 +150,10 @@ def run_child(path: str, out: str, kill_at: int, cfg: dict, ready_fd: int = -1):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Template:
     d = tmp_path_factory.mktemp("kill-small")
-    cfg = {"segment_bytes": 4096, "keep_checkpoints": 2, "chunk_documents": 16}
+    # keep_checkpoints=1: the checkpoint (new fragment + deletion vectors) passes
+    # compact_dead_fraction, so the same run compacts, publishes again and
+    # retires the fragments no kept version lists - every step is a kill point.
+    cfg = {"segment_bytes": 4096, "keep_checkpoints": 1, "chunk_documents": 16}
     return Template(str(d / "template"), cfg, n_ckpt=120, n_tail=60)
 
 

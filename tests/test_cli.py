@@ -170,7 +170,8 @@ def test_good_store(good_store):
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
     assert info["documents"] == 89 and info["seq"] == 91 and info["dim"] == DIM
-    assert info["format_version"] == 1 and info["checkpoint"]["id"] == 1
+    assert info["format_version"] == 2 and info["checkpoint"]["id"] == 1
+    assert [f["rows"] for f in info["checkpoint"]["fragments"]] == [30]
     assert info["checkpoint"]["documents"] == 30 and info["checkpoint"]["seq"] == 30
     assert info["records_since_checkpoint"] == 61 and len(info["segments"]) >= 2
     assert info["bytes"] > 0 and info["last_modified"].endswith("Z") and info["errors"] == []

@@ -259,7 +259,7 @@ BODY = {"format": 1, "dim": 384, "created": 1.5, "checkpoint": 0, "checkpoint_se
 def test_manifest_layout_and_roundtrip():
     raw = F.encode_manifest(BODY)
     magic, version, n, crc = struct.unpack_from("<8sIII", raw)
-    assert (magic, version, n) == (b"MMWALMAN", 1, len(raw) - 20)
+    assert (magic, version, n) == (b"MMWALMAN", F.MANIFEST_VERSION, len(raw) - 20)
     data = raw[20:]
     assert msgpack.unpackb(data) == BODY
     assert crc == zlib.crc32(data, zlib.crc32(struct.pack("<8sIII", magic, version, n, 0)))
@@ -301,12 +301,13 @@ def test_manifest_huge_length_field_is_corruption_without_allocating():
 
 
 def test_manifest_newer_version(monkeypatch):
-    monkeypatch.setattr(F, "FORMAT_VERSION", 2)
-    raw = F.encode_manifest(BODY)
-    monkeypatch.setattr(F, "FORMAT_VERSION", 1)
+    raw = F.encode_manifest(BODY, version=F.MANIFEST_VERSION + 1)
     with pytest.raises(FormatVersionError) as ei:
         F.decode_manifest(raw, "M")
-    assert ei.value.version == 2 and "upgrade" in str(ei.value)
+    assert ei.value.version == F.MANIFEST_VERSION + 1 and "upgrade" in str(ei.value)
+    # Format 1 (one checkpoint) and 2 (versions of fragments) both read.
+    for v in (1, F.MANIFEST_VERSION):
+        assert F.decode_manifest(F.encode_manifest(BODY, version=v), "M") == BODY
 
 
 @pytest.mark.parametrize("body", [

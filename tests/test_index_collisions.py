@@ -95,7 +95,7 @@ def _child(path: str, n: int, partition_slots: int) -> dict[str, Any]:
         row_ok = first is not None and first.id == ids[n // 2]
         ckpt = r._state.ckpt
         assert ckpt is not None
-        desc = {k: ckpt.descriptor[k] for k in ("hash", "index_partitions")}
+        desc = {k: ckpt.parts[0].view.descriptor[k] for k in ("hash", "index_partitions")}
     finally:
         r.close()
     report = mmwal.verify(path)

@@ -239,8 +239,8 @@ def test_failed_manifest_replace_keeps_the_old_checkpoint(store_path, layer):
         add(s, k)
     first = s.checkpoint()
     add(s, 5)
-    # The 2nd rename of this checkpoint: segment roll, checkpoint dir, then MANIFEST.
-    arm(layer, "rename", errno.EIO, after=2)
+    # Renames of this checkpoint: segment roll, fragment dir, version file, then MANIFEST.
+    arm(layer, "rename", errno.EIO, after=3)
     with pytest.raises(StorageIOError) as exc:
         s.checkpoint()
     assert exc.value.path.endswith("MANIFEST") and exc.value.errno == errno.EIO

@@ -72,34 +72,61 @@ DAMAGE = [("embeddings.npy", 128 + 4 * DIM * 3 + 1), ("norms.npy", 128 + 4 * 5),
 
 
 @pytest.mark.parametrize(("name", "offset"), DAMAGE, ids=[d[0] for d in DAMAGE])
-def test_checkpoint_over_a_damaged_checkpoint_publishes_nothing(tmp_path, name, offset):
+def test_damage_in_an_older_fragment_is_never_republished(tmp_path, name, offset):
+    """A checkpoint does not copy older fragments; a compaction checks what it copies.
+
+    The checkpoint either refuses (a damaged id index misleads the lookups it
+    does) or publishes a new fragment beside the damaged one, which stays as
+    it was, damage and descriptor, for verify to report.  A compaction, which
+    does copy, refuses with the damaged file named and publishes nothing.
+    """
     path = str(tmp_path / "s")
     two_checkpoint_store(path)
     m = open_manifest(Paths(path))
     target = os.path.join(Paths(path).checkpoint(m["checkpoint"]), name)
     flip(target, offset)
-    published_before = published(path)
+    with open(target, "rb") as f:
+        damaged = f.read()
     with mmwal.Store(path) as s:
-        with pytest.raises(mmwal.CorruptionError) as ei:
+        before = published(path)
+        try:
             s.checkpoint()
-    assert ei.value.path == target and name in str(ei.value)
+        except mmwal.CorruptionError as exc:
+            # The damaged id index misled a lookup: refused, nothing published,
+            # and with one fragment and no deletions a compaction has nothing to do.
+            assert exc.path == target and name in str(exc)
+            assert published(path) == before
+            assert s.compact().fragments_merged == 0
+        else:
+            before = published(path)
+            with pytest.raises(mmwal.CorruptionError) as ei:
+                s.compact()
+            assert ei.value.path == target and name in str(ei.value)
     # Nothing published: the MANIFEST and every checkpoint file as before, no
-    # temporary directory left (the log was rolled, which changes nothing else).
-    assert published(path) == published_before
+    # temporary directory left.
+    assert published(path) == before
     assert not [n for n in os.listdir(Paths(path).checkpoints) if n.startswith(".tmp-")]
+    with open(target, "rb") as f:
+        assert f.read() == damaged  # never rewritten under a fresh checksum
     report = mmwal.verify(path)
     assert not report.ok and any(name in p.file for p in report.problems)
 
 
-def test_verify_checks_the_older_checkpoints_it_keeps(tmp_path):
+def test_verify_checks_the_older_versions_it_keeps(tmp_path):
+    """A fragment only an older retained version lists is checked too."""
     path = str(tmp_path / "s")
     two_checkpoint_store(path, keep=2)
     with mmwal.Store(path) as s:
-        s.checkpoint()
-    cks = sorted(os.listdir(Paths(path).checkpoints))
-    assert len(cks) == 2
-    older = os.path.join(Paths(path).checkpoints, cks[0], "embeddings.npy")
+        s.checkpoint()  # version 2: fragments 1 and 2
+        s.compact()  # version 3: one new fragment; version 2 is kept beside it
+    names = sorted(os.listdir(Paths(path).checkpoints))
+    assert names == ["00000001", "00000002", "00000002.version", "00000003",
+                     "00000003.version"], names
+    assert mmwal.verify(path).ok
+    older = os.path.join(Paths(path).checkpoints, "00000001", "embeddings.npy")
     flip(older, 128 + 7)
+    with mmwal.Reader(path) as r:  # the current version does not use it
+        assert len(r) == 30
     report = mmwal.verify(path)
     assert not report.ok
     assert [p for p in report.problems if p.file == older], report.problems
@@ -191,6 +218,7 @@ def test_repair_backup_restores_the_pre_repair_store_after_later_checkpoints(tmp
         s.checkpoint()
         add_doc(s, 1000)
         s.checkpoint()
+        s.compact()  # the fragment the repair started from is listed by no version now
     assert not os.path.exists(Paths(path).checkpoint(old_ckpt))
     with open(os.path.join(backup, "REPAIR.json")) as f:
         held = json.load(f)["files"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mmwal
-from mmwal import _checkpoint, _faults, _fsutil, _io, _wal
+from mmwal import _checkpoint, _faults, _fsutil, _io, _publish, _version, _wal
 from mmwal._faults import (
     PowerLossLayer,
     SimulatedCrash,
@@ -322,7 +322,7 @@ def test_the_oracle_catches_a_store_that_skips_fdatasync(tmp_path, monkeypatch):
 
 
 def test_the_oracle_catches_a_store_that_skips_directory_fsyncs(tmp_path, monkeypatch):
-    for mod in (_wal, _checkpoint, _fsutil):
+    for mod in (_wal, _fsutil, _publish, _version):
         monkeypatch.setattr(mod, "fsync_dir", lambda path: None)
     rep = _mutated_sweep(tmp_path)
     assert not rep["ok"] and "lost" in rep["violation_counts"]

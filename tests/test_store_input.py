@@ -271,9 +271,8 @@ def test_open_newer_format_version(filled, monkeypatch):
     manifest = os.path.join(path, "MANIFEST")
     with open(manifest, "rb") as f:
         body = F.decode_manifest(f.read())
-    monkeypatch.setattr(F, "FORMAT_VERSION", F.FORMAT_VERSION + 1)
-    newer = F.encode_manifest({**body, "format": F.FORMAT_VERSION})
-    monkeypatch.undo()
+    newer = F.encode_manifest({**body, "format": F.MANIFEST_VERSION + 1},
+                              version=F.MANIFEST_VERSION + 1)
     with open(manifest, "wb") as f:
         f.write(newer)
     before = fingerprint(path)
@@ -281,7 +280,7 @@ def test_open_newer_format_version(filled, monkeypatch):
                  lambda: list(mmwal.replay(path))):
         with pytest.raises(FormatVersionError) as ei:
             call()
-        assert "upgrade" in str(ei.value) and ei.value.version == F.FORMAT_VERSION + 1
+        assert "upgrade" in str(ei.value) and ei.value.version == F.MANIFEST_VERSION + 1
         check_pickles(ei.value)
     assert not mmwal.verify(path).ok
     assert fingerprint(path) == before
