@@ -2003,8 +2003,9 @@ def run_io_errors(workdir: str, *, quick: bool, seed: int,
 def _damaged_store(path: str) -> None:
     """A small store for the repair campaign: a checkpoint, four segments, one bad frame."""
     from ._fsutil import Paths
-    from ._store import Store, open_manifest
+    from ._store import Store
     from ._types import Config
+    from ._version import open_manifest
     from ._wal import read_segment_header
 
     cfg = Config(segment_bytes=4096, keep_checkpoints=1, chunk_documents=4)

@@ -132,7 +132,7 @@ def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) 
     the new segment meanwhile.  With ``config.auto_compact`` the new version is
     compacted in the same hold of the lock when it passes a threshold.
     """
-    from ._store import open_manifest
+    from ._version import open_manifest
 
     t0 = time.monotonic()
     lock.acquire_exclusive_slow()
@@ -294,7 +294,7 @@ def compact(paths: Paths, manifest: dict[str, Any], config: Config, target: int,
 def run_compact(paths: Paths, lock: FileLock, config: Config, target: int | None,
                 min_dead: float | None) -> CompactionInfo:
     """``Store.compact()``: take the checkpoint lock, compact, retire."""
-    from ._store import open_manifest
+    from ._version import open_manifest
 
     lock.acquire_exclusive_slow()
     try:

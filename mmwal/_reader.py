@@ -32,9 +32,8 @@ from . import _store as _st
 from ._fsutil import Paths, store_root
 from ._lock import FileLock
 from ._snapshot import IdView, Snapshot, _Tail
-from ._store import folded_past, open_manifest
 from ._types import Document
-from ._version import VersionView
+from ._version import VersionView, folded_past, open_manifest
 from ._wal import RECOVERY_MODES, LogCursor, Retired, read_tail_record
 from .errors import ClosedError, CorruptionError, InvalidInputError
 

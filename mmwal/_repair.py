@@ -296,8 +296,8 @@ def make_plan(root: str, mode: str) -> Plan:
     :func:`repair_locks`).  Raises StoreNotFoundError / CorruptionError for a
     missing or unreadable MANIFEST (nothing can be salvaged without it).
     """
-    from ._store import open_manifest
     from ._verify import _check_checkpoint
+    from ._version import open_manifest
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")

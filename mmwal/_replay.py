@@ -103,7 +103,7 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
     >>> [(op.seq, op.kind, op.id) for op in mmwal.replay(d)]
     [(1, 'add', 'a'), (2, 'add', 'b'), (3, 'remove', 'a')]
     """
-    from ._store import open_manifest
+    from ._version import open_manifest
 
     if type(after_seq) is not int or after_seq < 0:
         from .errors import InvalidInputError
@@ -170,7 +170,7 @@ class LogSeeker:
 
     def retired(self, seg_id: int, after_seq: int) -> None:
         """The cursor at ``seg_id`` raised Retired having yielded up to ``after_seq``."""
-        from ._store import open_manifest
+        from ._version import open_manifest
 
         newer = max(self.floor, open_manifest(self.paths)["replay_segment"])
         self._stuck = self._stuck + 1 if (newer, after_seq) == self._last else 0

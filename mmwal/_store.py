@@ -19,7 +19,6 @@ from ._fsutil import (
     check_filesystem,
     list_segments,
     makedirs,
-    read_file,
     store_root,
 )
 from ._lock import FileLock
@@ -33,6 +32,7 @@ from ._validate import (
     normalize_metadata,
     normalize_metadatas,
 )
+from ._version import open_manifest
 from ._wal import Appender, create_segment
 from .errors import (
     CheckpointWarning,
@@ -43,7 +43,6 @@ from .errors import (
     PoisonedError,
     StorageIOError,
     StoreClosedError,
-    StoreNotFoundError,
 )
 
 __all__ = ["Store", "open_manifest"]
@@ -99,54 +98,6 @@ def _admitted(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concaten
 
     functools.update_wrapper(call, method)  # name and docstring (help(), doctests)
     return call
-
-
-def _file_in_path(path: str) -> str:
-    """The first existing part of ``path`` that is not a directory ("" when none)."""
-    parts: list[str] = []
-    while True:
-        parent = os.path.dirname(path)
-        parts.append(path)
-        if parent == path:
-            break
-        path = parent
-    for p in reversed(parts):
-        if not os.path.exists(p):
-            return ""
-        if not os.path.isdir(p):
-            return p
-    return ""
-
-
-def open_manifest(paths: Paths) -> dict[str, Any]:
-    """Read and check MANIFEST; StoreNotFoundError when there is no store."""
-    try:
-        data = read_file(paths.manifest, F.MAX_MANIFEST_BODY + 64)
-    except (FileNotFoundError, NotADirectoryError):
-        if os.path.exists(paths.root) and not os.path.isdir(paths.root):
-            raise StoreNotFoundError(f"{paths.root} is a file, not an mmwal store directory",
-                                     path=paths.root) from None
-        part = _file_in_path(paths.root)
-        if part:
-            raise StoreNotFoundError(f"no mmwal store at {paths.root}: {part} is a file, not "
-                                     "a directory", path=paths.root) from None
-        raise StoreNotFoundError(
-            f"no mmwal store at {paths.root} (no MANIFEST); create one with "
-            "mmwal.Store(path, dim=...)", path=paths.root) from None
-    except OSError as exc:
-        raise _io.io_error(exc, "read", paths.manifest) from None
-    return F.decode_manifest(data, paths.manifest)
-
-
-def folded_past(paths: Paths, seg_id: int) -> bool:
-    """Whether the current MANIFEST starts replay after segment ``seg_id`` (it was folded).
-
-    False when the MANIFEST cannot be read: the caller then reports what it found.
-    """
-    try:
-        return bool(open_manifest(paths)["replay_segment"] > seg_id)
-    except MmwalError:
-        return False
 
 
 def _check_path(root: str) -> None:

@@ -73,7 +73,7 @@ def verify(path: str | os.PathLike[str], *,
 
 
 def _verify(paths: Paths) -> VerifyReport:
-    from ._store import open_manifest
+    from ._version import open_manifest
 
     report = VerifyReport(path=paths.root)
     try:

@@ -33,9 +33,10 @@ from . import _format as F
 from . import _io
 from ._checkpoint import CheckpointView, _rmtree, list_checkpoints
 from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
-from .errors import CorruptionError, MmwalError
+from .errors import CorruptionError, MmwalError, StoreNotFoundError
 
-__all__ = ["Entry", "Version", "VersionView", "clean_orphans", "read_version", "retire",
+__all__ = ["Entry", "Version", "VersionView", "clean_orphans", "folded_past", "open_manifest",
+           "read_version", "retire",
            "write_deletions", "write_version"]
 
 #: MANIFEST format that names a version (format 1 named one checkpoint).
@@ -165,6 +166,54 @@ def encode_version(v: Version, dim: int, created: float) -> bytes:
 def write_version(paths: Paths, v: Version, dim: int, created: float) -> None:
     """Publish a version file (temp, fsync, rename, fsync directory)."""
     atomic_write(version_path(paths, v.id), encode_version(v, dim, created), replace=False)
+
+
+def _file_in_path(path: str) -> str:
+    """The first existing part of ``path`` that is not a directory ("" when none)."""
+    parts: list[str] = []
+    while True:
+        parent = os.path.dirname(path)
+        parts.append(path)
+        if parent == path:
+            break
+        path = parent
+    for p in reversed(parts):
+        if not os.path.exists(p):
+            return ""
+        if not os.path.isdir(p):
+            return p
+    return ""
+
+
+def open_manifest(paths: Paths) -> dict[str, Any]:
+    """Read and check MANIFEST; StoreNotFoundError when there is no store."""
+    try:
+        data = read_file(paths.manifest, F.MAX_MANIFEST_BODY + 64)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.exists(paths.root) and not os.path.isdir(paths.root):
+            raise StoreNotFoundError(f"{paths.root} is a file, not an mmwal store directory",
+                                     path=paths.root) from None
+        part = _file_in_path(paths.root)
+        if part:
+            raise StoreNotFoundError(f"no mmwal store at {paths.root}: {part} is a file, not "
+                                     "a directory", path=paths.root) from None
+        raise StoreNotFoundError(
+            f"no mmwal store at {paths.root} (no MANIFEST); create one with "
+            "mmwal.Store(path, dim=...)", path=paths.root) from None
+    except OSError as exc:
+        raise _io.io_error(exc, "read", paths.manifest) from None
+    return F.decode_manifest(data, paths.manifest)
+
+
+def folded_past(paths: Paths, seg_id: int) -> bool:
+    """Whether the current MANIFEST starts replay after segment ``seg_id`` (it was folded).
+
+    False when the MANIFEST cannot be read: the caller then reports what it found.
+    """
+    try:
+        return bool(open_manifest(paths)["replay_segment"] > seg_id)
+    except MmwalError:
+        return False
 
 
 # ------------------------------------------------------------------ deletion vectors

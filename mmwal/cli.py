@@ -156,8 +156,7 @@ def inspect_store(path: str) -> dict[str, Any]:
     from ._fsutil import Paths, read_file
     from ._reader import Reader
     from ._repair import read_tail_hint
-    from ._store import open_manifest
-    from ._version import deletion_path, list_versions, read_version
+    from ._version import deletion_path, list_versions, open_manifest, read_version
     from ._wal import read_segment_header
 
     root = _require_store(path)
