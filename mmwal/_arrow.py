@@ -12,10 +12,10 @@ because metadata dicts are heterogeneous: a struct column would give every
 row every key of every other row (as nulls) and fail on keys whose values
 change type from row to row.  The embedding column wraps the snapshot's
 ``embeddings`` array through the buffer protocol: when that is the mapped
-checkpoint matrix (one checkpoint, empty tail) the table points into the
-mapping itself, no byte copied; otherwise ``embeddings`` is already the
-documented copy (surviving checkpoint rows, then tail rows) and the table
-wraps that copy.
+matrix (a version of one fragment without deletions, empty tail) the table
+points into the mapping itself, no byte copied; otherwise ``embeddings`` is
+already the documented copy (live fragment rows, then tail rows) and the
+table wraps that copy.
 
 In (:func:`ingest`): rows are grouped into consecutive batches of
 ``batch_size`` whatever the input's chunking, and each batch is ONE

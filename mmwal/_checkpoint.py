@@ -1,6 +1,7 @@
-"""Checkpoints: immutable, memory-mappable snapshots folded from the log.
+"""Fragments: immutable, memory-mappable directories of rows, and the fold that builds one.
 
-A checkpoint directory ``checkpoints/<id>/`` holds (docs/format.md):
+A fragment directory ``checkpoints/<id>/`` (what a whole checkpoint was in
+format 1; a version lists several, see ``_version.py``) holds (docs/format.md):
 
 * ``embeddings.npy`` (n, dim) ``<f4``, data 64-byte aligned: any process maps it
   read-only and shares one copy in the page cache;
@@ -14,11 +15,14 @@ A checkpoint directory ``checkpoints/<id>/`` holds (docs/format.md):
   is read by decompressing one chunk;
 * ``DESCRIPTOR``: every file with its size and CRC-32, plus the counts.
 
-Building is streaming: previous checkpoint rows are copied in bounded chunks
-with ``pread``/``write`` (not through a writable map, so resident memory stays
-bounded whatever the store size); only the ids touched since the previous
-checkpoint are held in memory, and those are bounded by the checkpoint
-thresholds.
+A checkpoint folds the sealed log into ONE new fragment of the documents
+added or replaced since the previous version (:func:`fold`); older fragments
+are never rewritten, their dead rows go to deletion vectors.  A compaction
+copies live rows of several fragments into one, streaming them in bounded
+chunks with ``pread``/``write`` (not through a writable map, so resident
+memory stays bounded) and checking every source file's CRC-32 as it goes
+(:func:`_copy_prev`).  Only the ids touched since the previous version are
+held in memory, bounded by the checkpoint thresholds.
 """
 
 from __future__ import annotations

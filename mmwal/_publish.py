@@ -145,6 +145,7 @@ def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) 
         prev_seq = manifest["checkpoint_seq"]
         if last_seq == prev_seq:
             v = read_version(paths, manifest)
+            retire(paths, manifest, config.keep_checkpoints)
             return CheckpointInfo(v.id, prev_seq, v.documents, fragments=len(v.entries),
                                   seconds=time.monotonic() - t0)
         prev = VersionView(paths, manifest, dim) if manifest["checkpoint"] else None
@@ -232,6 +233,8 @@ def compact(paths: Paths, manifest: dict[str, Any], config: Config, target: int,
     v = view.version if view is not None else read_version(paths, manifest)
     groups = plan_compaction(v, target, min_dead)
     if view is None or not groups:
+        if keep:
+            retire(paths, manifest, config.keep_checkpoints)
         info = CompactionInfo(v.id, v.seq, v.documents, len(v.entries), len(v.entries),
                               seconds=time.monotonic() - t0)
         return _Compacted(info, manifest, v)
@@ -300,7 +303,10 @@ def run_compact(paths: Paths, lock: FileLock, config: Config, target: int | None
     try:
         manifest = open_manifest(paths)
         clean_orphans(paths, manifest)
-        return compact(paths, manifest, config, 1 if target is None else target,
-                       0.0 if min_dead is None else min_dead).info
+        if target is None and min_dead is None:  # a full compaction
+            target, min_dead = 1, 0.0
+        return compact(paths, manifest, config,
+                       config.max_fragments if target is None else target,
+                       config.compact_dead_fraction if min_dead is None else min_dead).info
     finally:
         lock.release_slow()

@@ -147,12 +147,14 @@ class Reader:
     parent's flock) and its locks, and restarts its refresh thread; the
     read-only mappings stay shared with the parent.
 
-    ``embeddings`` is a zero-copy read-only memmap of the checkpoint when the
-    log tail is empty (nothing added, replaced or removed since the
-    checkpoint).  Otherwise it is a new read-only in-memory array holding the
-    surviving checkpoint rows followed by the tail documents, built on first
-    access to each snapshot; ``search`` never builds it.  Run
-    ``Store.checkpoint()`` to get back to zero-copy.
+    ``embeddings`` is a zero-copy read-only memmap when the version is one
+    fragment without deletions and the log tail is empty (nothing added,
+    replaced or removed since the checkpoint).  Otherwise it is a new
+    read-only in-memory array holding the live rows of each fragment followed
+    by the tail documents, built on first access to each snapshot; ``search``
+    never builds it, and :attr:`fragments` gives the zero-copy parts.  Run
+    ``Store.checkpoint()`` then ``Store.compact()`` to get back to one
+    zero-copy matrix.
 
     Examples
     --------
@@ -484,7 +486,10 @@ class Reader:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """(n, dim) float32, read-only; zero-copy memmap when the log tail is empty."""
+        """(n, dim) float32, read-only; zero-copy only for one whole fragment and no tail.
+
+        See :attr:`Snapshot.embeddings` and :attr:`fragments`.
+        """
         return self._use().embeddings
 
     def search(self, q: Any, k: int = 10, metric: str = "cosine", *, where: Any = None,

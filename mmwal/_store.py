@@ -722,10 +722,12 @@ class Store:
 
         With no arguments: a full compaction (like SQLite's VACUUM) - every
         fragment of the current version merged into one, without its dead
-        rows.  ``target_fragments`` asks for at most that many fragments
-        (tiered: the smallest neighbours merge first, large old fragments are
-        left alone), ``min_dead_fraction`` rewrites a fragment whose share of
-        dead rows reaches it.  Runs under the checkpoint lock (a second
+        rows.  With either argument, a partial one: ``target_fragments``
+        (default ``Config.max_fragments``) asks for at most that many
+        fragments (tiered: the smallest neighbours merge first, large old
+        fragments are left alone), and a fragment whose share of dead rows
+        reaches ``min_dead_fraction`` (default
+        ``Config.compact_dead_fraction``) is rewritten without them.  Runs under the checkpoint lock (a second
         ``compact()`` waits, then finds nothing to do and rewrites nothing);
         writers keep appending and readers keep reading meanwhile.  Folds no
         log record: the version keeps its seq.  ``checkpoint()`` compacts on

@@ -33,7 +33,7 @@ from . import _format as F
 from . import _io
 from ._checkpoint import CheckpointView, _rmtree, list_checkpoints
 from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
-from .errors import CorruptionError, MmwalError, StoreNotFoundError
+from .errors import CorruptionError, FormatVersionError, MmwalError, StoreNotFoundError
 
 __all__ = ["Entry", "Version", "VersionView", "clean_orphans", "folded_past", "open_manifest",
            "read_version", "retire",
@@ -236,6 +236,11 @@ def decode_deletions(raw: bytes, path: str, e: Entry) -> np.ndarray:
                               "run `mmwal verify`", path=path, offset=min(len(raw), want))
     magic, fmt, fid, vid, rows, dead, crc = DELETION_HEADER.unpack_from(raw, 0)
     bits = raw[DELETION_HEADER.size:]
+    if magic == DELETION_MAGIC and fmt > DELETION_FORMAT and zlib.crc32(raw) == e.dv_crc:
+        # Intact (the version's CRC-32 of the whole file matches) but newer.
+        raise FormatVersionError(f"{path}: deletion vector format {fmt}, this mmwal reads up "
+                                 f"to {DELETION_FORMAT}; upgrade mmwal to open the store",
+                                 path=path, version=fmt)
     if magic != DELETION_MAGIC or fmt != DELETION_FORMAT or (fid, vid, rows) != (
             e.fid, e.dv, e.rows):
         raise CorruptionError(f"{path}: offset 0: not the deletion vector of fragment {e.fid} "
@@ -468,6 +473,12 @@ class VersionView:
             view = (reuse or {}).get(e.fid)
             if view is None:
                 view = CheckpointView(paths, e.fid, dim)
+            if v.legacy and view.count != e.rows:
+                # A format-1 MANIFEST's checkpoint_documents is optional: the
+                # descriptor (checked against its files) says how many rows.
+                e = Entry(e.fid, view.count, 0)
+                v = Version(v.id, v.seq, view.count, (e,), legacy=True)
+                self.version = v
             if view.count != e.rows:
                 path = version_path(paths, v.id)
                 raise _bad(path, f"lists fragment {e.fid} with {e.rows} rows, its descriptor "
@@ -480,7 +491,7 @@ class VersionView:
             self.parts.append(Part(view, e, start, read_deletions(paths, e)))
             start += e.rows
         self.count = start
-        self.live = v.documents
+        self.live = self.version.documents
         self._starts = np.array([p.start for p in self.parts], dtype=np.int64)
         self._dead: Any = False  # not computed yet
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -167,7 +168,7 @@ def inspect_store(path: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": root,
         "format_version": int(F.MANIFEST_HEADER.unpack_from(raw, 0)[1]),
-        "library_format_version": F.FORMAT_VERSION,
+        "library_format_version": F.MANIFEST_VERSION,
         "dim": manifest["dim"],
         "created": _iso(manifest.get("created")),
     }
@@ -279,7 +280,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                      f"at seq {c['seq']:,}, {_size(c.get('bytes', 0))}, {len(frags)} "
                      f"fragment{'' if len(frags) == 1 else 's'}"))
         for f in frags:
-            rows.append(("", f"fragment {f['id']}: {f['rows']:,} rows, {f['dead_rows']:,} dead, "
+            rows.append(("", f"fragment {f['id']}: {f['rows']:,} row{'' if f['rows'] == 1 else 's'}, "
+                         f"{f['dead_rows']:,} dead, "
                          f"{_size(f['bytes'])}, created {f.get('created') or '-'}"))
     if info["checkpoints_kept"]:
         rows.append(("", "older versions kept: "
@@ -424,10 +426,38 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
         stats = store.stats()
     if args.json:
         _print_json({"id": info.id, "seq": info.seq, "documents": info.documents,
+                     "fragments": info.fragments, "fragments_written": info.fragments_written,
+                     "fragments_merged": info.fragments_merged, "rows_copied": info.rows_copied,
+                     "bytes_written": info.bytes_written,
                      "bytes": stats.checkpoint_bytes, "seconds": seconds})
     else:
         print(f"checkpoint {info.id}: {info.documents:,} documents at seq {info.seq:,} "
-              f"({_size(stats.checkpoint_bytes)}), in {seconds:.2f} s")
+              f"in {_n(info.fragments, 'fragment')} ({_size(stats.checkpoint_bytes)}); wrote "
+              f"{_n(info.rows_copied, 'row')}, {_size(info.bytes_written)}"
+              + (f", merged {_n(info.fragments_merged, 'fragment')}"
+                 if info.fragments_merged else "") + f", in {seconds:.2f} s")
+    return 0
+
+
+# ============================================================================ compact
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from ._store import Store
+    from ._types import Config
+
+    root = _require_store(args.path)
+    with Store(root, config=Config(lock_timeout=args.lock_timeout)) as store:
+        info = store.compact(target_fragments=args.target_fragments,
+                             min_dead_fraction=args.min_dead_fraction)
+    if args.json:
+        _print_json(dataclasses.asdict(info))
+    elif not info.fragments_merged:
+        print(f"nothing to compact: version {info.id} has {_n(info.fragments, 'fragment')} "
+              f"and {_n(info.documents, 'document')}")
+    else:
+        print(f"version {info.id}: {_n(info.fragments_before, 'fragment')} -> "
+              f"{info.fragments}; merged {info.fragments_merged}, copied "
+              f"{_n(info.rows_copied, 'row')}, dropped {_n(info.rows_dropped, 'dead row')}, "
+              f"wrote {_size(info.bytes_written)}, in {info.seconds:.2f} s")
     return 0
 
 
@@ -723,6 +753,17 @@ checkpoints beyond keep_checkpoints.
 examples:
   mmwal checkpoint my.store
   mmwal checkpoint my.store --json""",
+    "compact": """\
+Opens the store as a writer and publishes a new version whose fragments are
+merged and hold no dead (replaced or removed) rows.  Without options, a full
+compaction into one fragment; --target-fragments / --min-dead-fraction ask
+for a partial, tiered one.  Writers keep appending and readers keep reading;
+a running checkpoint is waited for (checkpoint.lock).  Exit status 0 also
+when there was nothing to do.
+
+examples:
+  mmwal compact my.store
+  mmwal compact my.store --target-fragments 4 --json""",
     "repair": """\
 Scans the log and explains what a repair in the chosen mode keeps and drops,
 file by file, with offsets and sequence numbers.  Nothing changes without
@@ -851,6 +892,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = add("checkpoint", "fold the log into a new checkpoint", _cmd_checkpoint)
     p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = add("compact", "merge fragments and drop dead rows, as a new version", _cmd_compact)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("--target-fragments", type=int, metavar="N",
+                   help="at most N fragments, merging the smallest neighbours first "
+                   "(default: a full compaction into one)")
+    p.add_argument("--min-dead-fraction", type=float, metavar="F",
+                   help="rewrite a fragment whose share of dead rows reaches F")
+    p.add_argument("--lock-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait for a running checkpoint (default 300)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = add("repair", "salvage a store whose log is damaged", _cmd_repair)

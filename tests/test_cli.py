@@ -478,3 +478,28 @@ def test_verify_text_names_each_path_once(tmp_path, capsys):
     report = mmwal.verify(path)
     for p in report.problems:
         assert p.file not in p.what and not p.what.startswith("offset"), p
+
+
+def test_compact_command(tmp_path, capsys):
+    """`mmwal compact`: a full compaction by default, JSON, nothing to do, bad input."""
+    path = str(tmp_path / "s")
+    cfg = mmwal.Config(auto_compact=False)
+    with mmwal.Store(path, dim=DIM, durability="os", config=cfg) as s:
+        for round_ in range(3):
+            s.add_many([f"r{round_}-{i}" for i in range(10)],
+                       np.ones((10, DIM), np.float32) * (round_ + 1))
+            s.remove(f"r0-{round_}")
+            s.checkpoint()
+    assert cli.main(["compact", path, "--target-fragments", "2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["fragments_before"], info["fragments"]) == (3, 2)
+    assert cli.main(["compact", path]) == 0
+    out = capsys.readouterr().out
+    assert "2 fragments -> 1" in out and "dropped" in out
+    assert cli.main(["compact", path]) == 0
+    assert "nothing to compact" in capsys.readouterr().out
+    with mmwal.Reader(path) as r:
+        assert len(r) == 27 and len(r.fragments) == 1 and r.fragments[0].live.all()
+    assert cli.main(["compact", path, "--target-fragments", "0"]) != 0
+    assert "target_fragments" in capsys.readouterr().err
+    assert cli.main(["compact", str(tmp_path / "nothing")]) != 0
