@@ -727,10 +727,11 @@ class Store:
         fragments (tiered: the smallest neighbours merge first, large old
         fragments are left alone), and a fragment whose share of dead rows
         reaches ``min_dead_fraction`` (default
-        ``Config.compact_dead_fraction``) is rewritten without them.  Runs under the checkpoint lock (a second
-        ``compact()`` waits, then finds nothing to do and rewrites nothing);
-        writers keep appending and readers keep reading meanwhile.  Folds no
-        log record: the version keeps its seq.  ``checkpoint()`` compacts on
+        ``Config.compact_dead_fraction``) is rewritten without them.  Runs
+        under the checkpoint lock (a second ``compact()`` waits, then finds
+        nothing to do and rewrites nothing); writers keep appending and
+        readers keep reading meanwhile.  Folds no log record: the version
+        keeps its seq.  ``checkpoint()`` compacts on
         its own with ``Config(auto_compact=True)`` (see docs/concepts.md).
         """
         self._check()

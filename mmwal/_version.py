@@ -469,7 +469,8 @@ class VersionView:
         self.dim = dim
         self.parts: list[Part] = []
         start = 0
-        for e in v.entries:
+        for entry in v.entries:
+            e = entry
             view = (reuse or {}).get(e.fid)
             if view is None:
                 view = CheckpointView(paths, e.fid, dim)

@@ -280,7 +280,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                      f"at seq {c['seq']:,}, {_size(c.get('bytes', 0))}, {len(frags)} "
                      f"fragment{'' if len(frags) == 1 else 's'}"))
         for f in frags:
-            rows.append(("", f"fragment {f['id']}: {f['rows']:,} row{'' if f['rows'] == 1 else 's'}, "
+            rows.append(("", f"fragment {f['id']}: {_n(f['rows'], 'row')}, "
                          f"{f['dead_rows']:,} dead, "
                          f"{_size(f['bytes'])}, created {f.get('created') or '-'}"))
     if info["checkpoints_kept"]:
