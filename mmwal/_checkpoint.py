@@ -44,6 +44,7 @@ import numpy as np
 from . import _format as F
 from . import _io
 from ._fsutil import Paths, read_file, write_all
+from ._search import ann
 from ._types import Config
 from ._wal import LogCursor
 from .errors import CorruptionError, FormatVersionError
@@ -166,6 +167,8 @@ class CheckpointView:
         self._chunk_cache: dict[int, list[Any]] = {}
         # Metadata columns for filters, built on first filtered search (_snapshot).
         self.where_columns: Any = None
+        # The mapped approximate index, when the fragment has one (opened on first use).
+        self.ann = ann.open_index(self)
 
     def _open(self, path: str) -> int:
         """Open a file of this checkpoint; a missing one is a CorruptionError.
@@ -420,7 +423,9 @@ class _Stream:
 class _Builder:
     """Streams rows into the files of a new checkpoint in ``tmpdir``."""
 
-    def __init__(self, tmpdir: str, n: int, dim: int, chunk_docs: int, level: int) -> None:
+    def __init__(self, tmpdir: str, n: int, dim: int, chunk_docs: int, level: int,
+                 config: Config | None = None) -> None:
+        self.config = config  # for the ANN index (Config.ann_*); None: no index
         self.dir = tmpdir
         self.n, self.dim, self.chunk_docs, self.level = n, dim, chunk_docs, level
         self.streams: dict[str, _Stream] = {}
@@ -477,6 +482,12 @@ class _Builder:
         files = {name: st.finish() for name, st in self.streams.items()}
         ix = build_index(self.dir, self.n)
         files["index.npy"] = ix.meta
+        ann_meta = None
+        cfg = self.config
+        if cfg is not None and cfg.ann_min_rows and self.n >= cfg.ann_min_rows and ann.available():
+            emb = np.load(os.path.join(self.dir, "embeddings.npy"), mmap_mode="r")
+            ann_meta, files[ann.ANN_FILE] = ann.build(self.dir, emb, cfg)
+            del emb
         # A keyed index is version 2: a version-1 reader, which would look ids
         # up with CRC-32 and silently miss them, refuses it (FormatVersionError).
         version = F.FORMAT_VERSION if ix.key is None else F.DESCRIPTOR_KEYED_VERSION
@@ -490,6 +501,8 @@ class _Builder:
         }
         if ix.key is not None:
             body["hash_key"] = ix.key
+        if ann_meta is not None:
+            body["ann"] = ann_meta
         dpath = os.path.join(self.dir, "DESCRIPTOR")
         st = _Stream(dpath)
         st.write(F.encode_manifest(body, F.DESCRIPTOR_MAGIC, version))
@@ -691,7 +704,8 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     n = sum(1 for t in touched.values() if t.live)
     if not n:
         return FoldResult(None, dead, cleared)
-    b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level)
+    b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
+                 config)
     try:
         # Pass 2: the live delta documents, in the seq order of their last write.
         for frame in source():

@@ -253,7 +253,8 @@ def compact(paths: Paths, manifest: dict[str, Any], config: Config, target: int,
             continue
         tmp = _mkdir_tmp(paths, fid)
         try:
-            b = _Builder(tmp, n, dim, config.chunk_documents, config.metadata_compression_level)
+            b = _Builder(tmp, n, dim, config.chunk_documents, config.metadata_compression_level,
+                         config)
             try:
                 for p in parts:
                     dead = (np.flatnonzero(p.dead).astype(np.int64) if p.dead is not None

@@ -544,8 +544,12 @@ class Reader:
         frag: list[dict[str, Any]] = []
         for f in snap.fragments:
             cols = f.ids._view.where_columns
+            h = f.ids._view.ann
+            index = None if h is None else {
+                "metric": h.metric, "dtype": h.meta.get("dtype"), "bytes": h.file_meta[0],
+                "mapped": h.index is not None, "error": h.error}
             frag.append({"id": f.id, "rows": len(f), "dead_rows": len(f) - int(f.live.sum()),
-                         "index": None,
+                         "index": index,
                          "columns": sorted(cols) if cols is not None else []})
         return ReaderStats(
             path=self.path, dim=self.dim, seq=snap.seq, newest_seq=newest,

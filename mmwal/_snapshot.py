@@ -446,11 +446,16 @@ class Snapshot:
             of the matching documents.  A malformed filter raises
             :class:`mmwal.errors.InvalidInputError` naming the offending part.
         exact
-            None (auto), True or False.  Every search is exact today (no
-            approximate index is built yet), so all three give the same hits.
+            None (auto) or False: fragments that have an approximate (HNSW)
+            index built for ``metric`` are searched through it (candidates
+            re-scored exactly from the mapped matrix; see
+            ``Config.ann_min_rows``), the others and the tail exactly.  True:
+            every row is scored exactly.  Without an index (or without the
+            ``ann`` extra installed) all three are exact.
         expansion
-            Search breadth of an approximate index (an int >= 1); accepted and
-            unused while every search is exact.
+            Search breadth of the approximate index (an int >= 1; default
+            ``Config.ann_expansion_search`` as built): larger is slower and
+            finds more of the true top k.
         where_document
             A Chroma-style filter on the content text (``$contains``,
             ``$not_contains``, ``$regex``, ``$not_regex``, ``$and``, ``$or``).
@@ -485,6 +490,14 @@ class Snapshot:
         best_s = [np.empty(0, np.float32) for _ in range(m)]
         best_r = [np.empty(0, np.int64) for _ in range(m)]
 
+        def merge(j: int, s: np.ndarray, r: np.ndarray) -> None:
+            s = np.concatenate([best_s[j], s])
+            r = np.concatenate([best_r[j], r])
+            if len(s) > k:
+                keep = np.argpartition(-s, k - 1)[:k]
+                s, r = s[keep], r[keep]
+            best_s[j], best_r[j] = s, r
+
         def take(scores: np.ndarray, base: int) -> None:
             # scores: (c, m), higher is better; keep the top k per query.
             c = scores.shape[0]
@@ -495,12 +508,9 @@ class Snapshot:
                 idx = np.broadcast_to(np.arange(c)[:, None], (c, m))
             for j in range(m):
                 col = idx[:, j]
-                s = np.concatenate([best_s[j], scores[col, j]])
-                r = np.concatenate([best_r[j], col.astype(np.int64) + base])
-                if len(s) > k:
-                    keep = np.argpartition(-s, k - 1)[:k]
-                    s, r = s[keep], r[keep]
-                best_s[j], best_r[j] = s, r
+                merge(j, scores[col, j], col.astype(np.int64) + base)
+
+        approx = exact is not True
 
         ckpt = self._ckpt
         n_ckpt = 0
@@ -512,6 +522,12 @@ class Snapshot:
             # Each fragment's mapped matrix in turn, in blocks; the top k merge.
             for part in ckpt.parts:
                 E, norms, p0 = part.view.embeddings, part.view.norms, part.start
+                h = part.view.ann if approx else None
+                if h is not None and h.metric == metric:
+                    d = None if drop is None else drop[p0:p0 + part.view.count]
+                    if _search_part(h, E, norms, d, p0, Q, qn, metric, k, expansion,
+                                    filtered, merge):
+                        continue  # else: no usearch, a damaged index, too few hits
                 for a in range(0, part.view.count, SEARCH_ROWS):
                     b = min(part.view.count, a + SEARCH_ROWS)
                     d = None if drop is None else drop[p0 + a:p0 + b]
@@ -581,6 +597,62 @@ class Snapshot:
         from ._arrow import dataframe
 
         return dataframe(self, columns)
+
+
+#: A filter that leaves at most this many rows of a fragment (or this share of
+#: them) is searched by scoring those rows exactly: cheaper than over-fetching.
+SELECTIVE_ROWS = 8192
+SELECTIVE_SHARE = 0.02
+
+
+def _search_part(h: Any, E: np.ndarray, norms: np.ndarray, drop: np.ndarray | None, p0: int,
+                 Q: np.ndarray, qn: np.ndarray, metric: str, k: int, expansion: int | None,
+                 filtered: bool, merge: Any) -> bool:
+    """Search one fragment through its approximate index; False: search it exactly instead.
+
+    Planning: a selective filter (few allowed rows) scores the allowed rows
+    exactly; otherwise the index is asked for ``count`` candidates per query
+    (more when many rows are excluded), rows excluded by ``drop`` (dead, or
+    outside the filter) are dropped, and ``count`` doubles until every query
+    keeps ``k`` candidates - or the whole fragment was asked for, and then
+    the fragment is scored exactly.  Kept candidates are re-scored exactly
+    from the mapped matrix, so scores equal exact search's.
+    """
+    n = E.shape[0]
+    allowed = n if drop is None else n - int(np.count_nonzero(drop))
+    if allowed == 0:
+        return True
+    if filtered and drop is not None and (allowed <= SELECTIVE_ROWS
+                                          or allowed <= SELECTIVE_SHARE * n):
+        rows = np.flatnonzero(~drop)
+        s = _score(E[rows], norms[rows], Q, qn, metric)
+        for j in range(Q.shape[0]):
+            merge(j, s[:, j], rows + p0)
+        return True
+    if h.get() is None:
+        return False
+    want = min(k, allowed)
+    count = min(n, max(2 * want, int(np.ceil(want * n / allowed * 1.5))))
+    while True:
+        keys, counts = h.search(Q, count, expansion)
+        cand = []
+        short = False
+        for j in range(Q.shape[0]):
+            r = keys[j, : int(counts[j])].astype(np.int64)
+            r = r[(r >= 0) & (r < n)]
+            if drop is not None:
+                r = r[~drop[r]]
+            cand.append(r)
+            short = short or len(r) < want
+        if not short:
+            break
+        if count >= n:
+            return False
+        count = min(n, 2 * count)
+    for j, r in enumerate(cand):
+        s = _score(E[r], norms[r], Q[j:j + 1], qn[j:j + 1], metric)[:, 0]
+        merge(j, s, r + p0)
+    return True
 
 
 def checkpoint_columns(ckpt: CheckpointView) -> where_.Columns:

@@ -79,6 +79,17 @@ class Config:
         Compact at the end of ``checkpoint()`` when the new version lists more
         than ``max_fragments`` fragments or a fragment reaches
         ``compact_dead_fraction`` (on by default).
+    ann_min_rows
+        A checkpoint or compaction that writes a fragment of at least this many
+        rows also builds an approximate (HNSW) index of it, when the ``ann``
+        extra (usearch) is installed; 0 never builds one.  Readers map the
+        index file read-only and search it with ``exact=None``/``False``.
+    ann_metric, ann_dtype, ann_connectivity, ann_expansion_add, ann_expansion_search
+        The index's metric (a search with another metric is exact), the
+        precision of its own copy of the vectors (``"f16"`` default, ``"i8"``,
+        ``"f32"``: candidates are re-scored exactly from the mapped float32
+        matrix either way), the graph's connectivity, and the breadth of its
+        build and default search (``search(expansion=...)`` overrides).
     recovery
         ``"strict"`` (default), ``"point-in-time"`` or ``"skip-bad"``: what
         readers do with a damaged frame that has valid frames after it.
@@ -113,6 +124,12 @@ class Config:
     max_fragments: int = 8
     compact_dead_fraction: float = 0.2
     auto_compact: bool = True
+    ann_min_rows: int = 50_000
+    ann_metric: str = "cosine"
+    ann_dtype: str = "f16"
+    ann_connectivity: int = 16
+    ann_expansion_add: int = 128
+    ann_expansion_search: int = 64
 
     def __post_init__(self) -> None:
         # Every field is checked here, before a Store touches the disk with it:
@@ -155,6 +172,17 @@ class Config:
             raise bad("compact_dead_fraction", "a number > 0 and <= 1")
         if type(self.recovery) is not str or self.recovery not in _RECOVERY:
             raise bad("recovery", "'strict', 'point-in-time' or 'skip-bad'")
+        if type(self.ann_min_rows) is not int or not 0 <= self.ann_min_rows <= _MAX_COUNT:
+            raise bad("ann_min_rows", f"an int from 0 to {_MAX_COUNT}")
+        if self.ann_metric not in ("cosine", "dot", "l2"):
+            raise bad("ann_metric", "'cosine', 'dot' or 'l2'")
+        if self.ann_dtype not in ("f32", "f16", "i8"):
+            raise bad("ann_dtype", "'f32', 'f16' or 'i8'")
+        for name, lo, hi in (("ann_connectivity", 2, 256), ("ann_expansion_add", 1, 1 << 16),
+                             ("ann_expansion_search", 1, 1 << 16)):
+            v = getattr(self, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise bad(name, f"an int from {lo} to {hi}")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied."""

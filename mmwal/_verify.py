@@ -12,6 +12,7 @@ from ._checkpoint import FILES, CheckpointView, list_checkpoints
 from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._replay import iter_ops, reader_lock, scan_log
+from ._search.ann import ANN_FILE
 from ._types import Problem, VerifyReport
 from ._version import Version, VersionView, list_versions, load_version, read_version, version_path
 from ._wal import LogCursor, Retired, read_segment_header
@@ -212,7 +213,8 @@ def _check_fragment(paths: Paths, fid: int, dim: int, report: VerifyReport,
     bad = report.problems.append
     files = view.descriptor["files"]
     ok = True
-    for name in FILES:
+    extra = [ANN_FILE] if ANN_FILE in files else []
+    for name in (*FILES, *extra):
         fpath = os.path.join(view.dir, name)
         crc = 0
         try:
@@ -224,6 +226,12 @@ def _check_fragment(paths: Paths, fid: int, dim: int, report: VerifyReport,
             ok = False
             continue
         if crc != files[name][1]:
+            if name == ANN_FILE:  # the data is intact: readers search this fragment exactly
+                bad(Problem(fpath, 0, f"CRC-32 {crc:#010x}, the descriptor says "
+                            f"{files[name][1]:#010x}: the approximate index is damaged "
+                            "(readers search this fragment exactly; a compaction that "
+                            "rewrites the fragment builds a new one)"))
+                continue
             bad(Problem(fpath, 0, f"CRC-32 {crc:#010x}, the descriptor says "
                         f"{files[name][1]:#010x}: the file is damaged"))
             ok = False
