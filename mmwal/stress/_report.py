@@ -99,6 +99,26 @@ def summary(rep: dict[str, Any]) -> str:
     lines.append(f"  checkpoints   {rep['checkpoints']} completed during the run; final "
                  f"checkpoint {rep['final_checkpoint'].get('documents', '-')} documents in "
                  f"{rep['final_checkpoint'].get('seconds', '-')} s")
+    cp = rep.get("compaction")
+    if cp is not None:  # absent from reports of older harnesses
+        lines.append(
+            f"  compaction    {_n(cp['compactor_calls'])} compact() calls, "
+            f"{_n(cp['compactor_published'])} published, {_n(cp['auto_compactions'])} inside "
+            f"checkpoints; {_n(cp['fragments_merged'])} fragments merged, "
+            f"{_n(cp['rows_copied'])} rows copied, {_n(cp['rows_dropped'])} dead rows dropped")
+        lines.append(
+            f"  fragments     per version max {cp['fragments_max']}, mean "
+            f"{cp['fragments_mean']}; deletion vectors in {_n(cp['samples_with_deletion_vectors'])}"
+            f" of {_n(sum(cp['samples_with_fragments'].values()))} samples (max "
+            f"{cp['deletion_vectors_max']}); {_n(cp['versions_seen'])} versions seen")
+    ch = rep.get("churn")
+    if ch is not None and ch.get("churners"):
+        lines.append(
+            f"  churn         {_n(ch['acknowledged'])} of {_n(ch['ops'])} upserts/removes "
+            f"acknowledged ({_n(ch['removes_acknowledged'])} removes); {_n(ch['keys_present'])} "
+            f"of {_n(ch['keys'])} keys present; lost {ch['lost']}, resurrected "
+            f"{ch['resurrected']}; readers checked {_n(ch['keys_checked_by_readers'])} keys and "
+            f"{_n(ch['old_snapshots_checked'])} old snapshots")
     rd = rep["readers"]
     lines.append(f"  readers       {_n(rd['refreshes'])} refreshes, {_n(rd['full_checks'])} full "
                  f"scans, {_n(rd['docs_checked'])} documents checked; lag p50 "
@@ -153,12 +173,12 @@ def interval_lines(rep: dict[str, Any], max_rows: int = MAX_INTERVALS) -> list[s
     without a picture: throughput falling, checkpoints getting slower, lag
     growing.  Raises InvalidInputError if the report has no usable timeline.
     """
-    from ._timeline import ROLE_KINDS, Timeline, bin_timeline
+    from ._timeline import ROLE_KINDS, ROLE_LETTERS, Timeline, bin_timeline
 
     tl = Timeline.from_report(rep)
     b = bin_timeline(tl, max_rows)
     kinds = [k for k in ROLE_KINDS if k in b.kills] + [k for k in b.kills if k not in ROLE_KINDS]
-    by = "/".join(k[0] for k in kinds)
+    by = "/".join(ROLE_LETTERS.get(k, k[0]) for k in kinds)
     known = tl.checkpoint_seconds is not None
     out = [f"  per interval of {b.width:g} s (kills by role {by}: "
            + ", ".join(kinds) + "; reader lag in records):",

@@ -25,7 +25,12 @@ from ..errors import InvalidInputError
 __all__ = ["ROLE_KINDS", "Bins", "Timeline", "bin_timeline", "nice_width"]
 
 #: The kinds of role the killer picks from, in the order they are drawn and listed.
-ROLE_KINDS = ("writer", "reader", "checkpointer")
+ROLE_KINDS = ("writer", "reader", "checkpointer", "compactor", "churner")
+#: Kinds every kill track shows, even with no kill; the others only when killed.
+_ALWAYS_SHOWN = ROLE_KINDS[:3]
+#: One letter per kind for the per-interval table ("checkpointer" keeps its "c").
+ROLE_LETTERS = {"writer": "w", "reader": "r", "checkpointer": "c", "compactor": "x",
+                "churner": "u"}
 #: Bin widths in seconds: a reader can add them up in their head.
 _NICE = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0,
          600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0)
@@ -96,7 +101,7 @@ class Timeline:
         kill_list = ev.get("kills") or []
         if not isinstance(kill_list, list):
             raise InvalidInputError(f"{where}: events.kills is not a list", where=where)
-        times: dict[str, list[float]] = {k: [] for k in ROLE_KINDS}
+        times: dict[str, list[float]] = {k: [] for k in _ALWAYS_SHOWN}
         mid: list[float] = []
         for i, k in enumerate(kill_list):
             # [t, role name ("writer-3", "checkpointer"), phase ("append", "checkpoint"...)]
