@@ -143,7 +143,10 @@ class Compaction(RetireRace):
     DEFAULTS: dict[str, Any] = {  # noqa: RUF012 (read-only class data)
         "segment_bytes": 64 << 10, "checkpoint_interval": 1.0, "compact_interval": 1.0,
         "max_fragments": 4, "churners": 2, "churn_keys": 512, "churn_rate": 150.0,
-        "max_rate": 60.0, "verify_interval": 20.0, "verify_compactions": True,
+        # Writers paced so that a long run stays small: the point is many versions
+        # of few rows each, not a big store whose every compaction copies it all.
+        "max_rate": 25.0, "batch_size": 8, "verify_interval": 20.0,
+        "verify_compactions": True,
         "vary_keep": True, "readers": 2,
         "kill_weights": {"writer": 0.3, "reader": 0.15, "checkpointer": 0.2,
                          "compactor": 0.2, "churner": 0.15},
