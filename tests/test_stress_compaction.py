@@ -242,3 +242,26 @@ def test_final_verification_accounts_for_churn_records(tmp_path):
     final_verification(run.store, SEED, DIM, js, auditor, run.report, lambda d: True,
                        churn=[run.ledger()])
     assert "unaccounted" in run.kinds()
+
+
+def test_interval_table_shows_fragments_compactions_and_new_roles():
+    from mmwal.stress._report import interval_lines
+
+    t = [0.5 * i for i in range(41)]
+    rep = {"run_s": 20.0, "settings": {},
+           "timeline": {"t": t, "docs": [10.0 * i for i in range(41)],
+                        "docs_per_s": [20.0] * 41, "ops_per_s": [5.0] * 41,
+                        "lag_max": [3.0] * 41, "lag_mean": [1.0] * 41,
+                        "fragments": [1.0 + (i % 4) for i in range(40)] + [-1.0]},
+           "events": {"kills": [[1.0, "compactor", "compact"], [2.0, "churner-1", "append"],
+                                [3.0, "writer-0", "append"]],
+                      "checkpoints": [4.0], "checkpoint_seconds": [0.2],
+                      "compactions": [1.5, 2.5, 12.0]}}
+    lines = interval_lines(rep)
+    assert "w/r/c/x/u" in lines[0] and "compactor, churner" in lines[0]
+    assert lines[1].split()[-2:] == ["frags", "compact"]
+    rows = [line.split() for line in lines[2:]]
+    assert rows[0][0] == "0-2" and rows[0][-2] == "2.5/4"  # mean/max fragments of the bin
+    assert [int(r[-1]) for r in rows] == [1, 1, 0, 0, 0, 0, 1, 0, 0, 0]  # compact() calls
+    old = dict(rep, timeline={k: v for k, v in rep["timeline"].items() if k != "fragments"})
+    assert "frags" not in interval_lines(old)[1]  # an older report: no such column
