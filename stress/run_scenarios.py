@@ -71,6 +71,12 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
         ["--duration", "1800", "--scenario", "retire-race", "--kill-interval", "0.2",
          "--verify-interval", "60"],
     ),
+    "compaction": (
+        "versions of many fragments with deletion vectors: churners replacing and removing "
+        "keys, a checkpoint and a compact() (random arguments, verify() after) every second, "
+        "max_fragments=4, keep_checkpoints 1..3; checkpointer and compactor killed mid-work",
+        ["--duration", "600", "--scenario", "compaction"],
+    ),
 }
 
 

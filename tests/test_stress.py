@@ -104,7 +104,9 @@ def test_help_lists_every_option_and_hides_inject():
                          text=True, timeout=60, check=True).stdout
     for opt in ("--dir", "--duration", "--writers", "--readers", "--durability",
                 "--checkpoint-interval", "--kill-interval", "--seed", "--quick", "--json",
-                "--plot", "--scenario", "--keep", "--segment-bytes", "--batch-size"):
+                "--plot", "--scenario", "--keep", "--segment-bytes", "--batch-size",
+                "--compact-interval", "--max-fragments", "--churners", "--churn-keys",
+                "--churn-rate"):
         assert opt in out
     assert "--inject" not in out
 
@@ -329,6 +331,9 @@ def test_quick_run_is_clean(tmp_path):
     assert rep["verify"]["ok"] is True
     assert rep["readers"]["refreshes"] > 0 and rep["readers"]["docs_checked"] > 0
     assert rep["throughput"]["docs_per_s"] > 0
+    # The default run has a compactor and a churner too (replaced and removed rows).
+    assert rep["compaction"]["compactor_calls"] > 0 and rep["churn"]["acknowledged"] > 0
+    assert rep["churn"]["lost"] == rep["churn"]["resurrected"] == 0
     assert rep["settings"]["quick"] is True and rep["kept"] is False
     assert not os.path.exists(rep["run_dir"])  # clean runs clean up after themselves
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -342,6 +347,7 @@ def test_quick_run_is_clean(tmp_path):
     ("reorder", "order"),
     ("phantom", "phantom"),
     ("duplicate", "duplicate"),
+    ("resurrect", "resurrected"),
 ])
 def test_injected_violation_fails_the_run(tmp_path, inject, kind):
     res, rep = _run(tmp_path, "--duration", "6", "--writers", "2", "--readers", "1",
@@ -373,6 +379,28 @@ def test_retire_race_scenario_short_run_is_clean(tmp_path):
     assert rep["ok"] is True and rep["violation_counts"] == {}
     assert rep["checkpoints"] >= 1 and rep["kills_by_role"].get("reader", 0) > 0
     assert rep["lost"] == rep["phantoms"] == rep["duplicates"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compaction_scenario_short_run_is_clean(tmp_path):
+    # The short mode of the compaction scenario (stress/RESULTS.md has the long run):
+    # churners replacing and removing keys, a checkpoint and a compact() a second,
+    # max_fragments=4, verify() after each compaction, kills of every role.
+    res, rep = _run(tmp_path, "--duration", "12", "--scenario", "compaction")
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
+    s = rep["settings"]
+    assert s["scenario"] == "compaction" and s["max_fragments"] == 4
+    assert s["compact_interval"] == 1.0 and s["churners"] == 2
+    assert rep["ok"] is True and rep["violation_counts"] == {}
+    assert rep["lost"] == rep["phantoms"] == rep["duplicates"] == 0
+    cp, ch = rep["compaction"], rep["churn"]
+    assert rep["checkpoints"] >= 1 and cp["compactor_calls"] >= 1
+    assert cp["fragments_max"] >= 1 and cp["versions_seen"] >= 2
+    assert ch["acknowledged"] > 0 and ch["removes_acknowledged"] > 0
+    assert ch["lost"] == ch["resurrected"] == 0 and ch["keys_checked_by_readers"] > 0
+    assert rep["final_checkpoint"]["compaction"]["fragments"] <= 1
+    assert "compaction" in res.stdout and "fragments" in res.stdout
 
 
 def test_a_scenario_changes_only_the_options_not_given():

@@ -9,9 +9,15 @@ writer) and Qdrant's crasher.  A run starts real processes:
   refresh, that every writer's visible records form a prefix of its calls,
   that vectors, contents and metadata equal their seeded values (never
   all-zero) and that seqs only grow;
-* a **checkpointer** calling ``Store.checkpoint()`` every few seconds;
+* a **checkpointer** calling ``Store.checkpoint()`` every few seconds, with a
+  small ``max_fragments`` and ``auto_compact``/``keep_checkpoints`` drawn per
+  incarnation;
+* a **compactor** calling ``Store.compact()`` with random arguments;
+* **churners** replacing and removing documents of a small key space (so
+  versions carry deletion vectors), checked by readers and at the end: no
+  acknowledged upsert lost, no replaced or removed value resurrected;
 * the **coordinator**, which SIGKILLs random roles at random moments
-  (mid-append, mid-checkpoint, mid-refresh), restarts them, follows the log
+  (mid-append, mid-checkpoint, mid-compaction, mid-refresh), restarts them, follows the log
   with ``mmwal.replay`` and finally verifies the store against the journals:
   no acknowledged record lost, no phantom, no duplicate, per-writer order,
   exact values, ``mmwal.verify()`` clean, also after one last checkpoint.
@@ -112,6 +118,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--keep-checkpoints", metavar="N", type=int,
       help="Config.keep_checkpoints of every role (default 2; 1 retires each checkpoint's "
       "files as soon as the next one is published)")
+    a("--compact-interval", metavar="S", type=float,
+      help=f"seconds between the compactor's Store.compact() calls (random arguments), 0: no "
+      f"compactor ({both('compact_interval', ' s')})")
+    a("--max-fragments", metavar="N", type=int,
+      help="Config.max_fragments of every role (default 4: versions of several fragments "
+      "are the normal state)")
+    a("--churners", metavar="N", type=int,
+      help=f"churner processes: upserts and removes over a small key space, so replaced "
+      f"and removed rows (deletion vectors) ({both('churners')})")
+    a("--churn-keys", metavar="N", type=int, help="keys per churner (default 256)")
+    a("--churn-rate", metavar="R", type=float,
+      help=f"ops per second per churner, 0: as fast as possible ({both('churn_rate')})")
     a("--verify-interval", metavar="S", type=float,
       help="reader 0 also runs mmwal.verify() every S seconds and reports any problem as a "
       "violation (default 0: off)")

@@ -25,35 +25,49 @@ import mmwal
 
 from . import _scenarios
 from ._journal import JournalReader
-from ._oracle import KINDS, FinalResult, LogAuditor, final_verification
+from ._oracle import KINDS, ChurnLedger, FinalResult, LogAuditor, final_verification
 from ._report import Progress
-from ._roles import RoleSpec, RunPaths, role_main, store_config
+from ._roles import RoleSpec, RunPaths, role_main, role_name, store_config
 from ._settings import Settings
 from ._status import (
+    AUTO_COMPACT,
     CHECKED,
     CHECKPOINTS,
+    CHURN_CHECKED,
     CKPT_MICROS,
     CKPT_SEQ,
+    COMPACT_MICROS,
+    COMPACT_PUBLISHED,
+    COMPACTIONS,
     DOCS,
     FULL_CHECKS,
     INJECTED,
+    KEEP,
     LAST_SEQ,
+    MERGED,
     OPS,
     PHASE,
     REFRESHES,
+    ROWS_COPIED,
+    ROWS_DROPPED,
+    SNAP_CHECKS,
     STARTS,
     STOP,
     VIOLATIONS,
     Board,
     Phase,
 )
-from ._workload import doc_id
+from ._workload import churn_doc, churn_id, doc_id
 
 __all__ = ["Coordinator"]
 
 #: Where the killer aims for each kind of role when it waits for a busy moment.
 _BUSY = {"writer": (Phase.APPEND,), "reader": (Phase.OPEN, Phase.REFRESH),
-         "checkpointer": (Phase.CHECKPOINT,)}
+         "checkpointer": (Phase.CHECKPOINT,), "compactor": (Phase.COMPACT,),
+         "churner": (Phase.APPEND,)}
+#: Roles idle most of the time, struck only during their work (phase, duration field).
+_AIMED = {"checkpointer": (Phase.CHECKPOINT, CKPT_MICROS),
+          "compactor": (Phase.COMPACT, COMPACT_MICROS)}
 _MAX_LISTED = 500
 _SAMPLE_EVERY = 0.5
 
@@ -61,7 +75,7 @@ _SAMPLE_EVERY = 0.5
 class _Role:
     def __init__(self, kind: str, index: int, slot: int) -> None:
         self.kind, self.index, self.slot = kind, index, slot
-        self.name = "checkpointer" if kind == "checkpointer" else f"{kind}-{index}"
+        self.name = role_name(kind, index)
         self.proc: Any = None
         self.restart_at = 0.0
 
@@ -100,7 +114,13 @@ class Coordinator:
         self.ckpt_seqs: list[int | None] = []
         self._ckpts_seen = 0
         self.samples: dict[str, list[float]] = {k: [] for k in (
-            "t", "docs", "ops", "docs_per_s", "ops_per_s", "lag_max", "lag_mean", "tail_seq")}
+            "t", "docs", "ops", "docs_per_s", "ops_per_s", "lag_max", "lag_mean", "tail_seq",
+            "fragments", "dead_rows", "deletion_vectors", "version")}
+        # Completed compactor calls: when, and the fragments the version had after it.
+        self.compact_events: list[float] = []
+        self.compact_fragments: list[int] = []
+        self._compactions_seen = 0
+        self.configs: set[str] = set()  # "ROLE keep=K auto_compact=B" seen in incarnations
         self.lags: list[int] = []
         self.injected: dict[str, Any] | None = None
         self.interrupted = False
@@ -181,7 +201,7 @@ class Coordinator:
     def _arm(self, now: float, busy: set[str]) -> _Armed | None:
         """Pick the next victim among roles not already armed (``busy``)."""
         free = [r for r in self.roles if r.name not in busy]
-        kinds = sorted({r.kind for r in free})
+        kinds = sorted({r.kind for r in free if self.s.kill_weights.get(r.kind, 0.0) > 0})
         if "checkpointer" in kinds and self._ckpts_at_kill == self._checkpoints_done():
             # No checkpoint finished since the checkpointer was last killed: let one
             # finish, or the log would never be folded (and checkpoints get slower).
@@ -193,6 +213,8 @@ class Coordinator:
         if kind == "checkpointer":
             # Always aimed: a checkpointer is idle most of the time.
             return _Armed(role, True, now + self.s.checkpoint_interval * 1.6 + 1.0)
+        if kind == "compactor":
+            return _Armed(role, True, now + self.s.compact_interval * 1.6 + 1.0)
         # 70 % wait (up to 2 s) for the busy phase, 30 % strike at once.
         return _Armed(role, self.rng.random() < 0.7, now + 2.0)
 
@@ -200,20 +222,22 @@ class Coordinator:
         """Mid-checkpoint: once one starts, strike up to twice the last one's duration later.
 
         About half the checkpoints finish first and the kill is called off: a
-        store whose checkpoints are all killed would never fold its log.
+        store whose checkpoints are all killed would never fold its log.  The
+        compactor is struck the same way, mid-compaction.
         """
         role = armed.role
+        busy, micros = _AIMED[role.kind]
         phase = self.board.get(role.slot, PHASE)
         if armed.kill_at is None:
-            if phase == Phase.CHECKPOINT:
-                est = max(0.05, self.board.get(role.slot, CKPT_MICROS) / 1e6)
+            if phase == busy:
+                est = max(0.05, self.board.get(role.slot, micros) / 1e6)
                 armed.kill_at = now + self.rng.uniform(0.0, 2 * est)
                 return False
             if now >= armed.deadline:
                 self.spared += 1  # no checkpoint started in time
                 return True
             return False
-        if phase != Phase.CHECKPOINT:
+        if phase != busy:
             self.spared += 1
             return True
         if now >= armed.kill_at:
@@ -229,7 +253,7 @@ class Coordinator:
             role = a.role
             if role.proc is None or not role.proc.is_alive():
                 continue  # died meanwhile; _reap handles it
-            if role.kind == "checkpointer":
+            if role.kind in _AIMED:
                 if not self._tick_checkpointer(a, now):
                     waiting.append(a)
             elif not a.aimed or now >= a.deadline:
@@ -273,6 +297,36 @@ class Coordinator:
         sm["lag_max"].append(max(lags) if lags else 0)
         sm["lag_mean"].append(sum(lags) / len(lags) if lags else 0)
         sm["tail_seq"].append(tail)
+        frags, dead, dvs, vid = self._version_now()
+        sm["fragments"].append(frags)
+        sm["dead_rows"].append(dead)
+        sm["deletion_vectors"].append(dvs)
+        sm["version"].append(vid)
+        for r in self.roles:
+            if r.kind in _AIMED and self.board.get(r.slot, KEEP) > 0:
+                self.configs.add(f"{r.kind} keep={self.board.get(r.slot, KEEP)} auto_compact="
+                                 f"{bool(self.board.get(r.slot, AUTO_COMPACT))}")
+
+    def _version_now(self) -> tuple[int, int, int, int]:
+        """(fragments, dead rows, deletion vectors, version id) of the current version.
+
+        Read from the MANIFEST and the version file it names, as a Reader opens
+        them (``Reader.stats()`` reports one entry for the whole version); a
+        version retired between the two reads is read again.
+        """
+        from .._fsutil import Paths
+        from .._store import open_manifest
+        from .._version import read_version
+
+        paths = Paths(self.paths.store)
+        for _ in range(5):
+            try:
+                v = read_version(paths, open_manifest(paths))
+            except (mmwal.MmwalError, OSError):
+                continue
+            return (len(v.entries), sum(e.dead for e in v.entries),
+                    sum(1 for e in v.entries if e.dv), v.id)
+        return (-1, -1, -1, -1)
 
     def _watch_checkpoints(self, now: float) -> None:
         """Record each checkpoint completed since the last look (every loop turn).
@@ -294,6 +348,21 @@ class Coordinator:
             self.ckpt_seqs.append(self.board.get(slot, CKPT_SEQ) if last else None)
         self._ckpts_seen = ck
 
+    def _watch_compactions(self, now: float) -> None:
+        """Record each compactor call completed since the last look."""
+        done = self._board_sum(COMPACTIONS, "compactor")
+        if done <= self._compactions_seen:
+            return
+        frags = self._version_now()[0]
+        t = round(now - self.t0, 3)
+        for _ in range(done - self._compactions_seen):
+            self.compact_events.append(t)
+            self.compact_fragments.append(frags)
+        self._compactions_seen = done
+
+    def _board_sum(self, field: int, *kinds: str) -> int:
+        return sum(self.board.get(r.slot, field) for r in self.roles if r.kind in kinds)
+
     def _checkpoints_done(self) -> int:
         return sum(self.board.get(r.slot, CHECKPOINTS) for r in self.roles
                    if r.kind == "checkpointer")
@@ -305,10 +374,13 @@ class Coordinator:
         docs = sm["docs"][-1] if sm["docs"] else 0
         lag = sm["lag_max"][-1] if sm["lag_max"] else 0
         viol = sum(self.counts.values()) + int(self.board.column(VIOLATIONS).sum())
+        frags = int(sm["fragments"][-1]) if sm["fragments"] else 0
         return (f"[{now - self.t0:5.1f}/{self.s.duration:.0f}s] {rate:7,.0f} docs/s "
                 f"{calls:6,.0f} calls/s | acked "
                 f"{docs:,} | kills {sum(self.kills_by_role.values())} | checkpoints "
-                f"{self._checkpoints_done()} | reader lag {lag:,.0f} | audited "
+                f"{self._checkpoints_done()} | compactions "
+                f"{self._board_sum(COMPACT_PUBLISHED, 'compactor', 'checkpointer')} | "
+                f"fragments {frags} | reader lag {lag:,.0f} | audited "
                 f"{self.auditor.last:,} | violations {viol}")
 
     def _inject_drop(self, now: float) -> None:
@@ -324,6 +396,32 @@ class Coordinator:
                                  "at": round(now - self.t0, 3)}
                 return
 
+    def _inject_resurrect(self, now: float) -> None:
+        """``--inject resurrect``: once every role stopped, write back an old churn value.
+
+        The value of an earlier upsert of a key whose later op (a replace or a
+        remove) was acknowledged: what a lost deletion vector or a compaction
+        copying a dead row would show.  The final check must call it resurrected.
+        """
+        for lg in self.ledgers:
+            lg.journal.poll()
+            lg.note_acked()
+            first: dict[int, int] = {}
+            for k in range(len(lg.key)):
+                key = lg.key[k]
+                if not lg.remove[k] and key not in first:
+                    first[key] = k
+                a = lg.last_acked[key]
+                u = first.get(key, -1)
+                if 0 <= u < a:
+                    vec, content, meta = churn_doc(self.s.seed, lg.c, u, key, self.s.dim)
+                    seq = self.st.add(churn_id(lg.c, key), vec, content, meta)
+                    self.board.set_global(INJECTED, 1)
+                    self.injected = {"kind": "resurrect", "id": churn_id(lg.c, key), "op": u,
+                                     "superseded_by": a, "seq": seq,
+                                     "at": round(now - self.t0, 3)}
+                    return
+
     # ------------------------------------------------------------------ the run
     def execute(self) -> dict[str, Any]:
         s = self.s
@@ -334,8 +432,14 @@ class Coordinator:
         self.roles += [_Role("reader", i, s.writers + i) for i in range(s.readers)]
         if s.checkpoint_interval > 0:
             self.roles.append(_Role("checkpointer", 0, len(self.roles)))
+        if s.compact_interval > 0:
+            self.roles.append(_Role("compactor", 0, len(self.roles)))
+        self.roles += [_Role("churner", c, len(self.roles) + c) for c in range(s.churners)]
         self.board = Board(p.board, len(self.roles), create=True)
         self.journals = [JournalReader(p.journal(w)) for w in range(s.writers)]
+        self.ledgers = [ChurnLedger(s.seed, s.dim, c, s.churn_keys,
+                                    JournalReader(p.churn_journal(c)))
+                        for c in range(s.churners)]
         self.st = mmwal.Store(p.store, dim=s.dim, durability="os", config=store_config(s))
         self.auditor = LogAuditor(p.store, s.seed, s.dim, self.journals, self.report)
         old_int = signal.getsignal(signal.SIGINT)
@@ -360,6 +464,9 @@ class Coordinator:
             if s.checkpoint_interval > 0:
                 # One may have completed while the roles stopped: the report counts it.
                 self._watch_checkpoints(time.monotonic())
+            self._watch_compactions(time.monotonic())
+            if s.inject == "resurrect":
+                self._inject_resurrect(time.monotonic())
             self.progress.message(f"stopped all roles after {run_s:.1f} s; verifying "
                                   f"{self.st.seq:,} records ...")
             self.st.close()
@@ -368,7 +475,7 @@ class Coordinator:
                 self.scenario.before_verify(p.store, s)
                 final = final_verification(
                     p.store, s.seed, s.dim, self.journals, self.auditor, self.report,
-                    self.scenario.must_survive)
+                    self.scenario.must_survive, churn=self.ledgers)
             except Exception as exc:
                 self.report("crash", f"final verification raised {type(exc).__name__}: {exc}\n"
                             f"{traceback.format_exc(limit=8)}", 1)
@@ -400,6 +507,8 @@ class Coordinator:
                 armed = self._tick_killer(armed, now)
             if s.checkpoint_interval > 0:
                 self._watch_checkpoints(time.monotonic())
+            if s.compact_interval > 0:
+                self._watch_compactions(time.monotonic())
             if now >= inject_at and self.injected is None:
                 self._inject_drop(now)
             if now >= next_sample:
@@ -472,6 +581,28 @@ class Coordinator:
             counts["unlisted"] += total - logged
         return out, counts
 
+    def _compaction_report(self) -> dict[str, Any]:
+        """What the compactor and the checkpoints' automatic compactions did, and the
+        fragments per version over the run (sampled every half second)."""
+        frags = [int(x) for x in self.samples["fragments"] if x >= 0]
+        dvs = [int(x) for x in self.samples["deletion_vectors"] if x >= 0]
+        versions = {int(x) for x in self.samples["version"] if x > 0}
+        return {
+            "compactor_calls": self._board_sum(COMPACTIONS, "compactor"),
+            "compactor_published": self._board_sum(COMPACT_PUBLISHED, "compactor"),
+            "auto_compactions": self._board_sum(COMPACT_PUBLISHED, "checkpointer"),
+            "fragments_merged": self._board_sum(MERGED, "compactor", "checkpointer"),
+            "rows_copied": self._board_sum(ROWS_COPIED, "compactor"),
+            "rows_dropped": self._board_sum(ROWS_DROPPED, "compactor"),
+            "fragments_max": max(frags, default=0),
+            "fragments_mean": round(sum(frags) / len(frags), 2) if frags else 0.0,
+            "samples_with_fragments": {str(n): frags.count(n) for n in sorted(set(frags))},
+            "deletion_vectors_max": max(dvs, default=0),
+            "samples_with_deletion_vectors": sum(1 for x in dvs if x),
+            "versions_seen": len(versions),
+            "configs": sorted(self.configs),
+        }
+
     def _build_report(self, final: FinalResult, started: float, run_s: float,
                       verify_s: float) -> dict[str, Any]:
         s = self.s
@@ -543,7 +674,18 @@ class Coordinator:
                 "lag_mean": round(float(lags.mean()), 1),
             },
             "audit": {"records": final.audited, "skipped": final.audit_skipped,
-                      "gaps": self.auditor.gaps},
+                      "gaps": self.auditor.gaps, "churn_records": self.auditor.churn_records},
+            "compaction": self._compaction_report(),
+            "churn": {"churners": s.churners, "keys": s.churn_keys * s.churners,
+                      "ops": final.churn.ops, "acknowledged": final.churn.acknowledged,
+                      "removes_acknowledged": final.churn.removes_acknowledged,
+                      "interrupted": final.churn.pending,
+                      "keys_present": final.churn.keys_present,
+                      "lost": final.churn.lost, "resurrected": final.churn.resurrected,
+                      "keys_checked_by_readers": sum(self.board.get(r.slot, CHURN_CHECKED)
+                                                     for r in rd),
+                      "old_snapshots_checked": sum(self.board.get(r.slot, SNAP_CHECKS)
+                                                   for r in rd)},
             "verify": {"ok": final.verify_ok, "problems": final.verify_problems,
                        "notes": final.verify_notes[:20]},
             "injected": None,
@@ -555,11 +697,13 @@ class Coordinator:
             # durations and seqs in parallel lists (absent from reports of older harnesses).
             "events": {"kills": self.kill_events, "checkpoints": self.ckpt_events,
                        "checkpoint_seconds": self.ckpt_seconds,
-                       "checkpoint_seqs": self.ckpt_seqs},
+                       "checkpoint_seqs": self.ckpt_seqs,
+                       "compactions": self.compact_events,
+                       "compaction_fragments": self.compact_fragments},
         }
         rep["notes"] = self._notes(rep)
-        if s.inject == "drop-ack":
-            rep["injected"] = dict(self.injected or {"kind": "drop-ack"}, done=bool(self.injected))
+        if s.inject in ("drop-ack", "resurrect"):
+            rep["injected"] = dict(self.injected or {"kind": s.inject}, done=bool(self.injected))
         elif s.inject:
             rep["injected"] = {"kind": s.inject, "done": bool(self.board.get_global(INJECTED))}
         return rep

@@ -13,6 +13,12 @@ Three checkers share it:
   the seqs the writers were told, ``mmwal.verify``, then once more after a final
   checkpoint.
 
+The churners' keys (replaced and removed over and over, see
+:mod:`~mmwal.stress._workload`) have their own rules, in :class:`ChurnLedger`
+and :class:`ChurnView`: a key shows the value of the last acknowledged op on
+it or of a later one, never an older one (no resurrection after a remove or a
+replace), and is absent only when a remove explains it.
+
 Every finding is reported as ``report(kind, detail, count)``; the kinds are
 listed in :data:`KINDS`.
 """
@@ -34,9 +40,20 @@ import mmwal
 
 from ..errors import StorageIOError
 from ._journal import DURABILITIES, JournalReader, WriterHistory
-from ._workload import doc_content, doc_id, doc_metadata, parse_id, vectors
+from ._workload import (
+    churn_doc,
+    churn_id,
+    churn_op,
+    doc_content,
+    doc_id,
+    doc_metadata,
+    parse_churn_id,
+    parse_id,
+    vectors,
+)
 
-__all__ = ["KINDS", "FinalResult", "LogAuditor", "Report", "VisibleState", "final_verification"]
+__all__ = ["KINDS", "ChurnLedger", "ChurnView", "FinalResult", "LogAuditor", "Report",
+           "VisibleState", "final_verification"]
 
 Report = Callable[[str, str, int], None]
 
@@ -54,7 +71,12 @@ KINDS = {
     "seq-regress": "a reader's seq went backwards",
     "stale-read": "a Reader opened or refreshed after a write was acknowledged misses it",
     "seq-mismatch": "a record is not at the seq its writer was told",
-    "unexpected-op": "a remove or clear in the log (the workload never does either)",
+    "unexpected-op": "a remove or clear in the log of a writer's document (writers never "
+                     "remove; only churners do, on their own keys)",
+    "resurrected": "a churn key shows a value older than an acknowledged replace or remove "
+                   "of it (or older than one the same reader already saw)",
+    "churn-lost": "an acknowledged upsert of a churn key is gone and no later remove of the "
+                  "key explains it",
     "unaccounted": "log records explained by no document, duplicate or remove",
     "consistency": "the Reader's own views disagree (len, ids, embeddings, search)",
     "verify": "mmwal.verify() found a problem",
@@ -109,6 +131,7 @@ class Scan:
     phantom_ids: set[str] = field(default_factory=set)
     duplicate_ids: int = 0
     ids: list[str] = field(default_factory=list)
+    churn_docs: int = 0  # churners' documents (checked by ChurnView, not here)
 
 
 def scan_reader(r: mmwal.Reader, seed: int, dim: int, histories: Sequence[WriterHistory],
@@ -134,19 +157,24 @@ def scan_reader(r: mmwal.Reader, seed: int, dim: int, histories: Sequence[Writer
     foreign = np.zeros(len(ids), dtype=bool)  # not even a workload id
     nw = len(histories)
     counts = [_history_arrays(h)[0] for h in histories]
+    churn = np.zeros(len(ids), dtype=bool)  # a churner's key: ChurnView's business
     for i, s in enumerate(ids):
         p = parse_id(s)
         if p is None or p[0] >= nw:
             ok[i] = False
             foreign[i] = True
             W[i] = K[i] = J[i] = 0
+            if s.startswith("c") and parse_churn_id(s) is not None:
+                churn[i] = True
             continue
         w, k, j = p
         W[i], K[i], J[i] = w, k, j
         c = counts[w]
         if k >= len(c) or j >= c[k]:
             ok[i] = False
-    for i in np.flatnonzero(~ok).tolist():
+    out.churn_docs = int(churn.sum())
+    out.docs = len(ids) - out.churn_docs
+    for i in np.flatnonzero(~ok & ~churn).tolist():
         out.phantom_ids.add(ids[i])
     if out.phantom_ids:
         some = sorted(out.phantom_ids)[:5]
@@ -440,6 +468,196 @@ class VisibleState:
         return scan.docs
 
 
+# ============================================================================ churn
+class ChurnLedger:
+    """One churner's ops as its journal says, indexed by key for the checks.
+
+    ``last_acked[key]``: the highest op on ``key`` acknowledged when
+    :meth:`note_acked` last ran (-1: none) - a reader calls it right after the
+    poll it makes *before* a refresh, so these ops must be reflected by what
+    the refresh shows.  ``last_remove[key]``: the highest remove of ``key``
+    attempted as of the last :meth:`extend` (a reader calls it after the refresh).
+    """
+
+    def __init__(self, seed: int, dim: int, c: int, keys: int, journal: JournalReader) -> None:
+        self.seed, self.dim, self.c, self.keys = seed, dim, c, keys
+        self.journal = journal
+        self.key = array("l")
+        self.remove = bytearray()
+        self.last_acked = [-1] * keys
+        self.last_remove = [-1] * keys
+        self._final = 0  # ops below this one are acknowledged or never will be
+
+    def extend(self) -> WriterHistory:
+        """Plan the ops attempted so far (journal as last polled); return the history."""
+        h = self.journal.history
+        for k in range(len(self.key), h.attempted):
+            op = churn_op(self.seed, self.c, k, self.keys)
+            self.key.append(op.key)
+            self.remove.append(op.remove)
+            if op.remove:
+                self.last_remove[op.key] = k
+        return h
+
+    def note_acked(self) -> None:
+        """Take the acknowledgements of the journal as last polled into ``last_acked``."""
+        h = self.extend()
+        for k in range(self._final, h.attempted):
+            if h.ack[k] >= 0 and h.count[k]:
+                key = self.key[k]
+                self.last_acked[key] = max(self.last_acked[key], k)
+        # A churner acknowledges op k (or dies) before it attempts op k + 1.
+        self._final = max(self._final, h.attempted - 1)
+
+    def value_of(self, report: Report, where: str, key: int, d: Any) -> int:
+        """The op whose value ``d`` (a visible document of ``key``) holds, checked; -1: bad."""
+        meta = d.metadata
+        v = meta.get("op") if isinstance(meta, dict) else None
+        name = churn_id(self.c, key)
+        if type(v) is not int or not 0 <= v < len(self.key) or self.key[v] != key \
+                or self.remove[v]:
+            report("phantom", f"{where}: {name} holds {meta!r:.80}, not the value of an "
+                   f"upsert of this key churner {self.c} attempted ({len(self.key)} ops)", 1)
+            return -1
+        vec, content, want = churn_doc(self.seed, self.c, v, key, self.dim)
+        if np.asarray(d.embedding).tobytes() != vec.tobytes():
+            report("data", f"{where}: {name}: the vector of op {v} differs", 1)
+        if d.content != content or meta != want:
+            report("data", f"{where}: {name}: content {d.content!r:.40} / metadata "
+                   f"{meta!r:.60} differ from op {v}'s", 1)
+        return int(v)
+
+
+class ChurnView:
+    """What one reader saw of one churner's keys; :meth:`check` after each refresh.
+
+    Per key: a visible value must come from the last op acknowledged before
+    the refresh or a later one, and never go back to one older than a value
+    this reader saw (a replaced or removed row brought back by a fragment,
+    a deletion vector or a compaction is a resurrection).  An absent key needs
+    a remove attempted after whatever the reader or the journal last knew.
+    """
+
+    def __init__(self, ledger: ChurnLedger, report: Report) -> None:
+        self.ledger = ledger
+        self.report = report
+        self.seen = [-1] * ledger.keys  # the highest op whose value this reader saw
+        self.floor = [0] * ledger.keys  # values older than this op must not show again
+
+    def check(self, get: Callable[[str], Any], keys: Sequence[int] | range,
+              where: str = "reader") -> int:
+        """Check ``keys`` through ``get`` (a Reader's or a snapshot's); return keys checked."""
+        lg = self.ledger
+        report = self.report
+        for key in keys:
+            name = churn_id(lg.c, key)
+            d = get(name)
+            a = lg.last_acked[key]
+            if d is not None:
+                v = lg.value_of(report, where, key, d)
+                if v < 0:
+                    continue
+                if a >= 0 and v < a:
+                    how = "removed" if lg.remove[a] else "replaced"
+                    report("resurrected", f"{where}: {name} shows the value of op {v}, "
+                           f"{how} by op {a} acknowledged before the refresh", 1)
+                elif v < self.floor[key]:
+                    report("resurrected", f"{where}: {name} shows the value of op {v} again "
+                           f"after this reader saw it replaced or removed (op >= "
+                           f"{self.floor[key]})", 1)
+                self.seen[key] = max(self.seen[key], v)
+                self.floor[key] = max(self.floor[key], v)
+                continue
+            last = max(a, self.seen[key])
+            if last >= 0 and not lg.remove[last] and lg.last_remove[key] < last:
+                kind = "churn-lost" if last == a else "vanished"
+                report(kind, f"{where}: {name} is absent; op {last} wrote it "
+                       f"({'acknowledged' if last == a else 'seen by this reader'}) and no "
+                       "later remove of it was attempted", 1)
+            if self.seen[key] >= 0:
+                self.floor[key] = max(self.floor[key], self.seen[key] + 1)
+        return len(keys)
+
+
+def snapshot_churn(get: Callable[[str], Any], ledgers: Sequence[ChurnLedger]) -> list[int]:
+    """The op each churn key shows through ``get`` (-1: absent, -2: no op number)."""
+    out = []
+    for lg in ledgers:
+        for key in range(lg.keys):
+            d = get(churn_id(lg.c, key))
+            meta = None if d is None else d.metadata
+            out.append(-1 if d is None else meta.get("op", -2) if isinstance(meta, dict)
+                       else -2)
+    return out
+
+
+@dataclass
+class ChurnResult:
+    """The final check of the churners' keys."""
+
+    ops: int = 0
+    acknowledged: int = 0
+    removes_acknowledged: int = 0
+    pending: int = 0  # attempted, never acknowledged (may or may not have landed)
+    keys_present: int = 0
+    lost: int = 0
+    resurrected: int = 0
+
+
+def final_churn(r: Any, ledgers: Sequence[ChurnLedger], report: Report,
+                must_survive: Callable[[str], bool]) -> ChurnResult:
+    """Every churn key against its journal, on the stopped store.
+
+    A key must show the result of its last acknowledged op, or of an op after
+    it that was attempted and never acknowledged (it may have landed); with no
+    acknowledged op, absence or any attempted op's result.
+    """
+    res = ChurnResult()
+    for lg in ledgers:
+        h = lg.journal.poll()
+        lg.note_acked()
+        cnt, ack = _history_arrays(h)
+        att = len(cnt)
+        res.ops += att
+        acked = (ack >= 0) & (cnt > 0)
+        res.acknowledged += int(acked.sum())
+        rem = np.frombuffer(bytes(lg.remove[:att]), dtype=np.uint8).astype(bool)
+        res.removes_acknowledged += int((acked & rem).sum())
+        res.pending += int(((cnt > 0) & (ack < 0)).sum())
+        later: dict[int, list[int]] = {}  # unacknowledged ops after the last acknowledged
+        for k in np.flatnonzero((cnt > 0) & (ack < 0)).tolist():
+            key = lg.key[k]
+            if k > lg.last_acked[key]:
+                later.setdefault(key, []).append(k)
+        survive = [must_survive(name) for name in DURABILITIES]
+        for key in range(lg.keys):
+            name = churn_id(lg.c, key)
+            a = lg.last_acked[key]
+            if a >= 0 and not survive[min(h.durability[a], len(DURABILITIES) - 1)]:
+                continue  # the scenario lets this write go
+            allowed = {-1 if a < 0 or lg.remove[a] else a}
+            allowed.update(-1 if lg.remove[k] else k for k in later.get(key, []))
+            d = r.get(name)
+            if d is None:
+                got = -1
+            else:
+                res.keys_present += 1
+                got = lg.value_of(report, "final", key, d)
+                if got < 0:
+                    continue
+            if got in allowed:
+                continue
+            if got < 0:
+                res.lost += 1
+                report("churn-lost", f"final: {name} is absent; its last acknowledged op {a} "
+                       f"wrote it and no later remove was attempted", 1)
+            else:
+                res.resurrected += 1
+                report("resurrected", f"final: {name} shows op {got}; allowed: "
+                       f"{sorted(allowed)} (last acknowledged op {a})", 1)
+    return res
+
+
 # ============================================================================ the auditor
 class _LogFollower:
     """``mmwal.replay(after_seq=...)``, but with one cursor kept open between calls.
@@ -518,6 +736,7 @@ class LogAuditor:
         self.gaps = 0
         self.duplicates = 0
         self.removes = 0
+        self.churn_records = 0  # churners' upserts and removes (their own checks)
         self.phantom_ids: set[str] = set()
         self.absent_seen: set[str] = set()  # filled by the verifier
         self.op_seq = [array("q") for _ in range(nw)]
@@ -561,6 +780,9 @@ class LogAuditor:
             self.skipped += seq - self.last - 1
         self.last = seq
         self.records += 1
+        if op.id and op.id.startswith("c") and parse_churn_id(op.id) is not None:
+            self.churn_records += 1
+            return
         if op.kind != "add":
             self.removes += 1
             self.report("unexpected-op", f"auditor: {op.kind} of {op.id!r} at seq {seq}", 1)
@@ -638,12 +860,14 @@ class FinalResult:
     audited: int = 0
     audit_skipped: int = 0
     final_checkpoint: dict[str, Any] = field(default_factory=dict)
+    churn: ChurnResult = field(default_factory=ChurnResult)
 
 
 def final_verification(store: str, seed: int, dim: int, journals: Sequence[JournalReader],
                        auditor: LogAuditor, report: Report,
                        must_survive: Callable[[str], bool],
-                       log: Callable[[str], None] = lambda s: None) -> FinalResult:
+                       log: Callable[[str], None] = lambda s: None,
+                       churn: Sequence[ChurnLedger] = ()) -> FinalResult:
     """Compare the stopped store with the journals; run verify(); checkpoint; compare again."""
     res = FinalResult()
     hists = [jr.poll() for jr in journals]
@@ -662,6 +886,11 @@ def final_verification(store: str, seed: int, dim: int, journals: Sequence[Journ
             report("consistency", f"final: Reader.seq {r.seq}, Store.seq {tail_seq}", 1)
         scan = scan_reader(r, seed, dim, hists, report, "final", content_sample=None,
                            search_checks=5, rng=random.Random(seed))
+        res.churn = final_churn(r, churn, report, must_survive)
+        churn_values = snapshot_churn(r.get, churn)
+        if scan.churn_docs != res.churn.keys_present:
+            report("consistency", f"final: reader.ids lists {scan.churn_docs} churn documents, "
+                   f"get() finds {res.churn.keys_present}", 1)
     res.documents = scan.docs
     # Records after the auditor's position were retired by the final checkpoint
     # of a stopping checkpointer before it read them: skipped as well.
@@ -734,11 +963,16 @@ def final_verification(store: str, seed: int, dim: int, journals: Sequence[Journ
     # Accounting: every seq is a first write of a document present now, a first
     # write of a document gone now, a duplicate, or a remove/clear.  Records the
     # auditor skipped (retired before it read them) are only covered here.
-    explained = scan.docs + absent_seen + auditor.duplicates + auditor.removes
-    if res.last_seq != explained:
+    # A churner's op is one record: every acknowledged one, and any interrupted one may
+    # have landed.
+    explained = scan.docs + absent_seen + auditor.duplicates + auditor.removes + \
+        res.churn.acknowledged
+    if not explained <= res.last_seq <= explained + res.churn.pending:
         report("unaccounted", f"final: the log holds {res.last_seq} records; documents present "
                f"({scan.docs}), seen then gone ({absent_seen}), duplicates "
-               f"({auditor.duplicates}) and removes ({auditor.removes}) explain {explained}",
+               f"({auditor.duplicates}), removes ({auditor.removes}) and churn ops "
+               f"({res.churn.acknowledged} acknowledged, {res.churn.pending} interrupted) "
+               f"explain {explained}..{explained + res.churn.pending}",
                abs(res.last_seq - explained))
     log("final: mmwal.verify()")
     rep = mmwal.verify(store)
@@ -757,11 +991,30 @@ def final_verification(store: str, seed: int, dim: int, journals: Sequence[Journ
     with mmwal.Reader(store) as r2:
         after = scan_reader(r2, seed, dim, hists, report, "after final checkpoint",
                             content_sample=256, search_checks=3, rng=random.Random(seed + 1))
+        before = snapshot_churn(r2.get, churn)
         if r2.seq != res.last_seq or after.docs != scan.docs or \
-                sorted(after.ids) != sorted(scan.ids) or info.documents != scan.docs:
+                sorted(after.ids) != sorted(scan.ids) or \
+                info.documents != scan.docs + scan.churn_docs or before != churn_values:
             report("checkpoint-fold", f"final: after a checkpoint the store holds {after.docs} "
                    f"documents at seq {r2.seq} (checkpoint says {info.documents}), before "
-                   f"{scan.docs} at seq {res.last_seq}", 1)
+                   f"{scan.docs} at seq {res.last_seq}"
+                   + ("; churn keys changed" if before != churn_values else ""), 1)
+    # And a full compaction: one fragment, no dead row, the same documents again.
+    log("final: compact and compare")
+    with mmwal.Store(store) as st:
+        cinfo = st.compact()
+    res.final_checkpoint["compaction"] = {
+        "fragments_before": cinfo.fragments_before, "fragments": cinfo.fragments,
+        "rows_copied": cinfo.rows_copied, "rows_dropped": cinfo.rows_dropped}
+    with mmwal.Reader(store) as r3:
+        after = scan_reader(r3, seed, dim, hists, report, "after final compaction",
+                            content_sample=256, search_checks=3, rng=random.Random(seed + 2))
+        if r3.seq != res.last_seq or sorted(after.ids) != sorted(scan.ids) or \
+                snapshot_churn(r3.get, churn) != churn_values or \
+                cinfo.documents != scan.docs + scan.churn_docs or cinfo.fragments > 1:
+            report("checkpoint-fold", f"final: a full compaction left {cinfo.fragments} "
+                   f"fragments and {after.docs} documents (+{after.churn_docs} churn) at seq "
+                   f"{r3.seq}; before {scan.docs} (+{scan.churn_docs}) at seq {res.last_seq}", 1)
     rep2 = mmwal.verify(store)
     for p in rep2.problems[:10]:
         report("verify", f"after final checkpoint: {p}", 1)

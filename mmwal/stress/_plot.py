@@ -40,7 +40,8 @@ DENSE = 600
 #: Legends sit right of the panels, where they hide no data.
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.005, 1.0), "fontsize": 8,
            "borderaxespad": 0.0, "frameon": False}
-_ROLE_COLORS = {"writer": "tab:purple", "reader": "tab:green", "checkpointer": "tab:brown"}
+_ROLE_COLORS = {"writer": "tab:purple", "reader": "tab:green", "checkpointer": "tab:brown",
+                "compactor": "tab:olive", "churner": "tab:cyan"}
 _Z_MARKS, _Z_CURVES = 1.0, 3.0
 
 

@@ -99,6 +99,26 @@ def summary(rep: dict[str, Any]) -> str:
     lines.append(f"  checkpoints   {rep['checkpoints']} completed during the run; final "
                  f"checkpoint {rep['final_checkpoint'].get('documents', '-')} documents in "
                  f"{rep['final_checkpoint'].get('seconds', '-')} s")
+    cp = rep.get("compaction")
+    if cp is not None:  # absent from reports of older harnesses
+        lines.append(
+            f"  compaction    {_n(cp['compactor_calls'])} compact() calls, "
+            f"{_n(cp['compactor_published'])} published, {_n(cp['auto_compactions'])} inside "
+            f"checkpoints; {_n(cp['fragments_merged'])} fragments merged, "
+            f"{_n(cp['rows_copied'])} rows copied, {_n(cp['rows_dropped'])} dead rows dropped")
+        lines.append(
+            f"  fragments     per version max {cp['fragments_max']}, mean "
+            f"{cp['fragments_mean']}; deletion vectors in {_n(cp['samples_with_deletion_vectors'])}"
+            f" of {_n(sum(cp['samples_with_fragments'].values()))} samples (max "
+            f"{cp['deletion_vectors_max']}); {_n(cp['versions_seen'])} versions seen")
+    ch = rep.get("churn")
+    if ch is not None and ch.get("churners"):
+        lines.append(
+            f"  churn         {_n(ch['acknowledged'])} of {_n(ch['ops'])} upserts/removes "
+            f"acknowledged ({_n(ch['removes_acknowledged'])} removes); {_n(ch['keys_present'])} "
+            f"of {_n(ch['keys'])} keys present; lost {ch['lost']}, resurrected "
+            f"{ch['resurrected']}; readers checked {_n(ch['keys_checked_by_readers'])} keys and "
+            f"{_n(ch['old_snapshots_checked'])} old snapshots")
     rd = rep["readers"]
     lines.append(f"  readers       {_n(rd['refreshes'])} refreshes, {_n(rd['full_checks'])} full "
                  f"scans, {_n(rd['docs_checked'])} documents checked; lag p50 "
@@ -153,17 +173,24 @@ def interval_lines(rep: dict[str, Any], max_rows: int = MAX_INTERVALS) -> list[s
     without a picture: throughput falling, checkpoints getting slower, lag
     growing.  Raises InvalidInputError if the report has no usable timeline.
     """
-    from ._timeline import ROLE_KINDS, Timeline, bin_timeline
+    from ._timeline import ROLE_KINDS, ROLE_LETTERS, Timeline, bin_timeline
 
     tl = Timeline.from_report(rep)
     b = bin_timeline(tl, max_rows)
     kinds = [k for k in ROLE_KINDS if k in b.kills] + [k for k in b.kills if k not in ROLE_KINDS]
-    by = "/".join(k[0] for k in kinds)
+    by = "/".join(ROLE_LETTERS.get(k, k[0]) for k in kinds)
     known = tl.checkpoint_seconds is not None
+    fr = b.fragments_max is not None and b.fragments_mean is not None
+    # Five kinds of role: "19/12/7/6/11" is wider than the three-kind column was.
+    kw = max([11, len(by)] + [len("/".join(str(int(b.kills[x][i])) for x in kinds))
+                              for i in range(b.n)])
     out = [f"  per interval of {b.width:g} s (kills by role {by}: "
-           + ", ".join(kinds) + "; reader lag in records):",
-           f"    {'t (s)':>13} {'docs/s':>8} {'kills':>6} {by:>11} {'ckpts':>5} "
-           f"{'ckpt max s':>10} {'lag mean':>8} {'lag max':>8}"]
+           + ", ".join(kinds) + "; reader lag in records"
+           + ("; fragments of the current version, mean/max of the samples; compact() "
+              "calls completed" if fr else "") + "):",
+           f"    {'t (s)':>13} {'docs/s':>8} {'kills':>6} {by:>{kw}} {'ckpts':>5} "
+           f"{'ckpt max s':>10} {'lag mean':>8} {'lag max':>8}"
+           + (f" {'frags':>9} {'compact':>7}" if fr else "")]
     for i in range(b.n):
         a, z = b.edges[i], b.edges[i + 1]
         k = [int(b.kills[x][i]) for x in kinds]
@@ -171,9 +198,15 @@ def interval_lines(rep: dict[str, Any], max_rows: int = MAX_INTERVALS) -> list[s
         cs = b.checkpoint_max_s[i]
         ckpt_s = f"{cs:.2f}" if known and ck and not math.isnan(cs) else "-"
         span = f"{round(a, 1):g}-{round(z, 1):g}"
-        out.append(f"    {span:>13} {_k(b.docs_per_s[i]):>8} {sum(k):>6,} "
-                   f"{'/'.join(str(x) for x in k):>11} {ck:>5} {ckpt_s:>10} "
-                   f"{_k(b.lag_mean[i]):>8} {_k(b.lag_max[i]):>8}")
+        line = (f"    {span:>13} {_k(b.docs_per_s[i]):>8} {sum(k):>6,} "
+                f"{'/'.join(str(x) for x in k):>{kw}} {ck:>5} {ckpt_s:>10} "
+                f"{_k(b.lag_mean[i]):>8} {_k(b.lag_max[i]):>8}")
+        if b.fragments_max is not None and b.fragments_mean is not None:
+            fm, fx = b.fragments_mean[i], b.fragments_max[i]
+            frags = "-" if math.isnan(fx) else f"{fm:.1f}/{fx:.0f}"
+            cc = 0 if b.compactions is None else int(b.compactions[i])
+            line += f" {frags:>9} {cc:>7}"
+        out.append(line)
     if not known and len(tl.checkpoints):
         out.append("    (checkpoint durations are not recorded in this report: an older "
                    "harness wrote it)")

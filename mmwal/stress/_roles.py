@@ -5,7 +5,14 @@
   its durability rotates with every restart when ``--durability mixed``;
 * reader ``i``: an :class:`mmwal.Reader` refreshed in a loop, checked after
   every refresh by :class:`~mmwal.stress._oracle.VisibleState`;
-* checkpointer: ``Store.checkpoint()`` every ``--checkpoint-interval`` seconds.
+* checkpointer: ``Store.checkpoint()`` every ``--checkpoint-interval`` seconds,
+  with ``max_fragments`` small and ``auto_compact`` and ``keep_checkpoints``
+  drawn per incarnation;
+* compactor: ``Store.compact()`` with random arguments every
+  ``--compact-interval`` seconds;
+* churner ``c``: upserts and removes over a small key space (replaced and
+  removed rows: deletion vectors, fragments that die, compactions that drop
+  rows), journaled like a writer.
 
 A role never trusts its own survival: everything it knows that matters is in
 its journal (writers) or re-derived from the store (readers).  Findings go to
@@ -24,32 +31,45 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 import mmwal
 
 from . import _scenarios
 from ._journal import JournalReader, JournalWriter
-from ._oracle import VisibleState
+from ._oracle import ChurnLedger, ChurnView, VisibleState, snapshot_churn
 from ._settings import Settings
 from ._status import (
+    AUTO_COMPACT,
     CHECKED,
     CHECKPOINTS,
+    CHURN_CHECKED,
     CKPT_MICROS,
     CKPT_SEQ,
+    COMPACT_MICROS,
+    COMPACT_PUBLISHED,
+    COMPACTIONS,
     DOCS,
+    FRAGMENTS,
     FULL_CHECKS,
     INJECTED,
+    KEEP,
     LAST_SEQ,
     MAX_SEQ,
+    MERGED,
     OPS,
     PHASE,
     PHASE_SINCE,
     PID,
     REFRESHES,
+    ROWS_COPIED,
+    ROWS_DROPPED,
+    SNAP_CHECKS,
     VIOLATIONS,
     Board,
     Phase,
 )
-from ._workload import OpPlan, doc_id, op_plan
+from ._workload import OpPlan, churn_doc, churn_op, doc_id, op_plan
 
 __all__ = ["RoleSpec", "RunPaths", "role_main", "store_config"]
 
@@ -64,6 +84,11 @@ MAX_LOGGED = 200
 #: 1 / FULL_SPACING of its time; incremental checks run after every refresh.
 FULL_EVERY = 2.0
 FULL_SPACING = 8.0
+#: A reader keeps an old snapshot this many seconds (checkpoints, compactions and
+#: retirements run meanwhile), then checks it still shows what it showed.
+HOLD_SNAPSHOT = 3.0
+#: Churn keys a reader checks after each refresh (all of them at each full scan).
+CHURN_SAMPLE = 48
 
 
 class RunPaths:
@@ -79,21 +104,27 @@ class RunPaths:
     def journal(self, writer: int) -> str:
         return os.path.join(self.journals, f"w{writer}.log")
 
+    def churn_journal(self, churner: int) -> str:
+        return os.path.join(self.journals, f"c{churner}.log")
+
     def violation_log(self, role: str) -> str:
         return os.path.join(self.violations, f"{role}.jsonl")
 
 
-def store_config(s: Settings) -> mmwal.Config:
-    return mmwal.Config(segment_bytes=s.segment_bytes, keep_checkpoints=s.keep_checkpoints,
-                        lock_timeout=120.0,
-                        sync_every_records=64, sync_every_ms=20.0)
+def store_config(s: Settings, rng: random.Random | None = None) -> mmwal.Config:
+    """The Config of a role; ``rng`` (checkpointer, compactor) draws keep and auto_compact."""
+    keep = s.keep_checkpoints if rng is None else s.keep_of(rng)
+    auto = True if rng is None else rng.random() < 0.5
+    return mmwal.Config(segment_bytes=s.segment_bytes, keep_checkpoints=keep,
+                        lock_timeout=120.0, max_fragments=s.max_fragments,
+                        auto_compact=auto, sync_every_records=64, sync_every_ms=20.0)
 
 
 @dataclass
 class RoleSpec:
     """What a role process needs to start (picklable, for the spawn start method)."""
 
-    kind: str  # "writer" | "reader" | "checkpointer"
+    kind: str  # one of ROLE_KINDS
     index: int
     slot: int
     roles: int  # rows of the status board
@@ -104,7 +135,12 @@ class RoleSpec:
 
     @property
     def name(self) -> str:
-        return "checkpointer" if self.kind == "checkpointer" else f"{self.kind}-{self.index}"
+        return role_name(self.kind, self.index)
+
+
+def role_name(kind: str, index: int) -> str:
+    """"checkpointer", "compactor" (one of each), or "writer-0", "churner-1", ..."""
+    return kind if kind in ("checkpointer", "compactor") else f"{kind}-{index}"
 
 
 class ViolationLog:
@@ -143,6 +179,10 @@ def role_main(spec: RoleSpec) -> None:
             _writer(spec, paths, board, vlog, scenario)
         elif spec.kind == "reader":
             _reader(spec, paths, board, vlog)
+        elif spec.kind == "compactor":
+            _compactor(spec, paths, board, vlog)
+        elif spec.kind == "churner":
+            _churner(spec, paths, board, vlog)
         else:
             _checkpointer(spec, paths, board)
     except BaseException as exc:
@@ -295,8 +335,11 @@ def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
     s = spec.settings
     row = board.row(spec.slot)
     rng = random.Random(s.seed * 31 + spec.incarnation)
+    cfg = store_config(s, rng)
+    row[KEEP] = cfg.keep_checkpoints
+    row[AUTO_COMPACT] = int(cfg.auto_compact)
     _set_phase(row, Phase.OPEN)
-    with mmwal.Store(paths.store, config=store_config(s), durability="os") as st:
+    with mmwal.Store(paths.store, config=cfg, durability="os") as st:
         _set_phase(row, Phase.IDLE)
         while _alive(spec, board):
             deadline = time.monotonic() + s.checkpoint_interval * rng.uniform(0.5, 1.5)
@@ -313,10 +356,189 @@ def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
             # when it sees the count move.
             row[CKPT_MICROS] = int(dt * 1e6)
             row[CKPT_SEQ] = int(info.seq)
+            row[FRAGMENTS] = int(info.fragments)
+            if info.fragments_merged:  # an automatic compaction ran inside the checkpoint
+                row[COMPACT_PUBLISHED] += 1
+                row[MERGED] += int(info.fragments_merged)
             row[CHECKPOINTS] += 1
 
 
+# ============================================================================ compactor
+def compact_args(rng: random.Random) -> dict[str, Any]:
+    """Random arguments of one ``Store.compact()`` call (one time in four: none, a full one)."""
+    pick = rng.randrange(4)
+    args: dict[str, Any] = {}
+    if pick in (1, 3):
+        args["target_fragments"] = rng.randint(1, 4)
+    if pick in (2, 3):
+        args["min_dead_fraction"] = round(rng.uniform(0.05, 0.5), 3)
+    return args
+
+
+def _compactor(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -> None:
+    s = spec.settings
+    row = board.row(spec.slot)
+    rng = random.Random(s.seed * 37 + spec.incarnation)
+    cfg = store_config(s, rng)
+    row[KEEP] = cfg.keep_checkpoints
+    row[AUTO_COMPACT] = int(cfg.auto_compact)
+    _set_phase(row, Phase.OPEN)
+    with mmwal.Store(paths.store, config=cfg, durability="os") as st:
+        _set_phase(row, Phase.IDLE)
+        while _alive(spec, board):
+            deadline = time.monotonic() + s.compact_interval * rng.uniform(0.5, 1.5)
+            while time.monotonic() < deadline and _alive(spec, board):
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not _alive(spec, board):
+                break
+            args = compact_args(rng)
+            _set_phase(row, Phase.COMPACT)
+            t0 = time.perf_counter()
+            info = st.compact(**args)
+            dt = time.perf_counter() - t0
+            _set_phase(row, Phase.IDLE)
+            if info.fragments > info.fragments_before or (
+                    not args and info.fragments_merged and info.fragments > 1):
+                vlog("consistency", f"compactor: compact({args}) went from "
+                     f"{info.fragments_before} to {info.fragments} fragments", 1)
+            row[COMPACT_MICROS] = int(dt * 1e6)
+            row[FRAGMENTS] = int(info.fragments)
+            if info.fragments_merged:
+                row[MERGED] += int(info.fragments_merged)
+                row[ROWS_COPIED] += int(info.rows_copied)
+                row[ROWS_DROPPED] += int(info.rows_dropped)
+                row[COMPACT_PUBLISHED] += 1
+            row[COMPACTIONS] += 1  # last: the coordinator reads the rest when it moves
+            if s.verify_compactions and info.fragments_merged:
+                # verify() right after a publish, beside writers, checkpoints and
+                # readers: a compaction that left a version naming a missing or
+                # damaged fragment or deletion vector shows here.
+                _set_phase(row, Phase.CHECK)
+                report = mmwal.verify(paths.store)
+                _set_phase(row, Phase.IDLE)
+                for problem in report.problems[:5]:
+                    vlog("verify", f"compactor: verify() after compact({args}): {problem}", 1)
+
+
+# ============================================================================ churners
+def _churner(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -> None:
+    s = spec.settings
+    c = spec.index
+    row = board.row(spec.slot)
+    journal = JournalWriter(paths.churn_journal(c))
+    durability = s.durability_of(s.writers + c, spec.incarnation)
+    _set_phase(row, Phase.OPEN)
+    st = mmwal.Store(paths.store, durability=durability, config=store_config(s))
+    _set_phase(row, Phase.IDLE)
+    journal.start(spec.incarnation, durability)
+    k = journal.next_op
+    last = 0
+    period = 1.0 / s.churn_rate if s.churn_rate else 0.0
+    next_t = time.monotonic()
+    try:
+        while _alive(spec, board):
+            op = churn_op(s.seed, c, k, s.churn_keys)
+            journal.pending(k, 1)
+            _set_phase(row, Phase.APPEND)
+            if op.remove:
+                seq = st.remove(op.id)
+            else:
+                vec, content, meta = churn_doc(s.seed, c, k, op.key, s.dim)
+                seq = st.add(op.id, vec, content, meta)
+            _set_phase(row, Phase.IDLE)
+            if seq <= last:
+                vlog("order", f"churner {c}: op {k} was given seq {seq} after an earlier call "
+                     f"of this process was given {last}", 1)
+            last = seq
+            journal.ack(k, seq)
+            row[OPS] += 1
+            row[LAST_SEQ] = seq
+            k += 1
+            if period:
+                next_t += period
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -1.0:
+                    next_t = time.monotonic()
+    finally:
+        st.close()
+        journal.close()
+
+
 # ============================================================================ readers
+class Churn:
+    """A reader's checks of the churn keys, and of an old snapshot it holds.
+
+    The snapshot is the other half of the retirement story: a Reader keeps
+    the files of the version it mapped, so a snapshot taken
+    :data:`HOLD_SNAPSHOT` seconds ago - before checkpoints and compactions
+    published newer versions and retired its fragments and deletion vectors -
+    must still show exactly what it showed then, every page of it.
+    """
+
+    def __init__(self, spec: RoleSpec, ledgers: list[ChurnLedger], vlog: ViolationLog,
+                 row: Any) -> None:
+        self.spec, self.ledgers, self.vlog, self.row = spec, ledgers, vlog, row
+        self.views = [ChurnView(lg, vlog) for lg in ledgers]
+        self.rng = random.Random(spec.settings.seed ^ (spec.index + 1) * 0x9E37)
+        self.held: tuple[Any, list[int], int, float, int] | None = None
+
+    def acked(self) -> None:
+        """Right after the journals were polled, before a refresh."""
+        for lg in self.ledgers:
+            lg.note_acked()
+
+    def check(self, r: mmwal.Reader, *, full: bool) -> None:
+        if not self.ledgers:
+            return
+        snap = r.snapshot()  # one consistent view for every key
+        n = 0
+        for lg, view in zip(self.ledgers, self.views):
+            lg.journal.poll()  # after the refresh: any op that may be visible is planned
+            lg.extend()
+            keys = range(lg.keys) if full or lg.keys <= CHURN_SAMPLE \
+                else self.rng.sample(range(lg.keys), CHURN_SAMPLE)
+            n += view.check(snap.get, keys, f"reader {self.spec.index}")
+        self.row[CHURN_CHECKED] += n
+
+    def hold(self, r: mmwal.Reader) -> None:
+        now = time.monotonic()
+        if self.held is None:
+            snap = r.snapshot()
+            self.held = (snap, snapshot_churn(snap.get, self.ledgers), len(snap), now,
+                         snap.seq)
+            return
+        snap, values, n, t0, seq = self.held
+        if now - t0 < HOLD_SNAPSHOT:
+            return
+        self.held = None
+        where = (f"reader {self.spec.index}: a snapshot at seq {seq} held {now - t0:.1f} s "
+                 f"(the Reader is at seq {r.seq} now)")
+        # Touch every mapped page of the old version: a retired file must still be
+        # readable through the mapping (a truncated one would be SIGBUS).
+        emb = np.asarray(snap.embeddings)
+        ids = snap.ids
+        if len(snap) != n or emb.shape != (n, self.spec.settings.dim) or len(ids) != n:
+            self.vlog("consistency", f"{where}: now shows {len(snap)} documents, "
+                      f"{emb.shape[0]} rows and {len(ids)} ids; it showed {n}", 1)
+        elif n and not np.isfinite(emb).all():
+            self.vlog("data", f"{where}: non-finite values in its embeddings", 1)
+        elif n:
+            i = self.rng.randrange(n)
+            hits = snap.search(emb[i], k=1, metric="l2")
+            if not hits or hits[0].id != ids[i]:
+                self.vlog("consistency", f"{where}: search for the exact vector of "
+                          f"{ids[i]} returned {hits[:1]}", 1)
+        got = snapshot_churn(snap.get, self.ledgers)
+        if got != values:
+            diff = [i for i, (a, b) in enumerate(zip(got, values)) if a != b]
+            self.vlog("consistency", f"{where}: {len(diff)} churn keys changed under it, e.g. "
+                      f"key #{diff[0] if diff else '?'}: op {values[diff[0]] if diff else '?'} "
+                      f"then, {got[diff[0]] if diff else '?'} now", 1)
+        self.row[SNAP_CHECKS] += 1
+
+
 def _acked_end(journals: list[JournalReader]) -> int:
     """The highest seq acknowledged to any writer so far (journals read now)."""
     return max((jr.poll().acked_end for jr in journals), default=0)
@@ -327,8 +549,13 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
     row = board.row(spec.slot)
     journals = [JournalReader(paths.journal(w)) for w in range(s.writers)]
     state = VisibleState(s.seed, s.dim, journals, vlog)
+    ledgers = [ChurnLedger(s.seed, s.dim, c, s.churn_keys, JournalReader(paths.churn_journal(c)))
+               for c in range(s.churners)]
+    churn = Churn(spec, ledgers, vlog, row)
+    everyone = journals + [lg.journal for lg in ledgers]
     _set_phase(row, Phase.OPEN)
-    acked = _acked_end(journals)
+    acked = _acked_end(everyone)
+    churn.acked()
     r = mmwal.Reader(paths.store)
     try:
         before = int(row[MAX_SEQ])
@@ -342,6 +569,7 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
         for jr in journals:
             jr.poll()
         row[CHECKED] += state.start(r)  # cheap: a restart must not cost a full scan
+        churn.check(r, full=True)
         next_full = time.monotonic() + FULL_EVERY
         verifying = s.verify_interval > 0 and spec.index == 0
         next_verify = time.monotonic() + s.verify_interval
@@ -349,7 +577,8 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
         row[MAX_SEQ] = max(int(row[MAX_SEQ]), r.seq)
         while _alive(spec, board):
             seq0 = r.seq
-            acked = _acked_end(journals)  # before the refresh: it must show all of these
+            acked = _acked_end(everyone)  # before the refresh: it must show all of these
+            churn.acked()
             _set_phase(row, Phase.REFRESH)
             try:
                 r.refresh()
@@ -375,11 +604,14 @@ def _reader(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -
             if time.monotonic() >= next_full:
                 t0 = time.perf_counter()
                 row[CHECKED] += state.full_check(r)
+                churn.check(r, full=True)
                 row[FULL_CHECKS] += 1
                 full_cost = time.perf_counter() - t0
                 next_full = time.monotonic() + max(FULL_EVERY, FULL_SPACING * full_cost)
             else:
                 row[CHECKED] += state.incremental(r)
+                churn.check(r, full=False)
+            churn.hold(r)
             row[REFRESHES] += 1
             if verifying and time.monotonic() >= next_verify:
                 # verify() beside the retiring checkpointer: a file retired under

@@ -106,14 +106,51 @@ class RetireRace(Scenario):
     #: What the scenario sets, unless the option was given on the command line.
     DEFAULTS: dict[str, Any] = {  # noqa: RUF012 (read-only class data)
         "segment_bytes": 64 << 10, "checkpoint_interval": 1.0, "keep_checkpoints": 1,
-        "verify_interval": 15.0, "readers": 3,
-        "kill_weights": {"writer": 0.45, "reader": 0.4, "checkpointer": 0.15},
+        "verify_interval": 15.0, "readers": 3, "vary_keep": False,
+        "kill_weights": {"writer": 0.4, "reader": 0.35, "checkpointer": 0.15,
+                         "compactor": 0.05, "churner": 0.05},
     }
 
     def configure(self, settings: Settings) -> None:
         for name, value in self.DEFAULTS.items():
             if name not in settings.given:
                 setattr(settings, name, value)
+
+
+@register
+class Compaction(RetireRace):
+    """Versions of many fragments, deletion vectors and compactions, killed at random.
+
+    Aimed at the version machinery: small segments and a checkpoint every
+    second fold many small fragments; churners replace and remove documents
+    of a small key space at a high rate, so nearly every checkpoint writes
+    deletion vectors for older fragments and some fragments die whole; a
+    compactor calls ``Store.compact()`` every second with random arguments
+    (full, ``target_fragments`` 1..4, ``min_dead_fraction`` 0.05..0.5) and
+    runs ``mmwal.verify()`` after each compaction that published; the
+    checkpointer draws ``auto_compact`` and ``keep_checkpoints`` (1..3) per
+    incarnation, with ``max_fragments=4``.  Both are killed mid-work.  Readers
+    check every churn key (no acknowledged upsert lost, no replaced or removed
+    value back) and hold snapshots for seconds while the versions under them
+    retire.
+    """
+
+    name = "compaction"
+    help = ("versions of many fragments with deletion vectors: churners replacing and "
+            "removing keys, a checkpoint and a compact() (random arguments, verify() after) "
+            "every second, max_fragments=4, keep_checkpoints 1..3; checkpointer and "
+            "compactor killed mid-work; readers holding old snapshots while versions retire")
+    DEFAULTS: dict[str, Any] = {  # noqa: RUF012 (read-only class data)
+        "segment_bytes": 64 << 10, "checkpoint_interval": 1.0, "compact_interval": 1.0,
+        "max_fragments": 4, "churners": 2, "churn_keys": 512, "churn_rate": 150.0,
+        # Writers paced so that a long run stays small: the point is many versions
+        # of few rows each, not a big store whose every compaction copies it all.
+        "max_rate": 25.0, "batch_size": 8, "verify_interval": 20.0,
+        "verify_compactions": True,
+        "vary_keep": True, "readers": 2,
+        "kill_weights": {"writer": 0.3, "reader": 0.15, "checkpointer": 0.2,
+                         "compactor": 0.2, "churner": 0.15},
+    }
 
 
 class Campaign(Scenario):

@@ -8,21 +8,26 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DURABILITY_CHOICES", "INJECT_KINDS", "PROFILES", "Settings"]
+__all__ = ["DURABILITY_CHOICES", "INJECT_KINDS", "PROFILES", "ROLE_KINDS", "Settings"]
+
+#: Every kind of role process a run may start (and the killer may pick).
+ROLE_KINDS = ("writer", "reader", "checkpointer", "compactor", "churner")
 
 DURABILITY_CHOICES = ("mixed", "os", "fsync", "interval")
 #: Violations the hidden ``--inject`` option plants to prove the checker can fail.
-INJECT_KINDS = ("drop-ack", "reorder", "phantom", "duplicate")
+INJECT_KINDS = ("drop-ack", "reorder", "phantom", "duplicate", "resurrect")
 
 #: Defaults of the options a profile sets; an explicit option always wins.
 PROFILES: dict[str, dict[str, Any]] = {
     # Writers are paced (--max-rate, calls/s each) so that the checkers keep up and
     # the final verification stays short; --max-rate 0 lets them run flat out.
     "full": {"duration": 120.0, "writers": 4, "readers": 2, "checkpoint_interval": 4.0,
-             "kill_interval": 1.0, "max_rate": 200.0, "batch_size": 32},
+             "kill_interval": 1.0, "max_rate": 200.0, "batch_size": 32,
+             "compact_interval": 6.0, "churners": 1, "churn_rate": 50.0},
     # --quick: under a minute on 2 cores, start to verdict.
     "quick": {"duration": 20.0, "writers": 3, "readers": 2, "checkpoint_interval": 1.5,
-              "kill_interval": 0.4, "max_rate": 250.0, "batch_size": 16},
+              "kill_interval": 0.4, "max_rate": 250.0, "batch_size": 16,
+              "compact_interval": 2.0, "churners": 1, "churn_rate": 50.0},
 }
 
 
@@ -52,11 +57,28 @@ class Settings:
     inject: str | None = None
     keep_checkpoints: int = 2
     verify_interval: float = 0.0
-    #: Relative odds that the killer picks a writer, a reader or the checkpointer.
-    #: Readers write nothing, and a restarted reader rebuilds its model with a
-    #: full scan: by default they are killed less often.
+    #: Seconds between the compactor's ``Store.compact()`` calls (0: no compactor).
+    compact_interval: float = 0.0
+    #: Config.max_fragments of every role (small: versions of several fragments are
+    #: the normal state, and checkpoints with auto_compact compact often).
+    max_fragments: int = 4
+    #: Churner processes: upserts and removes of a small key space (replaced and
+    #: removed rows, so deletion vectors), each with its own journal.
+    churners: int = 0
+    churn_keys: int = 256
+    #: Ops per second per churner (0: as fast as possible).
+    churn_rate: float = 50.0
+    #: The checkpointer and the compactor draw keep_checkpoints (1..3) per incarnation
+    #: unless --keep-checkpoints was given or the scenario turns this off.
+    vary_keep: bool = True
+    #: The compactor runs mmwal.verify() after each compaction that published a version.
+    verify_compactions: bool = False
+    #: Relative odds that the killer picks each kind of role.  Readers write
+    #: nothing, and a restarted reader rebuilds its model with a full scan: by
+    #: default they are killed less often.
     kill_weights: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"writer": 0.6, "reader": 0.15, "checkpointer": 0.25})
+        default_factory=lambda: {"writer": 0.5, "reader": 0.15, "checkpointer": 0.2,
+                                 "compactor": 0.1, "churner": 0.05})
     #: The options given explicitly (a scenario changes only the others).
     given: list[str] = dataclasses.field(default_factory=list)
 
@@ -115,9 +137,19 @@ class Settings:
             problems.append("--keep-checkpoints must be 0..100")
         if self.verify_interval < 0:
             problems.append("--verify-interval must be >= 0 (0: off)")
-        if set(self.kill_weights) != {"writer", "reader", "checkpointer"} or \
+        if not set(self.kill_weights) <= set(ROLE_KINDS) or \
                 any(not w >= 0 for w in self.kill_weights.values()):
-            problems.append("kill weights must give writer, reader and checkpointer odds >= 0")
+            problems.append(f"kill weights must give odds >= 0 to some of {ROLE_KINDS}")
+        if self.compact_interval < 0:
+            problems.append("--compact-interval must be >= 0 (0: no compactor)")
+        if not 1 <= self.max_fragments <= 1 << 16:
+            problems.append("--max-fragments must be 1..65536")
+        if not 0 <= self.churners <= 64:
+            problems.append("--churners must be 0..64")
+        if not 1 <= self.churn_keys < 1 << 16:
+            problems.append("--churn-keys must be 1..65535")
+        if self.churn_rate < 0:
+            problems.append("--churn-rate must be >= 0 (0: as fast as possible)")
         if self.inject is not None and self.inject not in INJECT_KINDS:
             problems.append(f"--inject must be one of {INJECT_KINDS}")
         if problems:
@@ -125,6 +157,12 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def keep_of(self, rng: Any) -> int:
+        """keep_checkpoints of one checkpointer/compactor incarnation."""
+        if self.vary_keep and "keep_checkpoints" not in self.given:
+            return int(rng.choice((1, 2, 3)))
+        return self.keep_checkpoints
 
     def durability_of(self, writer: int, incarnation: int) -> str:
         """The durability of one writer incarnation ("mixed": all three, in rotation)."""

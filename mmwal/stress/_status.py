@@ -24,7 +24,8 @@ class Phase:
     CHECKPOINT = 3
     REFRESH = 4
     CHECK = 5
-    NAMES = ("idle", "open", "append", "checkpoint", "refresh", "check")
+    COMPACT = 6
+    NAMES = ("idle", "open", "append", "checkpoint", "refresh", "check", "compact")
 
 
 # Fields of a role row.
@@ -43,7 +44,19 @@ CKPT_MICROS = 11  # duration of the last checkpoint
 VIOLATIONS = 12
 PHASE_SINCE = 13  # time.monotonic_ns() when the phase began
 CKPT_SEQ = 14  # the last seq folded into the last checkpoint
-FIELDS = 16
+# Compactor (and the checkpointer's automatic compactions).
+COMPACTIONS = 15  # compact() calls completed (those with nothing to do too)
+COMPACT_MICROS = 16  # duration of the last one
+COMPACT_PUBLISHED = 17  # ... that published a version (fragments_merged > 0)
+MERGED = 18  # fragments merged or rewritten (sum of fragments_merged)
+ROWS_COPIED = 19  # rows a compaction copied into new fragments
+ROWS_DROPPED = 20  # dead rows a compaction dropped
+FRAGMENTS = 21  # fragments of the version the last checkpoint/compaction published
+KEEP = 22  # Config.keep_checkpoints of the current incarnation
+AUTO_COMPACT = 23  # Config.auto_compact of the current incarnation (0/1)
+SNAP_CHECKS = 24  # readers: old snapshots re-checked after versions retired
+CHURN_CHECKED = 25  # readers: churn keys checked
+FIELDS = 32
 
 # Fields of the global row (row 0).
 STOP = 0

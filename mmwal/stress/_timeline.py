@@ -25,7 +25,12 @@ from ..errors import InvalidInputError
 __all__ = ["ROLE_KINDS", "Bins", "Timeline", "bin_timeline", "nice_width"]
 
 #: The kinds of role the killer picks from, in the order they are drawn and listed.
-ROLE_KINDS = ("writer", "reader", "checkpointer")
+ROLE_KINDS = ("writer", "reader", "checkpointer", "compactor", "churner")
+#: Kinds every kill track shows, even with no kill; the others only when killed.
+_ALWAYS_SHOWN = ROLE_KINDS[:3]
+#: One letter per kind for the per-interval table ("checkpointer" keeps its "c").
+ROLE_LETTERS = {"writer": "w", "reader": "r", "checkpointer": "c", "compactor": "x",
+                "churner": "u"}
 #: Bin widths in seconds: a reader can add them up in their head.
 _NICE = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0,
          600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0)
@@ -63,6 +68,11 @@ class Timeline:
     checkpoints: np.ndarray  # completion times
     checkpoint_seconds: np.ndarray | None  # durations; None: not recorded (older report)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Fragments of the current version per sample (-1: unreadable); None: not recorded
+    #: (a report of a harness before versions).
+    fragments: np.ndarray | None = None
+    #: Completion times of the compactor's calls (empty: none, or not recorded).
+    compactions: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_report(cls, rep: Any, where: str = "the report") -> Timeline:
@@ -96,7 +106,7 @@ class Timeline:
         kill_list = ev.get("kills") or []
         if not isinstance(kill_list, list):
             raise InvalidInputError(f"{where}: events.kills is not a list", where=where)
-        times: dict[str, list[float]] = {k: [] for k in ROLE_KINDS}
+        times: dict[str, list[float]] = {k: [] for k in _ALWAYS_SHOWN}
         mid: list[float] = []
         for i, k in enumerate(kill_list):
             # [t, role name ("writer-3", "checkpointer"), phase ("append", "checkpoint"...)]
@@ -125,11 +135,21 @@ class Timeline:
         if isinstance(run_s, (int, float)):
             last.append(float(run_s))
         settings = rep.get("settings") if isinstance(rep.get("settings"), dict) else {}
+        frags: np.ndarray | None = None
+        if "fragments" in tl:
+            frags = _floats(tl["fragments"], f"{where}: timeline.fragments")
+            if len(frags) != len(cols["t"]):
+                raise InvalidInputError(
+                    f"{where}: timeline.fragments has {len(frags)} values, timeline.t has "
+                    f"{len(cols['t'])}", where=where)
+            frags = np.where(frags < 0, np.nan, frags)
+        compactions = _floats(ev.get("compactions") or [], f"{where}: events.compactions")
         return cls(t=cols["t"], docs=cols["docs"], docs_per_s=cols["docs_per_s"],
                    ops_per_s=cols["ops_per_s"], lag_max=cols["lag_max"],
                    lag_mean=cols["lag_mean"], end=max(*last, 1e-3), kills=kills,
                    mid_checkpoint_kills=np.array(mid, dtype=np.float64), checkpoints=ckpt,
-                   checkpoint_seconds=secs, settings=dict(settings or {}))
+                   checkpoint_seconds=secs, settings=dict(settings or {}),
+                   fragments=frags, compactions=compactions)
 
 
 @dataclass
@@ -146,6 +166,9 @@ class Bins:
     checkpoints: np.ndarray  # checkpoints completed per bin
     checkpoint_max_s: np.ndarray  # the longest of them (NaN: none, or not recorded)
     checkpoint_mean_s: np.ndarray
+    fragments_max: np.ndarray | None = None  # fragments per version, max of the samples
+    fragments_mean: np.ndarray | None = None
+    compactions: np.ndarray | None = None  # compactor calls completed per bin
 
     @property
     def n(self) -> int:
@@ -214,4 +237,10 @@ def bin_timeline(tl: Timeline, max_bins: int) -> Bins:
                 lag_max=_per_bin(si, tl.lag_max, n, "max"),
                 lag_mean=_per_bin(si, tl.lag_mean, n, "mean"), kills=kills, checkpoints=ckpts,
                 checkpoint_max_s=_per_bin(ci, secs, n, "max"),
-                checkpoint_mean_s=_per_bin(ci, secs, n, "mean"))
+                checkpoint_mean_s=_per_bin(ci, secs, n, "mean"),
+                fragments_max=None if tl.fragments is None
+                else _per_bin(si, tl.fragments, n, "max"),
+                fragments_mean=None if tl.fragments is None
+                else _per_bin(si, tl.fragments, n, "mean"),
+                compactions=np.bincount(_which(tl.compactions, edges), minlength=n)
+                if len(tl.compactions) else np.zeros(n, np.int64))

@@ -12,6 +12,13 @@ bit, without the writer's help.
   bounded (so exact search is numerically stable) and never all-zero;
 * content: a short tag naming the document plus a slice of mixed-script text;
 * metadata: a small dict naming the document (sometimes ``None``).
+
+Churners work on a second, small id space that writers never touch:
+``c{churner}-{key}`` for ``key`` in ``0..keys-1``.  Op ``k`` of churner ``c``
+either upserts one key (``add`` of an id that may exist: a replace) or
+removes one (which may be absent); its value names ``k``, so whoever sees a
+churn document knows exactly which op wrote it.  Replaced and removed rows are
+what makes deletion vectors and compactions happen.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ChurnOp",
     "OpPlan",
+    "churn_doc",
+    "churn_id",
+    "churn_op",
     "doc_content",
     "doc_id",
     "doc_key",
     "doc_metadata",
     "op_plan",
+    "parse_churn_id",
     "parse_id",
     "vectors",
 ]
@@ -149,3 +161,57 @@ def op_plan(seed: int, w: int, k: int, batch_size: int, many_percent: int) -> Op
     if batch_size > 1 and h % 100 < many_percent:
         return OpPlan(w, k, 1 + (h >> 8) % batch_size, True)
     return OpPlan(w, k, 1, False)
+
+
+# ============================================================================ churn
+#: Churn vectors are drawn as documents of this pseudo-writer (minus the churner):
+#: far above any real writer (``--writers`` is at most 256).
+CHURN_WRITER = MAX_WRITERS - 1
+#: Share (percent) of churn ops that remove their key.
+CHURN_REMOVE_PERCENT = 30
+
+
+def churn_id(c: int, key: int) -> str:
+    return f"c{c}-{key}"
+
+
+def parse_churn_id(s: str) -> tuple[int, int] | None:
+    """(churner, key) of a churn id, or None when ``s`` is not one."""
+    if not s.startswith("c"):
+        return None
+    a, sep, b = s[1:].partition("-")
+    if not sep:
+        return None
+    try:
+        c, key = int(a), int(b)
+    except ValueError:
+        return None
+    if not (0 <= c < 256 and 0 <= key < MAX_BATCH) or churn_id(c, key) != s:
+        return None
+    return c, key
+
+
+class ChurnOp:
+    """Op ``k`` of churner ``c``: upsert or remove key ``key``."""
+
+    __slots__ = ("c", "k", "key", "remove")
+
+    def __init__(self, c: int, k: int, key: int, remove: bool) -> None:
+        self.c, self.k, self.key, self.remove = c, k, key, remove
+
+    @property
+    def id(self) -> str:
+        return churn_id(self.c, self.key)
+
+
+def churn_op(seed: int, c: int, k: int, keys: int) -> ChurnOp:
+    """The plan of op ``k`` of churner ``c`` over ``keys`` keys."""
+    h = _mix(doc_key(CHURN_WRITER - c, k, 0) ^ (seed * 0x2F1B3C5D + 17))
+    return ChurnOp(c, k, int(h % keys), (h >> 32) % 100 < CHURN_REMOVE_PERCENT)
+
+
+def churn_doc(seed: int, c: int, k: int, key: int,
+              dim: int) -> tuple[np.ndarray, str, dict[str, Any]]:
+    """Vector, content and metadata an upsert (op ``k`` of churner ``c``) writes to ``key``."""
+    vec = vectors(seed, CHURN_WRITER - c, k, key, dim)[0]
+    return vec, f"{churn_id(c, key)} op {k}", {"churn": c, "key": key, "op": k}
