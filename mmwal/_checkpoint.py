@@ -44,7 +44,8 @@ import numpy as np
 from . import _format as F
 from . import _io
 from ._fsutil import Paths, read_file, write_all
-from ._search import ann
+from ._search import ann, colfile
+from ._search import where as where_
 from ._types import Config
 from ._wal import LogCursor
 from .errors import CorruptionError, FormatVersionError
@@ -165,8 +166,11 @@ class CheckpointView:
         self.ids_bin = self._map("ids.bin")
         self.docs = self._map("docs.lz4")
         self._chunk_cache: dict[int, list[Any]] = {}
-        # Metadata columns for filters, built on first filtered search (_snapshot).
+        # Metadata columns for filters: columns.bin mapped, or built from the
+        # documents (fragments written before it existed), on first filtered
+        # search (_snapshot.checkpoint_columns); an error mapping the file.
         self.where_columns: Any = None
+        self.columns_error: str | None = None
         # The mapped approximate index, when the fragment has one (opened on first use).
         self.ann = ann.open_index(self)
 
@@ -442,6 +446,7 @@ class _Builder:
         s["docs_offsets.npy"].write(np.zeros(1, "<u8"))
         self.rows = 0
         self.id_pos = 0
+        self.columns = where_.ColumnBuilder()  # the metadata columns (columns.bin)
         self.pending: list[list[Any]] = []
         self.max_chunk = 0
 
@@ -459,6 +464,7 @@ class _Builder:
         s["ids.bin"].write(joined)
         self.id_pos += len(joined)
         self.rows += len(ids)
+        self.columns.add([d[1] for d in docs])
         self.pending.extend(docs)
         while len(self.pending) >= self.chunk_docs:
             self._flush_chunk(self.pending[: self.chunk_docs])
@@ -482,6 +488,9 @@ class _Builder:
         files = {name: st.finish() for name, st in self.streams.items()}
         ix = build_index(self.dir, self.n)
         files["index.npy"] = ix.meta
+        files[colfile.COLUMNS_FILE] = colfile.write(
+            os.path.join(self.dir, colfile.COLUMNS_FILE), self.columns.finish(), self.n)
+        self.columns = where_.ColumnBuilder()
         ann_meta = None
         cfg = self.config
         if cfg is not None and cfg.ann_min_rows and self.n >= cfg.ann_min_rows and ann.available():
@@ -503,6 +512,7 @@ class _Builder:
             body["hash_key"] = ix.key
         if ann_meta is not None:
             body["ann"] = ann_meta
+        body["columns"] = {"file": colfile.COLUMNS_FILE}
         dpath = os.path.join(self.dir, "DESCRIPTOR")
         st = _Stream(dpath)
         st.write(F.encode_manifest(body, F.DESCRIPTOR_MAGIC, version))

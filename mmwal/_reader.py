@@ -31,11 +31,11 @@ from . import _format as F
 from . import _store as _st
 from ._fsutil import Paths, store_root
 from ._lock import FileLock
-from ._snapshot import IdView, Snapshot, _Tail
+from ._snapshot import IdView, Snapshot, _Tail, checkpoint_columns
 from ._types import Document
 from ._version import VersionView, folded_past, open_manifest
 from ._wal import RECOVERY_MODES, LogCursor, Retired, read_tail_record
-from .errors import ClosedError, CorruptionError, InvalidInputError
+from .errors import ClosedError, CorruptionError, InvalidInputError, MmwalError
 
 __all__ = ["Reader", "ReaderStats", "Snapshot"]
 
@@ -543,14 +543,20 @@ class Reader:
         newest = _newest_seq(self._paths)
         frag: list[dict[str, Any]] = []
         for f in snap.fragments:
-            cols = f.ids._view.where_columns
+            view = f.ids._view
+            try:
+                cols = checkpoint_columns(view)
+            except MmwalError as exc:  # damaged documents: say so, stats never raises
+                cols = None
+                view.columns_error = str(exc)
             h = f.ids._view.ann
             index = None if h is None else {
                 "metric": h.metric, "dtype": h.meta.get("dtype"), "bytes": h.file_meta[0],
                 "mapped": h.index is not None, "error": h.error}
             frag.append({"id": f.id, "rows": len(f), "dead_rows": len(f) - int(f.live.sum()),
                          "index": index,
-                         "columns": sorted(cols) if cols is not None else []})
+                         "columns": sorted(cols) if cols is not None else [],
+                         "columns_error": view.columns_error})
         return ReaderStats(
             path=self.path, dim=self.dim, seq=snap.seq, newest_seq=newest,
             lag=None if newest is None else max(0, newest - snap.seq), documents=len(snap),

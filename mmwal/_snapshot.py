@@ -18,17 +18,19 @@ order, then live tail documents in the order of their last write.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
 
 from ._checkpoint import CheckpointView
+from ._search import colfile
 from ._search import where as where_
 from ._types import Document, Hit
 from ._validate import as_vectors
 from ._version import VersionView
-from .errors import InvalidInputError
+from .errors import CorruptionError, InvalidInputError
 
 __all__ = ["METRICS", "Fragment", "IdView", "Snapshot"]
 
@@ -663,6 +665,17 @@ def checkpoint_columns(ckpt: CheckpointView) -> where_.Columns:
     """
     got: where_.Columns | None = ckpt.where_columns
     if got is None:
+        d = ckpt.descriptor
+        meta = d["files"].get(colfile.COLUMNS_FILE)
+        if isinstance(d.get("columns"), dict) and isinstance(meta, list) and len(meta) == 2:
+            try:
+                got = colfile.load(os.path.join(ckpt.dir, colfile.COLUMNS_FILE), meta,
+                                   ckpt.count)
+            except CorruptionError as exc:  # derived data: rebuild it from the documents
+                ckpt.columns_error = str(exc)
+            else:
+                ckpt.where_columns = got
+                return got
         builder = where_.ColumnBuilder()
         for k in range(ckpt.nchunks):
             builder.add(meta for _content, meta in ckpt.chunk(k))

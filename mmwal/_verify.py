@@ -13,6 +13,7 @@ from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._replay import iter_ops, reader_lock, scan_log
 from ._search.ann import ANN_FILE
+from ._search.colfile import COLUMNS_FILE
 from ._types import Problem, VerifyReport
 from ._version import Version, VersionView, list_versions, load_version, read_version, version_path
 from ._wal import LogCursor, Retired, read_segment_header
@@ -213,7 +214,7 @@ def _check_fragment(paths: Paths, fid: int, dim: int, report: VerifyReport,
     bad = report.problems.append
     files = view.descriptor["files"]
     ok = True
-    extra = [ANN_FILE] if ANN_FILE in files else []
+    extra = [f for f in (ANN_FILE, COLUMNS_FILE) if f in files]
     for name in (*FILES, *extra):
         fpath = os.path.join(view.dir, name)
         crc = 0
@@ -226,6 +227,12 @@ def _check_fragment(paths: Paths, fid: int, dim: int, report: VerifyReport,
             ok = False
             continue
         if crc != files[name][1]:
+            if name == COLUMNS_FILE:  # derived data: readers rebuild it from the documents
+                bad(Problem(fpath, 0, f"CRC-32 {crc:#010x}, the descriptor says "
+                            f"{files[name][1]:#010x}: the metadata columns are damaged "
+                            "(readers rebuild them from the documents; a compaction that "
+                            "rewrites the fragment writes new ones)"))
+                continue
             if name == ANN_FILE:  # the data is intact: readers search this fragment exactly
                 bad(Problem(fpath, 0, f"CRC-32 {crc:#010x}, the descriptor says "
                             f"{files[name][1]:#010x}: the approximate index is damaged "
