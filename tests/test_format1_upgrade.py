@@ -37,6 +37,8 @@ from mmwal._version import (
 )
 from mmwal.cli import main as cli_main
 
+#: Extraction filters exist from Python 3.10.12 / 3.11.4 (and omitting one warns from 3.12).
+SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
@@ -56,7 +58,7 @@ EXPECTED = MAKER.expected()
 @pytest.fixture
 def store(tmp_path):
     with tarfile.open(os.path.join(DATA, "store_format1.tar.gz")) as tar:
-        tar.extractall(tmp_path, filter="data")
+        tar.extractall(tmp_path, **SAFE)
     return str(tmp_path / "store")
 
 
@@ -65,7 +67,7 @@ def old_release(tmp_path_factory):
     """A directory to put on PYTHONPATH to run the previous release's ``mmwal``."""
     d = tmp_path_factory.mktemp("mmwal-5c8f3b7")
     with tarfile.open(os.path.join(DATA, "mmwal_5c8f3b7.tar.xz")) as tar:
-        tar.extractall(d, filter="data")
+        tar.extractall(d, **SAFE)
     return str(d)
 
 
