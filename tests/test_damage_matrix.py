@@ -466,7 +466,7 @@ def check_compact_over(p, work, kind, strict_read):
     before = published(work)
     cfg = mmwal.Config(keep_checkpoints=1, chunk_documents=4)
     try:
-        with mmwal.Store(work, config=cfg) as s:
+        with mmwal.Store(work, durability="os", config=cfg) as s:
             info = s.compact()
     except mmwal.MmwalError as exc:
         assert isinstance(exc, mmwal.CorruptionError), exc

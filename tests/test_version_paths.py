@@ -249,7 +249,7 @@ def test_crafted_version_refused_before_any_open(pristine, tmp_path, name):
         info = inspect_store(root)
         assert info["errors"], info
 
-        with mmwal.Store(root, config=mmwal.Config(keep_checkpoints=2)) as s:
+        with mmwal.Store(root, durability="os", config=mmwal.Config(keep_checkpoints=2)) as s:
             s.add("new", vec(50))
             with pytest.raises(mmwal.CorruptionError):
                 s.checkpoint()
