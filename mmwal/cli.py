@@ -168,7 +168,7 @@ def inspect_store(path: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": root,
         "format_version": int(F.MANIFEST_HEADER.unpack_from(raw, 0)[1]),
-        "library_format_version": F.NEWEST_VERSION[F.MANIFEST_MAGIC],
+        "library_format_version": F.MANIFEST_VERSION,
         "dim": manifest["dim"],
         "created": _iso(manifest.get("created")),
     }
