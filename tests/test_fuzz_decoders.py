@@ -393,9 +393,10 @@ def version_bodies(draw):
     for _ in range(draw(st.integers(0, 2))):  # break some fields, maybe
         if entries and draw(st.booleans()):
             e = draw(st.sampled_from(entries))
-            k = draw(st.integers(0, 5))
-            near = [e[k] + 1, e[k] - 1, 0, e[0], VID, VID + 1, V.deletion_size(e[1]),
-                    V.deletion_size(e[1] + 8)]
+            k = draw(st.integers(0, len(e) - 1))
+            ints = [x if type(x) is int else 0 for x in e]
+            near = [ints[k] + 1, ints[k] - 1, 0, ints[0], VID, VID + 1,
+                    V.deletion_size(abs(ints[1])), V.deletion_size(abs(ints[1]) + 8)]
             e[k] = draw(st.sampled_from(near) | entry_value)
         elif draw(st.booleans()):
             entries.append(draw(st.lists(entry_value, min_size=5, max_size=7)))
