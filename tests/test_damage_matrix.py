@@ -12,6 +12,12 @@ exactly what strict reads served, or verify still reports the damage - never
 a clean verify over laundered data.  The tail
 hint is rebuilt, so its damage is harmless; damage of the MANIFEST is always
 detected.
+
+``test_damage_versions`` does the same over what versions add (a store of three
+fragments with deletion vectors and two retained versions): the version file
+and a deletion vector of the current and of the older version, and the files
+of the oldest fragment; there verify() always reports the damage, and a
+compaction over it is checked as well as a checkpoint.
 """
 
 from __future__ import annotations
