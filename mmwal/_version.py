@@ -116,10 +116,16 @@ def decode_version(raw: bytes, path: str, vid: int, dim: int) -> Version:
     for e in body["fragments"]:
         # Every name is derived from these integers: nothing read here can
         # point outside checkpoints/ (DESIGN.md, version-2 invariants).
+        # A fragment is named before (or by) the version that lists it; a
+        # deletion vector is written by a later version than its fragment and
+        # no later than this one, and its size follows from the rows: fields
+        # that disagree are refused here, before the files they name are opened.
         if (not isinstance(e, list) or len(e) != 6 or not all(type(x) is int for x in e)
-                or not _id_ok(e[0]) or e[0] in seen or not 0 <= e[2] <= e[1]
-                or not (e[3] == 0 or _id_ok(e[3])) or (e[3] == 0) != (e[2] == 0)
-                or e[4] < 0 or not 0 <= e[5] <= 0xFFFFFFFF):
+                or not _id_ok(e[0]) or e[0] > vid or e[0] in seen or not 0 <= e[2] <= e[1]
+                or (e[3] == 0) != (e[2] == 0)
+                or not (e[3] == 0 or e[0] < e[3] <= vid)
+                or e[4] != (deletion_size(e[1]) if e[3] else 0)
+                or not 0 <= e[5] <= (0xFFFFFFFF if e[3] else 0)):
             raise _bad(path, f"fragment entry {e!r:.80} is not valid")
         seen.add(e[0])
         entries.append(Entry(*e))

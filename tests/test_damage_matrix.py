@@ -12,6 +12,12 @@ exactly what strict reads served, or verify still reports the damage - never
 a clean verify over laundered data.  The tail
 hint is rebuilt, so its damage is harmless; damage of the MANIFEST is always
 detected.
+
+``test_damage_versions`` does the same over what versions add (a store of three
+fragments with deletion vectors and two retained versions): the version file
+and a deletion vector of the current and of the older version, and the files
+of the oldest fragment; there verify() always reports the damage, and a
+compaction over it is checked as well as a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import pytest
 
 import mmwal
 from mmwal._faults import doc_vec
+from mmwal._version import read_version
 
 DIM = 8
 HOWS = ("truncate", "junk", "zeros")
@@ -278,7 +285,7 @@ def check_checkpoint_over(p, work, kind, strict_read):
         with mmwal.Store(work, config=cfg) as s:
             s.checkpoint()
     except mmwal.MmwalError as exc:
-        if kind in CKPT_FILES:
+        if kind in CKPT_FILES or kind in VKINDS_FULL or kind in OLD_FRAGMENT:
             assert isinstance(exc, mmwal.CorruptionError), exc
         assert published(work) == before, "a refused checkpoint published something"
         assert not [n for n in before[1] if n.startswith(".tmp-")]
@@ -326,3 +333,157 @@ def check_salvage(p, work):
                 assert doc_matches(r.get(i), p.keys[i])
     except mmwal.MmwalError:
         pass
+
+
+# ============================================================================ versions
+#: Damage of what versions add: the version file and a deletion vector of the current
+#: version and of the older one kept (keep_checkpoints=2), and every file of the OLDEST
+#: fragment (listed by both versions, under a deletion vector in each).
+VKINDS_FULL = ("version-current", "version-older", "dv-current", "dv-older")
+OLD_FRAGMENT = tuple(f"old-fragment/{name}" for name in CKPT_FILES)
+
+
+def _version_cases():
+    """Every offset for the version files and vectors; for the old fragment's files each
+    (file, how) at one offset, rotating so every offset is covered (runtime)."""
+    out = [(k, h, p) for k in VKINDS_FULL for h in HOWS for p in WHERE]
+    for i, k in enumerate(OLD_FRAGMENT):
+        for j, h in enumerate(HOWS):
+            out.append((k, h, WHERE[(i + j) % len(WHERE)]))
+    return out
+
+
+class VersionedPristine(Pristine):
+    """Three checkpoints (versions 1-3, the last two retained), a log tail after them.
+
+    Version 3 lists fragments 1, 2, 3 (1 and 2 under deletion vectors written by
+    version 3); version 2 lists fragments 1 and 2 (1 under a vector written by
+    version 2).  The tail removes rows of fragments 1 and 3.
+    """
+
+    def __init__(self, path):  # noqa: D107 - builds another store than Pristine
+        self.path = path
+        self.state = {}
+        self.ops = []
+        cfg = mmwal.Config(segment_bytes=4096, chunk_documents=4, keep_checkpoints=2,
+                           auto_compact=False)
+        with mmwal.Store(path, dim=DIM, durability="os", config=cfg) as s:
+            for k in range(30):
+                self._add(s, k)
+            s.checkpoint()
+            for k in range(30, 45):
+                self._add(s, k)
+            self._remove(s, 3)
+            self._remove(s, 17)
+            self._add(s, 5)  # the same document again: its row in fragment 1 dies
+            s.checkpoint()
+            for k in range(45, 60):
+                self._add(s, k)
+            self._remove(s, 8)
+            self._remove(s, 33)
+            info = s.checkpoint()
+            self.checkpoint_seq = info.seq
+            for k in range(60, 65):
+                self._add(s, k)
+            self._remove(s, 12)
+            self._remove(s, 50)
+            self.last_seq = s.seq
+        self.keys = {f"doc-{x}": x for x in range(65)}
+        paths = mmwal._fsutil.Paths(path)
+        m = mmwal._store.open_manifest(paths)
+        cur = read_version(paths, m)
+        assert [e.fid for e in cur.entries] == [1, 2, 3] and cur.id == 3
+        assert [e.dv for e in cur.entries] == [3, 3, 0]
+        names = sorted(os.listdir(paths.checkpoints))
+        assert names == ["00000001", "00000001-00000002.deleted", "00000001-00000003.deleted",
+                         "00000002", "00000002-00000003.deleted", "00000002.version",
+                         "00000003", "00000003.version"], names
+        self.ckpt_dir = os.path.join("checkpoints", "00000003")
+        assert mmwal.verify(path).ok
+
+    def _remove(self, s, k):
+        seq = s.remove(f"doc-{k}")
+        self.ops.append((seq, "remove", f"doc-{k}"))
+        self.state.pop(f"doc-{k}")
+
+    def file_of(self, kind):
+        c = "checkpoints"
+        return {"version-current": os.path.join(c, "00000003.version"),
+                "version-older": os.path.join(c, "00000002.version"),
+                "dv-current": os.path.join(c, "00000001-00000003.deleted"),
+                "dv-older": os.path.join(c, "00000001-00000002.deleted"),
+                }.get(kind) or os.path.join(c, "00000001", kind.split("/")[1])
+
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory):
+    return VersionedPristine(str(tmp_path_factory.mktemp("vdamage") / "store"))
+
+
+@pytest.mark.parametrize(("kind", "how", "pct"), _version_cases())
+def test_damage_versions(versioned, tmp_path, kind, how, pct):
+    run_version_case(versioned, str(tmp_path / "store"), kind, how, pct)
+
+
+def run_version_case(p, work, kind, how, pct):
+    """Damage a version file, a deletion vector or an old fragment's file; check it.
+
+    Everything a version names is covered by a checksum its parent holds, and
+    verify checks every retained version: any change is a verify() problem.
+    A damaged version file or deletion vector of the current version is a
+    CorruptionError on read; the older version's are never read by a Reader,
+    which serves the current version exactly.  Then neither a checkpoint nor a
+    compaction over the damage launders it.
+    """
+    shutil.copytree(p.path, work)
+    target = os.path.join(work, p.file_of(kind))
+    with open(target, "rb") as f:
+        before = f.read()
+    damage(target, how, pct, random.Random(f"{kind}{how}{pct}"))
+    with open(target, "rb") as f:
+        assert f.read() != before, "every case changes the file"
+
+    report = mmwal.verify(work)
+    assert not report.ok, f"{kind} {how} {pct}%: verify() missed the damage"
+    assert any(pr.file.startswith(os.path.join(work, "checkpoints")) for pr in report.problems)
+    read_error = None
+    got = None
+    try:
+        got = read_all(work)
+    except mmwal.MmwalError as exc:
+        read_error = exc
+    if kind in ("version-current", "dv-current"):
+        assert isinstance(read_error, mmwal.CorruptionError), read_error
+    elif kind in ("version-older", "dv-older"):
+        # Readers never open an older version: they serve the current one exactly.
+        assert read_error is None and exactly(p, got, p.state), read_error
+    # A fragment's mapped bytes are not checksummed on every read (as in the matrix
+    # above): a Reader may serve them (or raise an MmwalError); verify() reports them.
+
+    copy = work + "-compact"
+    shutil.copytree(work, copy)
+    check_checkpoint_over(p, work, kind, got if read_error is None else None)
+    check_compact_over(p, copy, kind, got if read_error is None else None)
+
+
+def check_compact_over(p, work, kind, strict_read):
+    """Compact the damaged store into one fragment: refused (nothing published), or what it
+    publishes reads exactly as strict reads did, or verify still reports the damage."""
+    before = published(work)
+    cfg = mmwal.Config(keep_checkpoints=1, chunk_documents=4)
+    try:
+        with mmwal.Store(work, durability="os", config=cfg) as s:
+            info = s.compact()
+    except mmwal.MmwalError as exc:
+        assert isinstance(exc, mmwal.CorruptionError), exc
+        assert published(work) == before, "a refused compaction published something"
+        return "refused"
+    assert info.fragments == 1, info
+    report = mmwal.verify(work)
+    if not report.ok:
+        return "reported"
+    assert strict_read is not None, f"{kind}: a compaction made unreadable damage clean"
+    got = read_all(work)
+    assert got[0] == strict_read[0] and exactly(p, got, p.state), \
+        f"{kind}: after a compaction over damage verify is clean but the data is not"
+    return "exact"

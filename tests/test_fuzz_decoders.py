@@ -1,5 +1,5 @@
 """Decoder fuzzing (Hypothesis): frames, segment headers, MANIFEST, DESCRIPTOR, payloads,
-metadata chunks.
+metadata chunks, version files and deletion vectors.
 
 Every decoder fed arbitrary bytes - random, valid-then-mutated, and validly
 checksummed containers around arbitrary msgpack (so the body checks run, not
@@ -11,6 +11,7 @@ never another exception, never a huge allocation (tracemalloc peak under
 from __future__ import annotations
 
 import tracemalloc
+import zlib
 
 import lz4.frame
 import numpy as np
@@ -19,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmwal import _format as F
+from mmwal import _version as V
 from mmwal._checkpoint import decode_chunk
-from mmwal.errors import MmwalError
+from mmwal.errors import CorruptionError, FormatVersionError, MmwalError
 
 MEMORY_CAP = 64 << 20
 
@@ -165,9 +167,19 @@ def check_manifest(buf: bytes, descriptor: bool) -> None:
                 assert res[key] >= 0
 
 
+VID = 40
+VDIM = 8
+#: Field values around every rule an entry must keep (and wrong types).
+entry_ints = st.sampled_from([0, 1, 2, 7, 8, 9, VID - 1, VID, VID + 1, V.MAX_ID, V.MAX_ID + 1,
+                              -1, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1,
+                              V.deletion_size(8), V.deletion_size(9)])
+entry_value = entry_ints | st.integers(-(2**63), 2**64 - 1) | msgpack_values
+
+
 def body_strategy(fields):
     typed = {int: st.integers(-5, 2**63 - 1), float: st.floats(), dict: st.dictionaries(
-        st.text(max_size=16), msgpack_values, max_size=4)}
+        st.text(max_size=16), msgpack_values, max_size=4),
+        list: st.lists(st.lists(entry_value, max_size=7) | msgpack_values, max_size=4)}
     return st.fixed_dictionaries(
         {}, optional={k: typed[t] | msgpack_values for k, t in fields.items()}
     ).flatmap(lambda d: st.dictionaries(st.text(max_size=10), msgpack_values, max_size=3)
@@ -340,3 +352,165 @@ def test_chunk_that_inflates_far_beyond_its_limit_is_refused():
     assert len(bomb) < 2 << 20
     res = bounded(decode_chunk, bomb, 1 << 16, 1, "docs.lz4", 0)
     assert isinstance(res, MmwalError)
+
+
+# ---------------------------------------------------------------- versions, deletion vectors
+def strict(fn, *args):
+    """Call ``fn``: a value, CorruptionError or FormatVersionError - nothing else - within
+    the memory cap (KeyError, struct.error, ValueError, MemoryError... fail the test)."""
+    tracemalloc.start()
+    try:
+        try:
+            return fn(*args)
+        except (CorruptionError, FormatVersionError) as exc:
+            return exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < MEMORY_CAP, f"{fn.__name__} allocated {peak} bytes"
+
+
+@st.composite
+def valid_entries(draw):
+    """Entries a writer could produce for version VID."""
+    out = []
+    fids = draw(st.lists(st.integers(1, VID), unique=True, max_size=5) | st.lists(
+        st.integers(1, VID - 1), unique=True, min_size=1, max_size=3))
+    for fid in fids:
+        rows = draw(st.integers(0, 300) | st.integers(1, 20))
+        dead = draw(st.integers(0, rows) | st.just(min(rows, 1)))
+        if dead and fid < VID:
+            dv = draw(st.integers(fid + 1, VID))
+            out.append([fid, rows, dead, dv, V.deletion_size(rows),
+                        draw(st.integers(0, 0xFFFFFFFF))])
+        else:
+            out.append([fid, rows, 0, 0, 0, 0])
+    return out
+
+
+@st.composite
+def version_bodies(draw):
+    entries = draw(valid_entries())
+    wild = draw(st.booleans())
+    if entries and not wild:
+        # One field of one entry nudged across its rule, everything else valid.
+        e = draw(st.sampled_from(entries))
+        k = draw(st.integers(0, 5))
+        near = [e[k] + 1, e[k] - 1, 0, e[0], VID, VID + 1, V.deletion_size(e[1]),
+                V.deletion_size(e[1] + 8)]
+        e[k] = draw(st.sampled_from(near))
+    for _ in range(draw(st.integers(0, 2)) if wild else 0):  # break anything, anyhow
+        if entries and draw(st.booleans()):
+            e = draw(st.sampled_from(entries))
+            e[draw(st.integers(0, len(e) - 1))] = draw(entry_value)
+        else:
+            entries.append(draw(st.lists(entry_value, min_size=5, max_size=7)))
+    live = 0
+    for e in entries:
+        try:
+            live += e[1] - e[2]
+        except (TypeError, IndexError, KeyError):
+            pass
+    body = {"id": VID, "seq": draw(st.integers(0, 2**63 - 1)), "dim": VDIM,
+            "documents": live if not wild or draw(st.integers(0, 9)) else draw(entry_ints),
+            "created": 1.5, "fragments": entries}
+    if wild and not draw(st.integers(0, 4)):  # a wrong id, dim, missing or extra field
+        k = draw(st.sampled_from(sorted(V.VERSION_FIELDS)))
+        if draw(st.booleans()):
+            del body[k]
+        else:
+            body[k] = draw(entry_value)
+    return body
+
+
+def check_version(buf: bytes) -> None:
+    res = strict(V.decode_version, buf, "00000040.version", VID, VDIM)
+    assert isinstance(res, (V.Version, MmwalError)), res
+    if isinstance(res, V.Version):
+        assert res.id == VID and not res.legacy
+        assert res.documents == sum(e.rows - e.dead for e in res.entries)
+        assert len({e.fid for e in res.entries}) == len(res.entries)
+        for e in res.entries:
+            assert all(type(x) is int for x in e.encode())
+            assert 1 <= e.fid <= VID and 0 <= e.dead <= e.rows
+            if e.dv:
+                assert e.fid < e.dv <= VID and e.dead
+                assert e.dv_size == V.deletion_size(e.rows) and 0 <= e.dv_crc <= 0xFFFFFFFF
+            else:
+                assert e.dead == e.dv_size == e.dv_crc == 0
+
+
+@FUZZ_BYTES
+@given(data=st.data())
+def test_version_checksummed_bodies(data):
+    """Validly checksummed version files around near-valid and arbitrary bodies."""
+    body = data.draw(version_bodies() | body_strategy(V.VERSION_FIELDS) | msgpack_values)
+    buf = encode_or_none(body, V.VERSION_MAGIC)
+    if buf is None:
+        return
+    check_version(buf)
+    check_version(data.draw(mutated(buf)))
+
+
+@FUZZ_BYTES
+@given(buf=st.binary(max_size=300))
+def test_version_random_bytes(buf):
+    check_version(buf)
+    # A valid header in front of junk, with a length that says "huge".
+    check_version(F.MANIFEST_HEADER.pack(V.VERSION_MAGIC, 1, 0xFFFFFFFF, 0) + buf)
+    check_version(F.MANIFEST_HEADER.pack(V.VERSION_MAGIC, 2, len(buf), 0) + buf)
+
+
+def test_version_from_a_newer_format_is_refused_as_such():
+    buf = F.encode_manifest({"id": VID, "seq": 1, "dim": VDIM, "documents": 0, "created": 1.0,
+                             "fragments": []}, V.VERSION_MAGIC, V.VERSION_FORMAT + 1)
+    assert isinstance(strict(V.decode_version, buf, "v", VID, VDIM), FormatVersionError)
+
+
+@st.composite
+def deletion_cases(draw):
+    """(entry, the valid file for it, its mask)."""
+    rows = draw(st.integers(0, 200))
+    mask = np.array(draw(st.lists(st.booleans(), min_size=rows, max_size=rows)), bool)
+    if rows and not mask.any():
+        mask[draw(st.integers(0, rows - 1))] = True
+    fid = draw(st.integers(1, 1000))
+    vid = draw(st.integers(fid + 1, V.MAX_ID))
+    raw = V.encode_deletions(fid, vid, mask)
+    entry = V.Entry(fid, rows, int(mask.sum()), vid, len(raw), zlib.crc32(raw))
+    return entry, raw, mask
+
+
+def check_deletions(raw: bytes, entry: V.Entry, original: bytes, mask: np.ndarray) -> None:
+    res = strict(V.decode_deletions, raw, "f.deleted", entry)
+    if isinstance(res, MmwalError):
+        assert raw != original, f"the valid vector was refused: {res}"
+        assert isinstance(res, CorruptionError)
+        return
+    # Accepted: exactly the bytes written (the size and both CRCs pin them).
+    assert raw == original
+    assert res.dtype == bool and res.shape == (entry.rows,) and np.array_equal(res, mask)
+
+
+@FUZZ_BYTES
+@given(deletion_cases(), st.data())
+def test_deletions_valid_and_mutated(case, data):
+    entry, raw, mask = case
+    check_deletions(raw, entry, raw, mask)
+    check_deletions(data.draw(mutated(raw)), entry, raw, mask)
+
+
+@FUZZ_BYTES
+@given(deletion_cases(), st.binary(max_size=120), st.integers(0, 2**64 - 1))
+def test_deletions_random_bytes_and_lying_headers(case, junk, rows):
+    entry, raw, mask = case
+    check_deletions(junk, entry, raw, mask)
+    # A header that claims ``rows`` (up to 2**64 - 1) rows, on a file of another size:
+    # nothing is allocated from the claim (and a version entry that claims them too).
+    hdr = V.DELETION_HEADER.pack(V.DELETION_MAGIC, V.DELETION_FORMAT, entry.fid, entry.dv,
+                                 rows, entry.dead, 0)
+    check_deletions(hdr + junk, entry, raw, mask)
+    liar = V.Entry(entry.fid, rows, min(entry.dead, rows), entry.dv, V.deletion_size(rows),
+                   entry.dv_crc)
+    res = strict(V.decode_deletions, hdr + junk, "f.deleted", liar)
+    assert isinstance(res, CorruptionError) or len(hdr + junk) == V.deletion_size(rows)
