@@ -224,7 +224,7 @@ def build_lance(path: str, n: int) -> dict[str, Any]:
 
     import lancedb
 
-    db = lancedb.connect(path)
+    db = lancedb.connect(os.path.join(path, "db"))
     tbl = None
     t_add = 0.0
     for lo in range(0, n, W.BATCH):
@@ -246,6 +246,10 @@ def build_lance(path: str, n: int) -> dict[str, Any]:
         tbl.optimize(cleanup_older_than=datetime.timedelta(0), delete_unverified=True)
         t_opt = time.perf_counter() - t0
     assert tbl.count_rows() == n
+    # W.cached_store reuses a store only when path/MANIFEST exists: the table lives in
+    # path/db and this marker says the build finished.
+    with open(os.path.join(path, "MANIFEST"), "w") as f:
+        f.write(f"LanceDB table {LANCE_TABLE!r} in db/, {n} rows, built by bench_fragments.py\n")
     return {"n": n, "add_s": t_add, "optimize_s": t_opt,
             "fragments": lance_fragments(tbl), "bytes": W.dir_bytes(path)}
 
@@ -380,7 +384,7 @@ def run_lance(a: argparse.Namespace, src: str, op: str, n: int) -> dict[str, Any
     import lancedb
 
     with Work(a, src, lance=True) as path:
-        tbl = lancedb.connect(path).open_table(LANCE_TABLE)
+        tbl = lancedb.connect(os.path.join(path, "db")).open_table(LANCE_TABLE)
         t0 = time.perf_counter()
         if op == "add":
             tbl.add(a._delta_lance)
