@@ -145,7 +145,7 @@ def test_checkpoint_files_are_mappable_npy(store_path):
         s.add_many([f"d{i}" for i in range(300)], key_vecs(range(300)))
         info = s.checkpoint()
     d = os.path.join(store_path, "checkpoints", f"{info.id:08d}")
-    assert sorted(os.listdir(d)) == sorted([*FILES, "DESCRIPTOR"])
+    assert sorted(os.listdir(d)) == sorted([*FILES, "DESCRIPTOR", "columns.bin"])
     emb = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r", allow_pickle=False)
     assert isinstance(emb, np.memmap)
     assert emb.dtype.str == "<f4" and emb.shape == (300, DIM) and emb.flags.c_contiguous

@@ -193,7 +193,7 @@ def test_kill_before_every_mutating_operation(small, tmp_path, shard):
     if shard == 0:
         recover_and_check(dry, small)
     points = kill_points(trace, opened + 1)
-    assert 20 < len(points) < 80
+    assert 20 < len(points) < 120
     outcomes = {"before publish": 0, "after publish": 0}
     for n in points[shard::SHARDS]:
         path = small.copy(str(tmp_path / f"run-{n}"))
