@@ -35,7 +35,6 @@ import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lz4.frame
@@ -623,12 +622,6 @@ def _fill_index(st: _Stream, dirpath: str, n: int, cap: int, parts: int, key: by
 
 
 # ============================================================================ folding
-@dataclass
-class _Touch:
-    seq: int
-    live: bool
-
-
 def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
                   mode: str) -> Iterator[Any]:
     """Valid frames of segments [start_seg, end_seg): the sealed log since the checkpoint."""
@@ -672,8 +665,9 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
         # records for good, silently.  Salvage is `mmwal repair`, which reports.
         return _delta_frames(paths, start_seg, end_seg, first_seq, "strict")
 
-    # Pass 1: the final state of every id touched since prev (bounded by the delta).
-    touched: dict[str, _Touch] = {}
+    # Pass 1: the final state of every id touched since prev (bounded by the delta):
+    # id -> the seq of its last write, negated for a remove.  Only ids are decoded.
+    touched: dict[str, int] = {}
     cleared = False
     seq = first_seq - 1
     for frame in source():
@@ -684,16 +678,21 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
                 f"{frame.path}: offset {frame.offset}: frame starts at seq {frame.first_seq}, "
                 f"expected {seq + 1}; the checkpoint does not drop records: run `mmwal verify` "
                 "and see `mmwal repair`", path=frame.path, offset=frame.offset)
-        body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
-                                frame.offset)
         if frame.kind == F.KIND_ADD:
-            for i, id_ in enumerate(body.ids):
-                touched.pop(id_, None)  # re-insert: dict order = order of last write
-                touched[id_] = _Touch(frame.first_seq + i, True)
+            pop = touched.pop
+            for i, id_ in enumerate(F.decode_add_ids(frame.count, frame.payload, dim,
+                                                     frame.path, frame.offset),
+                                    frame.first_seq):
+                pop(id_, None)  # re-insert: dict order = order of last write
+                touched[id_] = i
         elif frame.kind == F.KIND_REMOVE:
+            body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                                    frame.offset)
             touched.pop(body[1], None)
-            touched[body[1]] = _Touch(frame.first_seq, False)
+            touched[body[1]] = -frame.first_seq
         else:
+            F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                             frame.offset)
             touched.clear()
             cleared = True
         seq = frame.first_seq + frame.count - 1
@@ -711,7 +710,7 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
                 check_files(part.view)  # name the damaged file when its checksum can
             raise exc from None
         dead = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
-    n = sum(1 for t in touched.values() if t.live)
+    n = sum(1 for t in touched.values() if t > 0)
     if not n:
         return FoldResult(None, dead, cleared)
     b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
@@ -725,9 +724,9 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
                 continue
             body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
                                     frame.offset)
-            pick = [i for i, id_ in enumerate(body.ids)
-                    if (t := touched.get(id_)) is not None and t.live
-                    and t.seq == frame.first_seq + i]
+            first = frame.first_seq
+            get = touched.get
+            pick = [i for i, id_ in enumerate(body.ids) if get(id_) == first + i]
             if pick:
                 b.add([body.ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
                       [[body.contents[i], body.metadatas[i]] for i in pick])

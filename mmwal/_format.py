@@ -467,6 +467,41 @@ def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
     return ts, ids, contents, metas, emb
 
 
+def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -> list[str]:
+    """The ids of a CRC-valid add payload, without decoding its contents, metadata or vectors.
+
+    The fields before the ids (timestamp, dimension) and the ids themselves
+    are checked as :func:`decode_add` checks them; the rest is left undecoded
+    (a checkpoint's first pass needs only the ids; its second pass decodes
+    and checks in full every frame whose documents it keeps).
+    """
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
+                             max_buffer_size=max(len(payload), 1))
+        u.feed(payload)
+        n = u.read_array_header()
+        ts = u.unpack()
+        fdim = u.unpack()
+        ids = u.unpack()
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            msgpack.OutOfData, UnicodeDecodeError, OverflowError) as exc:
+        raise CorruptionError(
+            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+            path=path, offset=offset,
+        ) from None
+    if n != 6:
+        raise _malformed(KIND_ADD, path, offset, "expected an array of 6 fields")
+    if type(ts) is not float or fdim != dim:
+        raise _malformed(KIND_ADD, path, offset, f"timestamp {ts!r} or dimension {fdim!r} "
+                         f"wrong (the store has {dim})")
+    if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
+        raise _malformed(KIND_ADD, path, offset, f"ids must be an array of {count} strings")
+    why = _ids_problem(ids)
+    if why:
+        raise _malformed(KIND_ADD, path, offset, why)
+    return ids
+
+
 def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int,
                    check_metadata: bool = True) -> Any:
     """Decode a CRC-valid payload; returns AddBatch, (ts, id) or (ts,)."""

@@ -646,6 +646,22 @@ class ColumnBuilder:
                     kb = keys.get(k)
                     if kb is None:
                         kb = keys[k] = _KeyBuilder()
+                    t = type(v)  # exact types first: stored metadata is plain msgpack
+                    if t is str:
+                        code = kb.str_ids.get(v)  # type: ignore[arg-type]
+                        if code is None:
+                            code = kb.str_ids[v] = len(kb.str_ids)  # type: ignore[index]
+                        kb.str_rows.append(row)
+                        kb.str_codes.append(code)
+                        continue
+                    if t is int and INT64_MIN <= v <= INT64_MAX:  # type: ignore[operator]
+                        kb.int_rows.append(row)
+                        kb.int_vals.append(v)  # type: ignore[arg-type]
+                        continue
+                    if t is float:
+                        kb.float_rows.append(row)
+                        kb.float_vals.append(v)  # type: ignore[arg-type]
+                        continue
                     kind = _kind_of(v)
                     if kind == "str":
                         code = kb.str_ids.setdefault(v, len(kb.str_ids))
