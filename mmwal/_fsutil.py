@@ -110,11 +110,14 @@ def fsync_dir(path: str) -> None:
         raise _io.io_error(exc, "fsync", path) from None
 
 
-def atomic_write(path: str, data: bytes, *, replace: bool = True) -> None:
+def atomic_write(path: str, data: bytes, *, replace: bool = True,
+                 sync_dir: bool = True) -> None:
     """Publish ``data`` at ``path``: temp file, fsync, rename, fsync directory.
 
     With ``replace=False`` an existing ``path`` is never clobbered
     (FileExistsError, as a StorageIOError): used for new log segments.
+    ``sync_dir=False`` leaves the directory fsync to the caller, who renames
+    several files into it and then fsyncs it once.
     """
     io = _io.layer
     tmp = tmp_name(path)
@@ -145,7 +148,8 @@ def atomic_write(path: str, data: bytes, *, replace: bool = True) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(os.path.dirname(path))
+    if sync_dir:
+        fsync_dir(os.path.dirname(path))
 
 
 def read_file(path: str, limit: int) -> bytes:

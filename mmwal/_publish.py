@@ -50,7 +50,8 @@ from ._wal import Appender
 __all__ = ["compact", "plan_compaction", "publish_fold", "run_checkpoint", "run_compact"]
 
 
-def _mkdir_tmp(paths: Paths, fid: int) -> str:
+def make_tmp_dir(paths: Paths, fid: int) -> str:
+    """A fresh temporary directory in ``checkpoints/`` to build fragment ``fid`` in."""
     tmp = os.path.join(paths.checkpoints, f".tmp-{fid:08d}-{secrets.token_hex(4)}")
     try:
         _io.layer.mkdir(tmp)
@@ -59,7 +60,7 @@ def _mkdir_tmp(paths: Paths, fid: int) -> str:
     return tmp
 
 
-def _install(paths: Paths, tmp: str, fid: int) -> None:
+def install_fragment(paths: Paths, tmp: str, fid: int) -> None:
     """fsync the built fragment and rename it to its final name."""
     fsync_dir(tmp)
     final = paths.checkpoint(fid)
@@ -150,12 +151,12 @@ def run_checkpoint(paths: Paths, log: Appender, lock: FileLock, config: Config) 
                                   seconds=time.monotonic() - t0)
         prev = VersionView(paths, manifest, dim) if manifest["checkpoint"] else None
         vid = next_id(paths, manifest)
-        tmp = _mkdir_tmp(paths, vid)
+        tmp = make_tmp_dir(paths, vid)
         try:
             res = fold(paths, dim, prev, manifest["replay_segment"], new_seg, prev_seq + 1,
                        last_seq, tmp, vid, config)
             if res.body is not None:
-                _install(paths, tmp, vid)
+                install_fragment(paths, tmp, vid)
             else:
                 _rmtree(tmp)
         except BaseException:
@@ -251,7 +252,7 @@ def compact(paths: Paths, manifest: dict[str, Any], config: Config, target: int,
         if not n:
             replaced[g[0]] = None
             continue
-        tmp = _mkdir_tmp(paths, fid)
+        tmp = make_tmp_dir(paths, fid)
         try:
             b = _Builder(tmp, n, dim, config.chunk_documents, config.metadata_compression_level,
                          config)
@@ -264,7 +265,7 @@ def compact(paths: Paths, manifest: dict[str, Any], config: Config, target: int,
             except BaseException:
                 b.abort()
                 raise
-            _install(paths, tmp, fid)
+            install_fragment(paths, tmp, fid)
         except BaseException:
             _rmtree(tmp)
             raise

@@ -48,7 +48,7 @@ from . import _io
 from ._checkpoint import CheckpointView, _rmtree, fold
 from ._fsutil import Paths, atomic_write, boot_id, fsync_dir, list_segments, read_file, write_all
 from ._lock import FileLock
-from ._publish import publish_fold
+from ._publish import install_fragment, make_tmp_dir, publish_fold
 from ._types import Config, VerifyReport
 from ._version import VersionView, clean_orphans, deletion_path, next_id, read_version, version_path
 from ._wal import RawFrame, create_segment, read_tail_record
@@ -654,19 +654,13 @@ def apply_plan(plan: Plan, config: Config | None = None, *,
     clean_orphans(paths, manifest)  # leftovers of crashed checkpoints
     prev = VersionView(paths, manifest, dim) if manifest["checkpoint"] else None
     ckpt_id = next_id(paths, manifest)
-    tmp = os.path.join(paths.checkpoints, f".tmp-{ckpt_id:08d}-{secrets.token_hex(4)}")
-    _mkdir(tmp)
+    tmp = make_tmp_dir(paths, ckpt_id)
     try:
         res = fold(paths, dim, prev, manifest["replay_segment"], 0,
                    manifest["checkpoint_seq"] + 1, plan.last_kept, tmp, ckpt_id, config,
                    frames=_raw_frames(plan.keep), seq_as=plan.max_seen)
         if res.body is not None:
-            fsync_dir(tmp)
-            final = paths.checkpoint(ckpt_id)
-            try:
-                _io.layer.rename(tmp, final)
-            except OSError as exc:
-                raise _io.io_error(exc, "rename", final) from None
+            install_fragment(paths, tmp, ckpt_id)
         else:
             _rmtree(tmp)
     except BaseException:

@@ -285,27 +285,7 @@ def write_deletions(paths: Paths, fid: int, vid: int, dead: np.ndarray) -> Entry
     before it publishes the version that lists the vector.
     """
     data = encode_deletions(fid, vid, dead)
-    path = deletion_path(paths, fid, vid)
-    io = _io.layer
-    tmp = path + ".tmp"
-    try:
-        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
-                     0o644)
-    except OSError as exc:
-        raise _io.io_error(exc, "open", tmp) from None
-    try:
-        from ._fsutil import write_all
-
-        write_all(fd, data, 0, tmp)
-        io.fsync(fd)
-    except OSError as exc:
-        raise _io.io_error(exc, "fsync", tmp) from None
-    finally:
-        io.close(fd)
-    try:
-        io.rename(tmp, path)
-    except OSError as exc:
-        raise _io.io_error(exc, "rename", path) from None
+    atomic_write(deletion_path(paths, fid, vid), data, replace=False, sync_dir=False)
     return Entry(fid, len(dead), int(np.count_nonzero(dead)), vid, len(data), zlib.crc32(data))
 
 
