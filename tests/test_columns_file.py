@@ -145,3 +145,73 @@ def test_load_of_random_damage_is_only_corruption(tmp_path):
         fh.write(good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(mmwal.CorruptionError, match="checksum"):
         colfile.load(q, [len(good), __import__("zlib").crc32(good)], len(ms))
+
+
+# ---------------------------------------------------------------------- property tests
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_where import filters as where_filters  # noqa: E402
+from test_where import metadatas as where_metadatas  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(where_filters, where_metadatas)
+def test_columns_file_round_trip_agrees_with_matches(tmp_path, where, metas):
+    """Any metadata, any filter: the mapped file evaluates exactly like matches()."""
+    p = str(tmp_path / f"c-{abs(hash(str(where))) % 10**9}.bin")
+    meta = colfile.write(p, where_.build_columns(metas), len(metas))
+    try:
+        cols = colfile.load(p, meta, len(metas))
+        e = where_.parse(where)
+        want = [where_.matches(e, m) for m in metas]
+        assert where_.compile_columns(e, cols, len(metas)).tolist() == want
+    finally:
+        os.unlink(p)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(where_filters, min_size=3, max_size=3), where_metadatas, where_metadatas,
+       st.integers(0, 2**32 - 1))
+def test_filters_through_fragments_deletions_and_tail(tmp_path_factory, wheres, first, second,
+                                                      seed):
+    """find() equals a dict oracle through two fragments, deletions, a compaction, a tail."""
+    rng = random.Random(seed)
+    path = str(tmp_path_factory.mktemp("s"))
+    oracle: dict[str, object] = {}
+    cfg = mmwal.Config(auto_compact=False, chunk_documents=3)
+    with mmwal.Store(path, dim=DIM, durability="os", config=cfg) as s:
+        def put(i, m):
+            try:
+                s.add(f"d{i}", np.full(DIM, i + 1, np.float32), metadata=m)
+            except mmwal.errors.InvalidInputError:  # e.g. NaN or an int past msgpack's range
+                m = None
+                s.add(f"d{i}", np.full(DIM, i + 1, np.float32), metadata=m)
+            oracle[f"d{i}"] = m
+        for i, m in enumerate(first):
+            put(i, m)
+        s.checkpoint()
+        for i, m in enumerate(second):  # replaces some rows of the first fragment
+            put(rng.randrange(len(first) + len(second) + 1), m)
+        for k in rng.sample(sorted(oracle), min(3, len(oracle))):
+            s.remove(k)
+            oracle.pop(k)
+        s.checkpoint()
+        def check():
+            with mmwal.Reader(path) as r:
+                for w in wheres:
+                    e = where_.parse(w)
+                    want = {k for k, m in oracle.items() if where_.matches(e, m)}
+                    assert set(r.find(w)) == want, w
+        check()
+        if rng.random() < 0.5:
+            s.compact()
+            check()
+        for i, m in enumerate(first[:3]):  # a tail over the fragments
+            put(1000 + i, m)
+        if oracle:
+            k = rng.choice(sorted(oracle))
+            s.remove(k)
+            oracle.pop(k)
+        check()
