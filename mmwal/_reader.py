@@ -260,6 +260,31 @@ class Reader:
 
     _trim = False
 
+    def _rebase(self, m: dict[str, Any], mstat: tuple[int, ...]) -> bool:
+        """Move to a version of the same seq (a compaction) keeping the tail; False: cannot.
+
+        A compaction publishes a version that folds no record: the tail read
+        so far is still the tail, only the version rows it killed need new
+        numbers (:meth:`_Tail.rebased`).  Otherwise (a checkpoint folded
+        records, a retired file, a clear in the tail) the caller rebuilds the
+        state from the log as usual.
+        """
+        state = self._state
+        if (state is None or state.ckpt is None or not m["checkpoint"]
+                or m["checkpoint_seq"] != state.ckpt_seq or state.tail.cleared):
+            return False
+        try:
+            new = VersionView(self._paths, m, self.dim, state.ckpt.views)
+        except CorruptionError:
+            return False  # retired meanwhile, or damaged: the full path decides
+        if new.seq != state.ckpt_seq or new.live != state.ckpt.live:
+            return False
+        tail = state.tail.rebased(state.ckpt, new)
+        if tail is None:
+            return False
+        state.ckpt, state.ckpt_id, state.tail, state.mstat = new, m["checkpoint"], tail, mstat
+        return True
+
     def _apply_log(self) -> int:
         """Apply every valid frame after the position; return the ops applied."""
         # Replaying builds many small objects that live on: the cyclic GC would
@@ -428,7 +453,8 @@ class Reader:
         if mstat != state.mstat:
             m = open_manifest(self._paths)
             if m["checkpoint"] != state.ckpt_id:
-                self._switch(m)
+                if not self._rebase(m, mstat):
+                    self._switch(m)
             else:
                 state.mstat = mstat
         self._catch_up()

@@ -18,6 +18,7 @@ order, then live tail documents in the order of their last write.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
@@ -145,6 +146,27 @@ class _Tail:
 
     def remove(self, key: str, ckpt: VersionView | None) -> None:
         self._kill(key, ckpt)
+
+    def rebased(self, old: VersionView, new: VersionView) -> _Tail | None:
+        """This tail over ``new``, a version of the same seq (a compaction); None if impossible.
+
+        The tail's rows stay as they are (shared, append-only as always); only
+        the version rows it killed are renumbered, by id, into ``new``: the
+        cost follows the tail's deaths of version rows, not its length, and
+        no log record is read again.  Snapshots taken before keep this tail
+        and their version.
+        """
+        self.flush()
+        t = copy.copy(self)
+        t.ckpt_deaths = []
+        t.ckpt_death = {}
+        for row in self.ckpt_deaths:
+            nr = new.lookup(old.id_at(row).encode("utf-8"))
+            if nr < 0 or nr in t.ckpt_death:
+                return None  # not the same documents: rebuild from the log
+            t.ckpt_death[nr] = len(t.ckpt_deaths)
+            t.ckpt_deaths.append(nr)
+        return t
 
 
 class Snapshot:
