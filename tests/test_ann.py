@@ -222,3 +222,15 @@ def test_small_fragments_and_ann_min_rows_zero_build_no_index(tmp_path):
 def test_ann_config_is_checked(field, value):
     with pytest.raises(mmwal.errors.InvalidInputError, match=field):
         mmwal.Config(**{field: value})
+
+
+def test_single_queries_through_the_index(tmp_path):
+    """One query (1-D, or a batch of one) through an indexed fragment, as the demo does."""
+    path = str(tmp_path / "s")
+    X = build(path)
+    with mmwal.Reader(path) as r:
+        one = r.search(X[5], k=3)
+        assert len(one) == 3 and one[0].id == "d5"  # the query is d5's own vector
+        assert r.search(X[5:6], k=3)[0] == one
+        assert r.search(X[5], k=3, where={"g": {"$in": [5, 6, 7, 8]}})[0].id == "d5"
+        assert r.stats().fragments[0]["index"]["mapped"]

@@ -145,8 +145,10 @@ class AnnHandle:
             if index.expansion_search != want:
                 index.expansion_search = want
             m = index.search(Q, count, threads=os.cpu_count() or 1)
+        # One query comes back as Matches (no .counts), a batch as BatchMatches.
         keys = np.asarray(m.keys).reshape(len(Q), -1)
-        counts = np.asarray(m.counts).reshape(len(Q))
+        counts = (np.asarray(m.counts).reshape(len(Q)) if hasattr(m, "counts")
+                  else np.full(len(Q), keys.shape[1]))
         return keys, counts
 
 

@@ -81,15 +81,22 @@ def write(path: str, columns: where_.Columns, n: int) -> list[int]:
                            for i, (name, a) in enumerate(parts.items())}
             arrays.extend(parts.values())
         index[key] = kinds
-    # Offsets: known once the index size is; fix the point by packing twice.
+    # Offsets depend on the index's size, which depends on the offsets (msgpack
+    # ints grow with their value): iterate to the fixed point, where the index
+    # packed with these offsets ends before the first array.
     offsets = [0] * len(arrays)
-    for _ in range(2):
+    for _ in range(16):
         blob = msgpack.packb(_with_offsets(index, offsets), use_bin_type=True)
         pos = _up(HEADER.size + len(blob))
-        for i, a in enumerate(arrays):
-            offsets[i] = pos
+        new = []
+        for a in arrays:
+            new.append(pos)
             pos = _up(pos + a.nbytes)
-    blob = msgpack.packb(_with_offsets(index, offsets), use_bin_type=True)
+        if new == offsets:
+            break
+        offsets = new
+    else:  # offsets only grow, and by fewer bytes each round: never reached
+        raise AssertionError("columns.bin offsets did not settle")
     io = _io.layer
     fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
     crc = 0
