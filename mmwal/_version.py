@@ -349,7 +349,15 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int | None, *,
                 doomed.append(name)
         elif name.endswith(".deleted") and name not in dvs:
             doomed.append(name)
-    for name in doomed:
+    # Version files go first, and durably: a retirement that dies half-way must
+    # never leave a version file on disk that lists a half-deleted fragment or
+    # a deleted vector (verify, and the next clean_orphans, trust every version
+    # file they find).
+    doomed.sort(key=lambda n: not n.endswith(".version"))
+    nver = sum(n.endswith(".version") for n in doomed)
+    for i, name in enumerate(doomed):
+        if i == nver and nver:
+            fsync_dir(paths.checkpoints)
         p = os.path.join(paths.checkpoints, name)
         if os.path.isdir(p) and not os.path.islink(p):
             _rmtree(p)
