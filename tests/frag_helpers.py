@@ -39,12 +39,13 @@ def wcontent(key: int) -> str:
     return f"c{key}"
 
 
-def frag_writer(path: str, writer: int, n_ops: int, seed: int) -> dict[str, int]:
+def frag_writer(path: str, writer: int, n_ops: int, seed: int) -> dict[str, Any]:
     """Adds (single and batched), replaces and removes of this writer's own ids.
 
     Each write's data is a fresh key ``writer * KEY_SPAN + k``: its vector,
     content and metadata are functions of the key, so the parent checks any
-    row it sees.  Returns the acknowledged final state.
+    row it sees.  Returns the acknowledged final state (``{"state": {id: key}}``)
+    and every id it ever wrote (``"ids"``), removed ones included.
     """
     import mmwal
 
@@ -81,30 +82,32 @@ def frag_writer(path: str, writer: int, n_ops: int, seed: int) -> dict[str, int]
                 name = rng.choice(sorted(state))
                 s.remove(name)
                 del state[name]
-    return state
+    return {"state": state, "ids": [f"w{writer}-{i}" for i in range(nxt)]}
 
 
 def frag_publisher(path: str, stop_path: str, parent: int, seed: int) -> dict[str, int]:
-    """``checkpoint()`` and ``compact()`` in turns until ``stop_path`` exists."""
+    """``checkpoint()`` then ``compact()``, in a loop until ``stop_path`` exists."""
     import time
 
     import mmwal
 
     rng = random.Random(seed)
-    cfg = mmwal.Config(segment_bytes=8192, chunk_documents=4, max_fragments=3,
-                       keep_checkpoints=1)
+    cfg = mmwal.Config(segment_bytes=8192, chunk_documents=4, max_fragments=4,
+                       keep_checkpoints=1, compact_dead_fraction=0.9)
     deadline = time.monotonic() + 100
     done = {"checkpoints": 0, "compactions": 0, "merged": 0}
     with mmwal.Store(path, durability="os", config=cfg) as s:
         while not should_stop(stop_path, parent, deadline):
             s.checkpoint()
             done["checkpoints"] += 1
-            if rng.random() < 0.5:
-                info = s.compact(target_fragments=rng.choice([None, 1, 2]),
-                                 min_dead_fraction=rng.choice([None, 0.1]))
-                done["compactions"] += 1
-                done["merged"] += info.fragments_merged
+            # full, or tiered leaving dead rows behind (deletion vectors stay in use)
+            target, min_dead = rng.choice([(None, None), (2, 0.9), (3, 0.9), (3, 0.3)])
+            info = s.compact(target_fragments=target, min_dead_fraction=min_dead)
+            done["compactions"] += 1
+            done["merged"] += info.fragments_merged
             time.sleep(0.005)
+        s.checkpoint()  # what the writers did last, as deletion vectors
+        done["checkpoints"] += 1
     return done
 
 
