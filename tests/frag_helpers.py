@@ -148,3 +148,17 @@ def publish_child(path: str, kill_at: int, cfg_kwargs: dict[str, Any],
     return {"count": layer.count, "opened": opened, "after_checkpoint": after_ck,
             "trace": layer.trace, "checkpoint": [ck.id, ck.fragments, ck.fragments_merged],
             "compact": [co.id, co.fragments_before, co.fragments, co.fragments_merged]}
+
+
+def compact_child(path: str, go_path: str) -> list[int]:
+    """Wait for ``go_path``, then ``compact()``; returns (merged, written, id)."""
+    import time
+
+    import mmwal
+
+    deadline = time.monotonic() + 30
+    with mmwal.Store(path) as s:
+        while not os.path.exists(go_path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        info = s.compact()
+    return [info.fragments_merged, info.fragments_written, info.id]

@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 import pytest
 from ckpt_helpers import child_main, child_result, key_vec, key_vecs, reaped
-from frag_helpers import KEY_SPAN, frag_publisher, frag_writer, orphans, wcontent, wmeta
+from frag_helpers import (
+    KEY_SPAN,
+    compact_child,
+    frag_publisher,
+    frag_writer,
+    orphans,
+    wcontent,
+    wmeta,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -359,3 +367,32 @@ def test_writers_and_a_publisher_in_processes(tmp_path, method):
         assert [i for i in written if (i in fresh) is not (i in want)] == []
     assert orphans(path) == []
     assert mmwal.verify(path).ok
+
+
+def test_two_processes_compacting_at_once_rewrite_once(tmp_path):
+    """A second compact() waits for the first, then finds nothing to do (DESIGN.md)."""
+    path = str(tmp_path / "store")
+    with mmwal.Store(path, dim=8, config=mmwal.Config(auto_compact=False)) as s:
+        for c in range(4):
+            keys = list(range(10 * c, 10 * c + 10))
+            s.add_many([f"k{k}" for k in keys], key_vecs(keys))
+            s.remove(f"k{c}")
+            s.checkpoint()
+    outs = [str(tmp_path / f"c{i}.json") for i in range(2)]
+    go = str(tmp_path / "go")
+    procs = [mp.get_context("fork").Process(target=child_main,
+                                            args=(o, compact_child, path, go)) for o in outs]
+    with reaped(*procs):
+        for p in procs:
+            p.start()
+        with open(go, "w"):
+            pass
+        for p in procs:
+            p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = sorted(child_result(o) for o in outs)
+    assert got[0][:2] == [0, 0] and got[1][:2] == [4, 1], got  # one merged, one found it done
+    assert got[0][2] == got[1][2]  # both report the version the first one published
+    assert orphans(path) == []
+    with mmwal.Reader(path) as r:
+        assert len(r) == 36 and r.stats().fragments[0]["dead_rows"] == 0
