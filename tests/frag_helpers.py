@@ -97,7 +97,10 @@ def frag_publisher(path: str, stop_path: str, parent: int, seed: int) -> dict[st
     deadline = time.monotonic() + 100
     done = {"checkpoints": 0, "compactions": 0, "merged": 0}
     with mmwal.Store(path, durability="os", config=cfg) as s:
-        while not should_stop(stop_path, parent, deadline):
+        # At least two rounds whatever the timing (a spawned child may start
+        # after the writers are done), then until told to stop.
+        while ((done["compactions"] < 2 and time.monotonic() < deadline)
+               or not should_stop(stop_path, parent, deadline)):
             s.checkpoint()
             done["checkpoints"] += 1
             # full, or tiered leaving dead rows behind (deletion vectors stay in use)
