@@ -164,7 +164,7 @@ def build_fragmented(path: str, n: int, parts: int) -> dict[str, Any]:
     """n docs as ``parts`` checkpoints of n/parts docs each: a version of ``parts`` fragments."""
     import mmwal
 
-    cfg = mmwal.Config(auto_compact=False)
+    cfg = mmwal.Config(auto_compact=False, ann_min_rows=0)
     bounds = [n * i // parts for i in range(parts + 1)]
     add_s = ck_s = 0.0
     with mmwal.Store(path, dim=W.DIM, durability="os", config=cfg) as st:
@@ -187,7 +187,8 @@ def build_tail(path: str, base: int, tail: int) -> dict[str, Any]:
     """``base`` checkpointed docs, then ``tail`` single-doc ``add`` records in the log."""
     import mmwal
 
-    with mmwal.Store(path, dim=W.DIM, durability="os") as st:
+    with mmwal.Store(path, dim=W.DIM, durability="os",
+                     config=mmwal.Config(ann_min_rows=0)) as st:
         _add_docs(st, 0, base)
         st.checkpoint()
         t = 0.0
@@ -348,7 +349,8 @@ def run_mmwal(a: argparse.Namespace, src: str, op: str, n: int, auto_compact: bo
               full_compact: bool = False) -> dict[str, Any]:
     import mmwal
 
-    cfg = mmwal.Config(auto_compact=auto_compact)
+    # No approximate index: this benchmark measures fragments (bench_ann.py the index).
+    cfg = mmwal.Config(auto_compact=auto_compact, ann_min_rows=0)
     with Work(a, src) as path:
         st = mmwal.Store(path, durability="os", config=cfg)
         try:
@@ -562,7 +564,7 @@ def case_fold(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
         for rep in range(a.rep_heavy):
             log(f"fold: {name}, run {rep + 1}/{a.rep_heavy}")
             with Work(a, src) as path:
-                s = mmwal.Store(path, durability="os")
+                s = mmwal.Store(path, durability="os", config=mmwal.Config(ann_min_rows=0))
                 try:
                     os.sync()
                     t0 = time.perf_counter()
@@ -784,7 +786,7 @@ def case_refresh(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str
                     f"{a.rep_light}")
                 with Work(a, src) as path:
                     r = mmwal.Reader(path)
-                    s = mmwal.Store(path, durability="os")
+                    s = mmwal.Store(path, durability="os", config=mmwal.Config(ann_min_rows=0))
                     try:
                         r.search(q, k=10)
                         before = []
