@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._reader import Reader, ReaderStats
 from ._replay import replay
+from ._scale.publish import PublishInfo, publish
 from ._snapshot import Snapshot
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
@@ -36,6 +37,7 @@ __all__ = [
     "MmwalError",
     "Op",
     "Problem",
+    "PublishInfo",
     "Reader",
     "ReaderStats",
     "Snapshot",
@@ -44,6 +46,7 @@ __all__ = [
     "StoreStats",
     "VerifyReport",
     "__version__",
+    "publish",
     "replay",
     "verify",
 ]
