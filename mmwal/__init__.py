@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._reader import Reader, ReaderStats
 from ._replay import replay
 from ._scale.publish import PublishInfo, publish
+from ._scale.sharded import ShardedReader
 from ._snapshot import Snapshot
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
@@ -40,6 +41,7 @@ __all__ = [
     "PublishInfo",
     "Reader",
     "ReaderStats",
+    "ShardedReader",
     "Snapshot",
     "Store",
     "StoreClosedError",
