@@ -85,7 +85,7 @@ def bench_publish(root, sizes, dests):
                          config=mmwal.Config(auto_compact=False)) as s:
             fill(s, 0, n)
             s.checkpoint()
-            for name, (url, opts) in dests.items():
+            for url, opts in dests.values():
                 mmwal.publish(path, f"{url}/pub-{n}", storage_options=opts)
             fill(s, 10_000_000, 1000)
             for i in range(0, 100 * 7, 7):
@@ -124,12 +124,12 @@ def bench_open(root, n, dests, rounds):
         mmwal.publish(path, u, storage_options=opts)
         cache = os.path.join(root, f"cache-{name}")
 
-        def cold():
+        def cold(u=u, cache=cache, opts=opts):
             clear_cache(cache, u)
             with mmwal.Reader(u, cache_dir=cache, storage_options=opts) as r:
                 r.search(q, k=10)
 
-        def warm():
+        def warm(u=u, cache=cache, opts=opts):
             with mmwal.Reader(u, cache_dir=cache, storage_options=opts) as r:
                 r.search(q, k=10)
 
