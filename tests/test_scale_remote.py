@@ -288,3 +288,21 @@ def test_cli_publish(store_path, tmp_path):
     assert out["version"] == 1 and out["files_uploaded"] == FRAGMENT_FILES + 2
     assert main(["publish", store_path, url, "--keep", "0"]) == 2  # refused: keep >= 1
     assert main(["publish", str(tmp_path / "none"), url]) == 2
+
+
+def test_empty_store_and_background_refresh(store_path, tmp_path):
+    import time
+
+    url = f"file://{tmp_path / 'remote'}"
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        fill(s, 0, 5)  # in the log only: no version yet
+        assert mmwal.publish(store_path, url).version == 0
+        with mmwal.Reader(url, cache_dir=tmp_path / "cache", refresh_every=0.05) as r:
+            assert len(r) == 0 and r.seq == 0 and r.search(np.ones(DIM), k=3) == []
+            s.checkpoint()
+            mmwal.publish(store_path, url)
+            deadline = time.monotonic() + 30
+            while len(r) != 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(r) == 5 and r.seq == 5
+            assert r.stats().refresh_errors == 0
