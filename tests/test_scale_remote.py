@@ -306,3 +306,91 @@ def test_empty_store_and_background_refresh(store_path, tmp_path):
                 time.sleep(0.02)
             assert len(r) == 5 and r.seq == 5
             assert r.stats().refresh_errors == 0
+
+
+_CHECKPOINTER = r"""
+import sys
+import numpy as np
+import mmwal
+path, rounds = sys.argv[1], int(sys.argv[2])
+cfg = mmwal.Config(keep_checkpoints=1, auto_compact=True, max_fragments=2)
+with mmwal.Store(path, dim=8, durability="os", config=cfg) as s:
+    rng = np.random.default_rng(0)
+    for k in range(rounds):
+        s.add_many([f"c{k}-{j}" for j in range(200)], rng.standard_normal((200, 8)))
+        s.remove(f"c{k - 1}-0") if k else None
+        s.checkpoint()
+"""
+
+
+def test_publish_while_checkpoints_retire(store_path, tmp_path):
+    """Checkpoints (keep_checkpoints=1, compacting) retire files while publishes run."""
+    url = f"file://{tmp_path / 'remote'}"
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        fill(s, 0, 100)
+        s.checkpoint()
+    child = subprocess.Popen([sys.executable, "-c", _CHECKPOINTER, store_path, "60"],
+                             stderr=subprocess.PIPE)
+    seen = set()
+    err = b""
+    try:
+        mmwal.publish(store_path, url)
+        with mmwal.Reader(url, cache_dir=tmp_path / "cache") as r:
+            while child.poll() is None or len(seen) < 3:
+                info = mmwal.publish(store_path, url, keep=2)
+                r.refresh()
+                seen.add(r.checkpoint_id)
+                assert r.checkpoint_id == info.version
+                # the published version is whole: every live row reads back
+                assert len(r.find()) == len(r)
+                if child.poll() is not None:
+                    break
+    finally:
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert len(seen) >= 2
+
+
+_RETIRER = r"""
+import sys
+import numpy as np
+import mmwal
+path = sys.argv[1]
+cfg = mmwal.Config(keep_checkpoints=1, lock_timeout=0.5)
+with mmwal.Store(path, config=cfg) as s:
+    s.add("late", np.ones(8))
+    try:
+        s.checkpoint()
+        s.compact()  # a new fragment; the one being published is retired
+    except mmwal.LockTimeout:
+        sys.exit(3)
+"""
+
+
+def test_publish_holds_the_checkpoint_lock_while_it_opens_files(store_path, tmp_path,
+                                                                monkeypatch):
+    """A checkpoint that would retire the planned fragment waits for the publish."""
+    from mmwal._scale import publish as P
+
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        fill(s, 0, 100)
+        s.checkpoint()
+        fill(s, 100, 100)
+        s.checkpoint()  # two fragments: compaction then retires both
+    real = P._fs.decode_descriptor
+    codes = []
+
+    def racing(*a, **kw):
+        if not codes:  # between reading the version and opening its files
+            p = subprocess.run([sys.executable, "-c", _RETIRER, store_path],
+                               capture_output=True, timeout=60)
+            codes.append(p.returncode)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(P._fs, "decode_descriptor", racing)
+    url = f"file://{tmp_path / 'remote'}"
+    info = mmwal.publish(store_path, url)
+    assert codes == [3]  # the checkpointer could not take the lock meanwhile
+    assert info.version == 2
+    with mmwal.Reader(url, cache_dir=tmp_path / "cache") as r:
+        assert len(r) == 200
