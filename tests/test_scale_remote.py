@@ -394,3 +394,24 @@ def test_publish_holds_the_checkpoint_lock_while_it_opens_files(store_path, tmp_
     assert info.version == 2
     with mmwal.Reader(url, cache_dir=tmp_path / "cache") as r:
         assert len(r) == 200
+
+
+def test_format_1_store_publishes_and_opens(store_path, tmp_path):
+    """A store whose MANIFEST still names one checkpoint (format 1, no version file)."""
+    from mmwal._fsutil import atomic_write
+
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        fill(s, 0, 50)
+        s.checkpoint()
+    mpath = os.path.join(store_path, "MANIFEST")
+    with open(mpath, "rb") as f:
+        m = F.decode_manifest(f.read())
+    m["format"] = 1
+    m.pop("fragments", None)
+    atomic_write(mpath, F.encode_manifest(m, version=1))
+    os.unlink(os.path.join(store_path, "checkpoints", "00000001.version"))
+    url = f"file://{tmp_path / 'remote'}"
+    info = mmwal.publish(store_path, url)
+    assert (info.version, info.files_uploaded) == (1, FRAGMENT_FILES + 1)  # no version file
+    with mmwal.Reader(url, cache_dir=tmp_path / "cache") as r:
+        _same_results(store_path, r)

@@ -199,7 +199,7 @@ class RemoteReader(Reader):
         for attempt in range(self.retries + 1):
             tmp = tmp_name(local)
             try:
-                size, crc, head = self._download(f.rel, tmp, f.size)
+                size, crc = self._download(f.rel, tmp, f.size)
                 bad = None
                 if f.size is not None and size != f.size:
                     bad = (f"{size} bytes, expected {f.size}", min(size, f.size))
@@ -209,8 +209,8 @@ class RemoteReader(Reader):
                     raise CorruptionError(f"{self._where(f.rel)}: {bad[0]} (downloaded to "
                                           f"{tmp}, not used)", path=self._where(f.rel),
                                           offset=bad[1])
-                if check is not None:
-                    check(head)
+                if check is not None:  # a deletion vector: decoded against its entry
+                    check(read_file(tmp, size))
                 os.replace(tmp, local)
                 self.downloaded_files += 1
                 self.downloaded_bytes += size
@@ -222,11 +222,10 @@ class RemoteReader(Reader):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def _download(self, rel: str, tmp: str, size: int | None) -> tuple[int, int, bytes]:
-        """Stream a remote file to ``tmp`` (fsynced); (size, CRC-32, the bytes if small)."""
+    def _download(self, rel: str, tmp: str, size: int | None) -> tuple[int, int]:
+        """Stream a remote file to ``tmp`` (fsynced); (bytes written, their CRC-32)."""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
         crc = n = 0
-        small: list[bytes] = []
         try:
             try:
                 src = self._fs.open(self._remote(rel), "rb")
@@ -241,13 +240,13 @@ class RemoteReader(Reader):
                     n += len(block)
                     if size is not None and n > size:
                         break  # longer than it should be: report without reading it all
-                    if n <= F.MAX_MANIFEST_BODY + 64:
-                        small.append(block)
-                    os.write(fd, block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        return n, crc, b"".join(small)
+        return n, crc
 
     def _sync(self) -> dict[str, Any]:
         """Bring the cache to the remote MANIFEST's version (the caller holds the lock)."""
