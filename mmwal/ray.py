@@ -11,6 +11,9 @@ Needs ``pip install 'mmwal[ray]'``.  Both use Ray Data's public
   that is what mmwal's log is for.  The stores live on the driver's host (an
   mmwal log needs a local filesystem and its locks: ``supports_distributed_writes``
   is False); publish them (:func:`mmwal.publish`) to serve them elsewhere.
+* :class:`ShardedSearch` serves each shard from its own Ray actor (a Reader
+  on whichever node Ray places it: give published URLs for a cluster) and
+  merges their top-k, like :class:`mmwal.ShardedReader` does with threads.
 * :func:`read_mmwal` reads the live rows of the current version (not the log
   tail: checkpoint first) of a store, a sharded store or a published URL, as
   Arrow blocks with the columns of ``Reader.to_arrow`` (``id``, ``content``,
@@ -35,11 +38,12 @@ from ._scale.sharded import shard_of, shard_paths
 from ._types import CheckpointInfo
 from .errors import InvalidInputError
 
-__all__ = ["MmwalDatasink", "MmwalDatasource", "WriteInfo", "read_mmwal", "store_paths",
-           "write_mmwal"]
+__all__ = ["MmwalDatasink", "MmwalDatasource", "ShardedSearch", "WriteInfo", "read_mmwal",
+           "store_paths", "write_mmwal"]
 
 _ray = require("ray.data", "ray", "mmwal.ray")
 _pa = require("pyarrow", "ray", "mmwal.ray")
+_core: Any = require("ray", "ray", "mmwal.ray")  # ray itself, untyped here
 _Datasink: Any = _ray.Datasink
 _Datasource: Any = _ray.Datasource
 
@@ -400,3 +404,138 @@ def read_mmwal(path_or_url: Any, *, cache_dir: Any = None,
     src = MmwalDatasource(path_or_url, cache_dir=cache_dir, storage_options=storage_options,
                           columns=columns, rows_per_block=rows_per_block)
     return _ray.read_datasource(src, **read_args)
+
+
+# ============================================================================ actors
+class _ShardServer:
+    """A Ray actor holding one shard's Reader (a local path or a published URL)."""
+
+    def __init__(self, target: str, cache_dir: Any, storage_options: Any) -> None:
+        from ._reader import Reader
+
+        if is_url(target):
+            cdir = cache_dir if cache_dir is not None else os.path.join(
+                tempfile.gettempdir(), "mmwal-cache")
+            self.reader = Reader(target, cache_dir=cdir,  # type: ignore[call-arg]
+                                 storage_options=storage_options)
+        else:
+            self.reader = Reader(target)
+
+    def search(self, q: Any, k: int, metric: str, kw: dict[str, Any]) -> Any:
+        return self.reader.search(q, k, metric, **kw)
+
+    def get(self, id: str) -> Any:
+        return self.reader.get(id)
+
+    def size(self) -> int:
+        return len(self.reader)
+
+    def refresh(self) -> int:
+        return self.reader.refresh()
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class ShardedSearch:
+    """One Ray actor per shard; ``search`` fans out to them and merges the top-k.
+
+    The same results, routing (:func:`mmwal._scale.sharded.shard_of`) and
+    methods as :class:`mmwal.ShardedReader` (``search``, ``get``, ``in``,
+    ``len``, ``refresh``, ``close``, ``with``), for shards served on other
+    nodes: pass published URLs (each actor fills its own node's cache) or
+    paths every node can see.  Needs a running Ray (``ray.init()``).
+
+    Parameters
+    ----------
+    paths_or_urls
+        The shards, in order.
+    cache_dir, storage_options
+        For URL shards, on each actor's node (default ``<tmp>/mmwal-cache``).
+    actor_options
+        Passed to ``ray.remote`` for each actor (e.g. ``{"num_cpus": 1}``;
+        default ``{"num_cpus": 0}``: the actors only take the CPU a query uses).
+    """
+
+    def __init__(self, paths_or_urls: Any, *, cache_dir: Any = None,
+                 storage_options: dict[str, Any] | None = None,
+                 actor_options: dict[str, Any] | None = None) -> None:
+        ray = _core
+        if isinstance(paths_or_urls, (str, bytes, os.PathLike)):
+            raise InvalidInputError("ShardedSearch takes a list of shard paths or URLs",
+                                    got=str(paths_or_urls))
+        shards = [os.fspath(p) if not is_url(p) else p for p in paths_or_urls]
+        if not shards:
+            raise InvalidInputError("ShardedSearch needs at least one shard path or URL")
+        self.shards = shards
+        actor = ray.remote(**(actor_options or {"num_cpus": 0}))(_ShardServer)
+        cdir = os.fspath(cache_dir) if cache_dir is not None else None
+        self._actors = [actor.remote(s, cdir, storage_options) for s in shards]
+        self._closed = False
+        self.size()  # surfaces a shard that cannot be opened now, not on the first query
+
+    def _check(self) -> None:
+        if self._closed:
+            from .errors import ClosedError
+
+            raise ClosedError("ShardedSearch is closed")
+
+    def search(self, q: Any, k: int = 10, metric: str = "cosine", **kw: Any) -> Any:
+        """Top-k over every shard (``where=``, ``exact=``... as on :meth:`mmwal.Reader.search`)."""
+        from ._scale.sharded import _merge
+
+        ray = _core
+
+        self._check()
+        q = np.asarray(q, dtype=np.float32)
+        results = ray.get([a.search.remote(q, k, metric, kw) for a in self._actors])
+        if len(results) == 1:
+            return results[0]
+        if q.ndim == 2:
+            return [_merge([res[i] for res in results], k, metric)
+                    for i in range(len(results[0]))]
+        return _merge(results, k, metric)
+
+    def get(self, id: str, default: Any = None) -> Any:
+        """The Document with this id from the shard its hash names, or ``default``."""
+        ray = _core
+        self._check()
+        if not isinstance(id, str):
+            raise InvalidInputError(f"ids are str, got {type(id).__name__}",
+                                    got=type(id).__name__)
+        doc = ray.get(self._actors[shard_of(id, len(self._actors))].get.remote(id))
+        return default if doc is None else doc
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self.get(id) is not None
+
+    def size(self) -> int:
+        ray = _core
+        self._check()
+        return sum(ray.get([a.size.remote() for a in self._actors]))
+
+    __len__ = size
+
+    def refresh(self) -> int:
+        """Refresh every shard's Reader; the total seq advance."""
+        ray = _core
+        self._check()
+        return sum(ray.get([a.refresh.remote() for a in self._actors]))
+
+    def close(self) -> None:
+        """Close the Readers and end the actors; idempotent."""
+        ray = _core
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            ray.get([a.close.remote() for a in self._actors])
+        finally:
+            for a in self._actors:
+                ray.kill(a)
+
+    def __enter__(self) -> ShardedSearch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -135,3 +135,31 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(mmwal.errors.MissingDependencyError, match=r"pip install 'mmwal\[ray\]'"):
         importlib.import_module("mmwal.ray")
+
+
+def test_sharded_search_actors_equal_threads(local_ray, tmp_path):
+    from mmwal._scale.sharded import shard_paths
+    from mmwal.ray import ShardedSearch
+
+    table, _ = _table(4000)
+    paths = shard_paths(str(tmp_path / "sh"), 4)
+    ids = table.column("id").to_pylist()
+    where = np.array([shard_of(i, 4) for i in ids])
+    for s, p in enumerate(paths):
+        with mmwal.Store(p, dim=DIM, durability="os") as st:
+            st.add_arrow(table.take(pa.array(np.flatnonzero(where == s))))
+            st.checkpoint()
+    url = f"file://{tmp_path}/pub/shard-003"
+    mmwal.publish(paths[3], url)
+    targets = [*paths[:3], url]  # a published shard too
+    q = np.random.default_rng(4).standard_normal((3, DIM)).astype(np.float32)
+    with mmwal.ShardedReader(paths) as sr, ShardedSearch(
+            targets, cache_dir=str(tmp_path / "cache")) as ss:
+        assert len(ss) == len(sr) == 4000
+        for a, b in zip(ss.search(q, k=8, where={"tag": "a"}), sr.search(q, k=8, where={"tag": "a"})):
+            assert a == b
+        assert ss.search(q[0], k=5, metric="l2") == sr.search(q[0], k=5, metric="l2")
+        assert ss.get("doc-42") == sr.get("doc-42") and "doc-42" in ss and "zz" not in ss
+        assert ss.refresh() == 0
+    with pytest.raises(mmwal.errors.ClosedError):
+        len(ss)

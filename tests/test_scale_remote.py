@@ -329,7 +329,7 @@ def test_publish_while_checkpoints_retire(store_path, tmp_path):
     with mmwal.Store(store_path, dim=DIM, durability="os") as s:
         fill(s, 0, 100)
         s.checkpoint()
-    child = subprocess.Popen([sys.executable, "-c", _CHECKPOINTER, store_path, "60"],
+    child = subprocess.Popen([sys.executable, "-c", _CHECKPOINTER, store_path, "25"],
                              stderr=subprocess.PIPE)
     seen = set()
     err = b""
