@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from ._reader import Reader, ReaderStats
 from ._replay import replay
+from ._scale.publish import PublishInfo, publish
+from ._scale.sharded import ShardedReader
 from ._snapshot import Snapshot
 from ._store import Store
 from ._types import CheckpointInfo, Config, Document, Hit, Op, Problem, StoreStats, VerifyReport
@@ -36,14 +38,17 @@ __all__ = [
     "MmwalError",
     "Op",
     "Problem",
+    "PublishInfo",
     "Reader",
     "ReaderStats",
+    "ShardedReader",
     "Snapshot",
     "Store",
     "StoreClosedError",
     "StoreStats",
     "VerifyReport",
     "__version__",
+    "publish",
     "replay",
     "verify",
 ]

@@ -19,6 +19,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from .errors import ClosedError, CorruptionError, InvalidInputError, MmwalError
 __all__ = ["Reader", "ReaderStats", "Snapshot"]
 
 _log = logging.getLogger("mmwal")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: Serialises the after-fork handling of the threads of one child; a new lock
 #: in every child (the parent's could have been held by one of its threads).
 _FORK_GUARD = threading.Lock()
@@ -124,7 +126,12 @@ class Reader:
     Parameters
     ----------
     path
-        The store directory (it must exist: a Reader never creates anything).
+        The store directory (it must exist: a Reader never creates anything),
+        or the URL of a store published with :func:`mmwal.publish`
+        (``s3://bucket/prefix``, ``file:///dir``...): then the Reader serves
+        the published version from ``cache_dir``, read-only, with no log tail
+        (see :class:`mmwal._scale.remote.RemoteReader` for its options:
+        ``storage_options``, ``cache_max_bytes``, ``retries``).
     recovery
         What to do with a damaged log record that has valid records after it:
         ``"strict"`` (default) raises :class:`mmwal.CorruptionError`;
@@ -167,9 +174,23 @@ class Reader:
     2 True why [Hit(id='x', score=0.9938837...)]
     """
 
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> Reader:
+        # A URL (s3://, file://, ...) names a published store: the remote
+        # Reader serves it from a local cache (mmwal/_scale/remote.py).
+        if cls is Reader and isinstance(path, str) and _URL.match(path):
+            from ._scale.remote import RemoteReader
+
+            return super().__new__(RemoteReader)
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike[str], *, recovery: str = "strict",
-                 refresh_every: float | None = None) -> None:
+                 refresh_every: float | None = None, cache_dir: Any = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self._closed = True
+        if cache_dir is not None or storage_options is not None:
+            raise InvalidInputError(f"cache_dir and storage_options are for a published store "
+                                    f"(a URL such as s3://bucket/prefix); {path!r} is a local "
+                                    "path: drop them", got=str(path))
         self._thread: threading.Thread | None = None
         if recovery not in RECOVERY_MODES:
             raise InvalidInputError(f"recovery must be one of {RECOVERY_MODES}, got "

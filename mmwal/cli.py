@@ -439,6 +439,23 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ publish
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from ._scale.publish import publish
+
+    root = _require_store(args.path)
+    info = publish(root, args.url, keep=args.keep)
+    if args.json:
+        _print_json(info.as_dict())
+    else:
+        print(f"published version {info.version} to {info.url}: uploaded "
+              f"{_n(info.files_uploaded, 'file')} ({_size(info.bytes_uploaded)}), skipped "
+              f"{info.files_skipped} already there"
+              + (f", deleted {_n(info.files_deleted, 'file')}" if info.files_deleted else "")
+              + f", in {info.seconds:.2f} s")
+    return 0
+
+
 # ============================================================================ compact
 def _cmd_compact(args: argparse.Namespace) -> int:
     from ._store import Store
@@ -753,6 +770,18 @@ checkpoints beyond keep_checkpoints.
 examples:
   mmwal checkpoint my.store
   mmwal checkpoint my.store --json""",
+    "publish": """\
+Uploads the store's current version to an fsspec URL (s3://, gs://, file://):
+only the fragment files, deletion vectors and version file the destination
+lacks, then the MANIFEST last, so a remote reader never sees a version whose
+files are missing.  Idempotent; after a crash part way, run it again.  Remote
+readers open the URL with mmwal.Reader(url, cache_dir=...).  Needs
+pip install 'mmwal[s3]'.  Credentials come from the environment (AWS_*,
+~/.aws), as fsspec finds them.
+
+examples:
+  mmwal publish my.store s3://bucket/stores/my
+  mmwal publish my.store file:///mnt/share/my --keep 3 --json""",
     "compact": """\
 Opens the store as a writer and publishes a new version whose fragments are
 merged and hold no dead (replaced or removed) rows.  Without options, a full
@@ -903,6 +932,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="rewrite a fragment whose share of dead rows reaches F")
     p.add_argument("--lock-timeout", type=float, default=300.0, metavar="S",
                    help="seconds to wait for a running checkpoint (default 300)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = add("publish", "upload the current version to object storage (needs mmwal[s3])",
+            _cmd_publish)
+    p.add_argument("path", metavar="PATH", help="the store directory")
+    p.add_argument("url", metavar="URL", help="destination: s3://bucket/prefix, file:///dir...")
+    p.add_argument("--keep", type=int, metavar="N", help="keep the newest N remote versions "
+                   "and delete the files no kept version lists (default: keep all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = add("repair", "salvage a store whose log is damaged", _cmd_repair)
