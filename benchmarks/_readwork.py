@@ -130,13 +130,19 @@ def cached_store(
 
 
 def build_docs_store(
-    path: str, n: int, *, checkpoint: bool, dim: int = DIM, batch: int = BATCH
+    path: str, n: int, *, checkpoint: bool, dim: int = DIM, batch: int = BATCH,
+    ann_min_rows: int = 0,
 ) -> dict[str, Any]:
-    """n documents added with add_many in batches of ``batch``; then maybe checkpoint()."""
+    """n documents added with add_many in batches of ``batch``; then maybe checkpoint().
+
+    No approximate index by default: these stores measure exact search and
+    fragments (benchmarks/bench_ann.py measures the index).
+    """
     import mmwal
 
     t_add = 0.0
-    with mmwal.Store(path, dim=dim, durability="os") as s:
+    with mmwal.Store(path, dim=dim, durability="os",
+                     config=mmwal.Config(ann_min_rows=ann_min_rows)) as s:
         for start in range(0, n, batch):
             k = min(batch, n - start)
             ids, vecs, contents, metas = make_docs(start, k, dim)
