@@ -196,9 +196,15 @@ def inspect_store(path: str) -> dict[str, Any]:
                 d = _read_descriptor(root, e.fid)
                 size = sum(os.path.getsize(os.path.join(cdir, n)) for n in os.listdir(cdir))
                 total += size + e.dv_size
+                ann_meta = d.get("ann") if isinstance(d.get("ann"), dict) else None
+                ann_file = d["files"].get("ann.usearch")
                 ckpt["fragments"].append({
                     "id": e.fid, "rows": e.rows, "dead_rows": e.dead, "seq": d["seq"],
                     "created": _iso(d["created"]), "dir": cdir, "bytes": size,
+                    "index": None if ann_meta is None else {
+                        "metric": ann_meta.get("metric"), "dtype": ann_meta.get("dtype"),
+                        "bytes": ann_file[0] if isinstance(ann_file, list) else None},
+                    "columns": isinstance(d.get("columns"), dict),
                     "deletion_vector": (os.path.basename(deletion_path(paths, e.fid, e.dv))
                                         if e.dv else None)})
             ckpt.update({"documents": version.documents, "seq": version.seq, "bytes": total})
@@ -280,9 +286,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                      f"at seq {c['seq']:,}, {_size(c.get('bytes', 0))}, {len(frags)} "
                      f"fragment{'' if len(frags) == 1 else 's'}"))
         for f in frags:
+            ix = f.get("index")
+            extra = (f", index {ix['metric']}/{ix['dtype']} {_size(ix['bytes'] or 0)}"
+                     if ix else "") + (", columns" if f.get("columns") else "")
             rows.append(("", f"fragment {f['id']}: {_n(f['rows'], 'row')}, "
                          f"{f['dead_rows']:,} dead, "
-                         f"{_size(f['bytes'])}, created {f.get('created') or '-'}"))
+                         f"{_size(f['bytes'])}{extra}, created {f.get('created') or '-'}"))
     if info["checkpoints_kept"]:
         rows.append(("", "older versions kept: "
                      + ", ".join(map(str, info["checkpoints_kept"]))))

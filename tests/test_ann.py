@@ -234,3 +234,20 @@ def test_single_queries_through_the_index(tmp_path):
         assert r.search(X[5:6], k=3)[0] == one
         assert r.search(X[5], k=3, where={"g": {"$in": [5, 6, 7, 8]}})[0].id == "d5"
         assert r.stats().fragments[0]["index"]["mapped"]
+
+
+def test_inspect_shows_each_fragments_index_and_columns(tmp_path, capsys):
+    from mmwal import cli
+
+    path = str(tmp_path / "s")
+    build(path)
+    with mmwal.Store(path, config=mmwal.Config(ann_min_rows=1000)) as s:
+        s.add("small", np.ones(DIM, np.float32), metadata={"g": 1})
+        s.checkpoint()  # a fragment of one row: no index
+    assert cli.main(["inspect", path, "--json"]) == 0
+    frags = json.loads(capsys.readouterr().out)["checkpoint"]["fragments"]
+    assert [f["index"] is not None for f in frags] == [True, False]
+    assert frags[0]["index"]["metric"] == "cosine" and frags[0]["index"]["bytes"] > 0
+    assert all(f["columns"] for f in frags)
+    assert cli.main(["inspect", path]) == 0
+    assert "index cosine/f16" in capsys.readouterr().out
