@@ -21,7 +21,7 @@ from mmwal.errors import CorruptionError, MissingDependencyError
 pytest.importorskip("s3fs")
 
 DIM = 8
-FRAGMENT_FILES = 8  # seven data files and the DESCRIPTOR
+FRAGMENT_FILES = 9  # seven data files, columns.bin and the DESCRIPTOR
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,8 @@ def test_incremental_publish_uploads_what_changed_and_refresh_fetches_it(
         assert "d3" in r and r.seq == 2000
         assert r.refresh() == 51
         assert "d3" not in r and "d5049" in r
-        assert r.downloaded_files - got0 == 7 + 1  # the new fragment's data files + the vector
+        # the new fragment's data files (columns.bin too) + the vector
+        assert r.downloaded_files - got0 == 8 + 1
         _same_results(store_path, r)
         assert r.refresh() == 0
     finally:
@@ -201,7 +202,8 @@ def test_remote_retention_keeps_what_kept_versions_list(store_path, tmp_path, de
                                           "v", vid, DIM)
         listed |= {f.rel for f in _fs.version_files(v)}
         for e in v.entries:
-            listed |= {f"checkpoints/{e.fid:08d}/{n}" for n in (*_fs.FILES, "DESCRIPTOR")}
+            listed |= {f"checkpoints/{e.fid:08d}/{n}"
+                       for n in (*_fs.FILES, "columns.bin", "DESCRIPTOR")}
     assert set(names) == listed
     with mmwal.Reader(url, cache_dir=tmp_path / "cache", storage_options=opts) as r:
         _same_results(store_path, r)
@@ -256,7 +258,8 @@ def test_two_processes_share_one_cache(store_path, tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     counts = [tuple(map(int, o[0].split())) for o in outs]
     assert all(c[0] == 3000 for c in counts)
-    assert sum(c[1] for c in counts) == 7  # downloaded once, by whoever came first
+    # downloaded once, by whoever came first: 7 data files and columns.bin
+    assert sum(c[1] for c in counts) == 8
 
 
 def test_missing_extra_names_the_install(monkeypatch, store_path):
@@ -415,3 +418,18 @@ def test_format_1_store_publishes_and_opens(store_path, tmp_path):
     assert (info.version, info.files_uploaded) == (1, FRAGMENT_FILES + 1)  # no version file
     with mmwal.Reader(url, cache_dir=tmp_path / "cache") as r:
         _same_results(store_path, r)
+
+
+def test_remote_retention_with_fewer_versions_than_keep(store_path, tmp_path):
+    """keep larger than the versions published so far keeps every one of them."""
+    url = f"file://{tmp_path / 'remote'}"
+    with mmwal.Store(store_path, dim=DIM, durability="os",
+                     config=mmwal.Config(auto_compact=False)) as s:
+        for k in range(4):
+            fill(s, 1000 * k, 10)
+            s.checkpoint()
+            info = mmwal.publish(store_path, url, keep=5)
+            assert info.files_deleted == 0
+    names = os.listdir(tmp_path / "remote" / "checkpoints")
+    assert sorted(n for n in names if n.endswith(".version")) == [
+        f"{v:08d}.version" for v in (1, 2, 3, 4)]

@@ -18,6 +18,12 @@ from typing import Any
 from .. import _format as F
 from .._arrow import require
 from .._checkpoint import FILES
+from .._search.ann import ANN_FILE
+from .._search.colfile import COLUMNS_FILE
+
+#: Files a fragment may have beside FILES, when its DESCRIPTOR lists them (only
+#: these names: a name is never taken from a file).
+OPTIONAL_FILES = (COLUMNS_FILE, ANN_FILE)
 from .._version import Version, deletion_size
 from ..errors import CorruptionError, InvalidInputError
 
@@ -93,8 +99,10 @@ def fragment_files(fid: int, descriptor: dict[str, Any], where: str) -> list[Rem
     """The data files of fragment ``fid`` with the sizes and CRCs its DESCRIPTOR gives."""
     files = descriptor.get("files")
     out = []
-    for name in FILES:
+    for name in (*FILES, *OPTIONAL_FILES):
         meta = files.get(name) if isinstance(files, dict) else None
+        if meta is None and name in OPTIONAL_FILES:
+            continue  # an older fragment, or one too small for an index
         if (not isinstance(meta, list) or len(meta) != 2
                 or not all(type(x) is int and x >= 0 for x in meta)):
             raise CorruptionError(f"{where}: no valid entry for {name}; run `mmwal verify`",

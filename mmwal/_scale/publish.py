@@ -221,7 +221,7 @@ def _retire(fs: Any, root: str, current: Version, dim: int, keep: int) -> int:
     kinds = {rel: _fs.parse_rel(rel) for rel in listing}
     vids = sorted({k[1] for k in kinds.values() if k and k[0] == "version"})
     older = [x for x in vids if x < current.id]
-    kept_older = older[len(older) - (keep - 1):] if keep > 1 else []
+    kept_older = older[max(0, len(older) - (keep - 1)):] if keep > 1 else []
     kept = [current]
     for vid in kept_older:
         rel = _fs.version_rel(vid)
