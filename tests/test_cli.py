@@ -358,7 +358,7 @@ def test_demo_ctrl_c_exits_130_and_cleans_up(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes the pipes (else a ResourceWarning later)
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err and "interrupted" in err
     assert os.listdir(tmp_path) == []

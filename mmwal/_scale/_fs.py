@@ -20,12 +20,12 @@ from .._arrow import require
 from .._checkpoint import FILES
 from .._search.ann import ANN_FILE
 from .._search.colfile import COLUMNS_FILE
+from .._version import Version, deletion_size
+from ..errors import CorruptionError, InvalidInputError
 
 #: Files a fragment may have beside FILES, when its DESCRIPTOR lists them (only
 #: these names: a name is never taken from a file).
 OPTIONAL_FILES = (COLUMNS_FILE, ANN_FILE)
-from .._version import Version, deletion_size
-from ..errors import CorruptionError, InvalidInputError
 
 __all__ = ["FILES", "RemoteFile", "crc_of", "is_url", "open_fs", "version_files"]
 

@@ -90,7 +90,9 @@ def build(dirpath: str, embeddings: np.ndarray, config: Any) -> tuple[dict[str, 
                   connectivity=config.ann_connectivity,
                   expansion_add=config.ann_expansion_add,
                   expansion_search=config.ann_expansion_search)
-    step = 65536
+    # Small steps: Python runs signal handlers (Ctrl-C) between them, and the
+    # C++ build of one step is never longer than a moment.
+    step = 4096
     for a in range(0, n, step):
         b = min(n, a + step)
         index.add(np.arange(a, b, dtype=np.uint64), np.ascontiguousarray(embeddings[a:b]),
