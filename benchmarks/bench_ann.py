@@ -4,8 +4,12 @@
 Usage::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_ann.py --json benchmarks/results/ann.json \\
-        --plot docs/img/bench_ann.png                   # 100k and 1M x 384 (~30-40 min)
-    python benchmarks/bench_ann.py --quick              # smoke run, tiny sizes (~1-2 min)
+        --plot docs/img/bench_ann.png                   # 100k and 1M x 384 (the 1M
+                                                        # index alone: tens of minutes
+                                                        # on 2 loaded cores)
+    python benchmarks/bench_ann.py --large-dim 128 --ann-repeats 1   # 1M at dim 128:
+                                                        # 20 min here at load 5-8
+    python benchmarks/bench_ann.py --quick              # smoke run, tiny sizes (~1 min)
     python benchmarks/bench_ann.py --sizes 100k --no-chroma --dim 128
 
 Data: a Gaussian mixture (never uniform noise, on which ANN measures nothing):
