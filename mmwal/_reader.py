@@ -174,7 +174,11 @@ class Reader:
     2 True why [Hit(id='x', score=0.9938837...)]
     """
 
-    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> Reader:
+    def __new__(cls, path: Any = None, *, recovery: str = "strict",
+                refresh_every: float | None = None, cache_dir: Any = None,
+                storage_options: dict[str, Any] | None = None, **remote: Any) -> Reader:
+        # The same parameters as __init__ (inspect.signature(Reader) reads these),
+        # plus the remote Reader's own (retries, cache_max_bytes).
         # A URL (s3://, file://, ...) names a published store: the remote
         # Reader serves it from a local cache (mmwal/_scale/remote.py).
         if cls is Reader and isinstance(path, str) and _URL.match(path):
