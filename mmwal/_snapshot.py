@@ -552,6 +552,11 @@ class Snapshot:
                     if _search_part(h, E, norms, d, p0, Q, qn, metric, k, expansion,
                                     filtered, merge):
                         continue  # else: no usearch, a damaged index, too few hits
+                if filtered and drop is not None:
+                    d = drop[p0:p0 + part.view.count]
+                    if _selective(d):  # score the few matching rows, not every row
+                        _score_rows(E, norms, np.flatnonzero(~d), p0, Q, qn, metric, merge)
+                        continue
                 for a in range(0, part.view.count, SEARCH_ROWS):
                     b = min(part.view.count, a + SEARCH_ROWS)
                     d = None if drop is None else drop[p0 + a:p0 + b]
@@ -629,6 +634,22 @@ SELECTIVE_ROWS = 8192
 SELECTIVE_SHARE = 0.02
 
 
+def _selective(drop: np.ndarray) -> bool:
+    """Whether a filter leaves few enough rows of a fragment to score just those."""
+    allowed = len(drop) - int(np.count_nonzero(drop))
+    return allowed <= SELECTIVE_ROWS or allowed <= SELECTIVE_SHARE * len(drop)
+
+
+def _score_rows(E: np.ndarray, norms: np.ndarray, rows: np.ndarray, p0: int, Q: np.ndarray,
+                qn: np.ndarray, metric: str, merge: Any) -> None:
+    """Score exactly ``rows`` of one fragment (first global row ``p0``) and merge them."""
+    if not len(rows):
+        return
+    s = _score(E[rows], norms[rows], Q, qn, metric)
+    for j in range(Q.shape[0]):
+        merge(j, s[:, j], rows + p0)
+
+
 def _search_part(h: Any, E: np.ndarray, norms: np.ndarray, drop: np.ndarray | None, p0: int,
                  Q: np.ndarray, qn: np.ndarray, metric: str, k: int, expansion: int | None,
                  filtered: bool, merge: Any) -> bool:
@@ -646,12 +667,8 @@ def _search_part(h: Any, E: np.ndarray, norms: np.ndarray, drop: np.ndarray | No
     allowed = n if drop is None else n - int(np.count_nonzero(drop))
     if allowed == 0:
         return True
-    if filtered and drop is not None and (allowed <= SELECTIVE_ROWS
-                                          or allowed <= SELECTIVE_SHARE * n):
-        rows = np.flatnonzero(~drop)
-        s = _score(E[rows], norms[rows], Q, qn, metric)
-        for j in range(Q.shape[0]):
-            merge(j, s[:, j], rows + p0)
+    if filtered and drop is not None and _selective(drop):
+        _score_rows(E, norms, np.flatnonzero(~drop), p0, Q, qn, metric, merge)
         return True
     if h.get() is None:
         return False
