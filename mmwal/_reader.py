@@ -240,21 +240,28 @@ class Reader:
         except OSError:
             mstat = ()
         cid = manifest["checkpoint"]
-        old = self._state
-        if old is not None and old.ckpt_id == cid:
-            ckpt = old.ckpt
-        elif cid:
-            # Fragments the old version shares with the new one stay mapped
-            # (and keep their metadata columns): a switch maps only new files.
-            reuse = old.ckpt.views if old is not None and old.ckpt is not None else None
-            ckpt = VersionView(self._paths, manifest, self.dim, reuse)
-        else:
-            ckpt = None
+        ckpt = self._map_version(manifest)
         seq = manifest["checkpoint_seq"]
         paths = self._paths
         cursor = LogCursor(paths, manifest["replay_segment"], seq + 1, mode=self.recovery,
                            lock=self._lock, folded=lambda seg: folded_past(paths, seg))
         return _State(ckpt, cid, seq, _Tail(self.dim, False), cursor, mstat)
+
+    def _map_version(self, manifest: dict[str, Any]) -> VersionView | None:
+        """The version ``manifest`` names, mapped (None: no checkpoint yet).
+
+        The current one is kept as it is; fragments the old version shares
+        with the new one stay mapped (and keep their metadata columns): a
+        switch maps only new files.
+        """
+        cid = manifest["checkpoint"]
+        old = self._state
+        if old is not None and old.ckpt_id == cid:
+            return old.ckpt
+        if not cid:
+            return None
+        reuse = old.ckpt.views if old is not None and old.ckpt is not None else None
+        return VersionView(self._paths, manifest, self.dim, reuse)
 
     def _load(self, manifest: dict[str, Any]) -> _State:
         """A fresh state at the checkpoint ``manifest`` names (or a newer one).

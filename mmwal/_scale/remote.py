@@ -43,7 +43,6 @@ from .._version import (
     MAX_ID,
     Entry,
     Version,
-    VersionView,
     decode_deletions,
     decode_version,
     is_versioned,
@@ -398,16 +397,8 @@ class RemoteReader(Reader):
 
     # ------------------------------------------------------------------ Reader hooks
     def _new_state(self, manifest: dict[str, Any]) -> _State:
-        cid = manifest["checkpoint"]
-        old = self._state
-        if old is not None and old.ckpt_id == cid:
-            ckpt = old.ckpt
-        elif cid:
-            reuse = old.ckpt.views if old is not None and old.ckpt is not None else None
-            ckpt = VersionView(self._paths, manifest, self.dim, reuse)
-        else:
-            ckpt = None
-        return _State(ckpt, cid, manifest["checkpoint_seq"], _Tail(self.dim, False),
+        return _State(self._map_version(manifest), manifest["checkpoint"],
+                      manifest["checkpoint_seq"], _Tail(self.dim, False),
                       _NoLog(), ())  # type: ignore[arg-type]
 
     def _refresh_state(self) -> None:

@@ -199,6 +199,14 @@ def _alive(spec: RoleSpec, board: Board) -> bool:
     return not board.stop and os.getppid() == spec.parent
 
 
+def _idle(spec: RoleSpec, board: Board, seconds: float) -> bool:
+    """Wait ``seconds`` in short naps while the role should run; whether it still should."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(spec, board):
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return _alive(spec, board)
+
+
 def _set_phase(row: Any, phase: int) -> None:
     row[PHASE_SINCE] = time.monotonic_ns()
     row[PHASE] = phase
@@ -341,12 +349,7 @@ def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
     _set_phase(row, Phase.OPEN)
     with mmwal.Store(paths.store, config=cfg, durability="os") as st:
         _set_phase(row, Phase.IDLE)
-        while _alive(spec, board):
-            deadline = time.monotonic() + s.checkpoint_interval * rng.uniform(0.5, 1.5)
-            while time.monotonic() < deadline and _alive(spec, board):
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            if not _alive(spec, board):
-                break
+        while _idle(spec, board, s.checkpoint_interval * rng.uniform(0.5, 1.5)):
             _set_phase(row, Phase.CHECKPOINT)
             t0 = time.perf_counter()
             info = st.checkpoint()
@@ -385,12 +388,7 @@ def _compactor(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog
     _set_phase(row, Phase.OPEN)
     with mmwal.Store(paths.store, config=cfg, durability="os") as st:
         _set_phase(row, Phase.IDLE)
-        while _alive(spec, board):
-            deadline = time.monotonic() + s.compact_interval * rng.uniform(0.5, 1.5)
-            while time.monotonic() < deadline and _alive(spec, board):
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            if not _alive(spec, board):
-                break
+        while _idle(spec, board, s.compact_interval * rng.uniform(0.5, 1.5)):
             args = compact_args(rng)
             _set_phase(row, Phase.COMPACT)
             t0 = time.perf_counter()
