@@ -11,7 +11,9 @@ allocates and raises :class:`~mmwal.errors.CorruptionError` (never
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import struct
 import threading
 import zlib
@@ -342,6 +344,10 @@ def _no_ext(code: int, data: bytes) -> Any:
 _CONTAINER = (dict, list)
 _CONTAINER_TYPES = frozenset(_CONTAINER)
 _STR_ONLY = frozenset((str,))
+_chain = itertools.chain.from_iterable
+_compress = itertools.compress
+_repeat = itertools.repeat
+_is = operator.is_
 
 
 def metadata_problem(m: dict[str, Any]) -> str:
@@ -399,8 +405,26 @@ def _ids_problem(ids: list[str]) -> str:
 
 
 def metas_problem(metas: list[Any]) -> str:
-    """The first :func:`metadata_problem` of a list of metadata (None entries allowed)."""
-    for m in metas:
+    """The first :func:`metadata_problem` of a list of metadata (None entries allowed).
+
+    The common shapes of a batch - flat maps, and maps whose values include
+    arrays of scalars (tags) - are cleared by a few C-level passes over the
+    whole batch; anything else (a nested map, an array of arrays, a key that
+    is not str) takes the per-map walk, which says what is wrong.
+    """
+    maps = list(filter(None, metas))  # None and {} have nothing to check
+    if not maps:
+        return ""
+    if _STR_ONLY.issuperset(map(type, _chain(maps))):
+        vals = list(_chain(map(dict.values, maps)))
+        kinds = set(map(type, vals))
+        if kinds.isdisjoint(_CONTAINER_TYPES):
+            return ""
+        if dict not in kinds:  # arrays at level 1: fine when they hold no container
+            arrays = _compress(vals, map(_is, map(type, vals), _repeat(list)))
+            if _CONTAINER_TYPES.isdisjoint(map(type, _chain(arrays))):
+                return ""
+    for m in maps:
         if m is not None:
             why = metadata_problem(m)
             if why:
@@ -500,6 +524,147 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
     if why:
         raise _malformed(KIND_ADD, path, offset, why)
     return ids
+
+
+_F64 = struct.Struct(">d").unpack_from
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                   msgpack.StackError, msgpack.OutOfData, UnicodeDecodeError, OverflowError)
+
+
+def _bin_header(nv: int) -> bytes:
+    """The shortest msgpack ``bin`` header of ``nv`` bytes (what every writer emits)."""
+    if nv < 0x100:
+        return bytes((0xC4, nv))
+    if nv < 0x10000:
+        return b"\xc5" + nv.to_bytes(2, "big")
+    return b"\xc6" + nv.to_bytes(4, "big")
+
+
+def _add_layout(mv: memoryview, count: int, dim: int) -> tuple[float, int, int] | None:
+    """``(timestamp, start of ids, start of the vector block's header)`` of an add payload.
+
+    Only the encoding writers emit is recognised: a fixarray of 6, the
+    timestamp as float 64, the dimension as the shortest uint, the vector
+    block as the shortest ``bin`` ending the payload.  None for anything else
+    (the caller then decodes the whole payload, which decides).  The bin
+    header found at the end is sound: the longer headers of the same length
+    have zero bytes where the shorter one has its type byte.
+    """
+    n = len(mv)
+    if n < 12 or mv[0] != 0x96 or mv[1] != 0xCB:
+        return None
+    d = mv[10]
+    if d < 0x80:
+        fdim, p = d, 11
+    elif d == 0xCC:
+        fdim, p = mv[11], 12
+    elif d == 0xCD:
+        fdim, p = _U16(mv, 11)[0], 13
+    elif d == 0xCE:
+        fdim, p = _U32(mv, 11)[0], 15
+    else:
+        return None
+    if fdim != dim:
+        return None
+    nv = count * dim * 4
+    head = _bin_header(nv)
+    b0 = n - nv - len(head)
+    if b0 <= p or mv[b0 : b0 + len(head)] != head:
+        return None
+    return _F64(mv, 2)[0], p, b0
+
+
+def _one_id(mv: memoryview, p: int, end: int) -> tuple[str, int] | None:
+    """The single id of a one-document payload at ``p`` (a fixarray of one str), and its end."""
+    if mv[p] != 0x91:
+        return None
+    h = mv[p + 1]
+    if 0xA0 <= h <= 0xBF:
+        a, ln = p + 2, h & 0x1F
+    elif h == 0xD9:
+        a, ln = p + 3, mv[p + 2]
+    elif h == 0xDA:
+        a, ln = p + 4, _U16(mv, p + 2)[0]
+    else:
+        return None
+    if a + ln > end:
+        return None
+    try:
+        return str(mv[a : a + ln], "utf-8"), a + ln
+    except UnicodeDecodeError:
+        return None  # the full decode says what is wrong
+
+
+def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset: int,
+                           ) -> tuple[float, list[str], bytes, bytes]:
+    """An add payload's timestamp, ids and vectors, with its documents left encoded.
+
+    Returns ``(timestamp, ids, vector bytes, docs)``: ``docs`` is the raw
+    msgpack of the contents array followed by the metadatas array, for
+    :func:`decode_docs` when (and if) they are wanted - so a reader that needs
+    ids and vectors does no per-document work for contents and metadata.
+    The fields returned are checked as :func:`decode_add` checks them; the
+    documents are checked by :func:`decode_docs`.  Together the two accept
+    exactly the payloads :func:`decode_add` accepts, with the same values.
+    """
+    mv = payload if isinstance(payload, memoryview) else memoryview(payload)
+    lay = _add_layout(mv, count, dim)
+    if lay is not None:
+        ts, p, b0 = lay
+        one = _one_id(mv, p, b0) if count == 1 else None
+        if one is not None:
+            ids, c0 = [one[0]], one[1]
+        else:
+            try:
+                u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                     ext_hook=_no_ext, max_buffer_size=b0 - p)
+                u.feed(mv[p:b0])
+                ids = u.unpack()
+                c0 = p + u.tell()
+            except _MSGPACK_ERRORS as exc:
+                raise CorruptionError(
+                    f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+                    path=path, offset=offset) from None
+            if (type(ids) is not list or len(ids) != count
+                    or not all(type(i) is str for i in ids)):
+                raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be "
+                                 f"arrays of the record count {count}")
+        why = _ids_problem(ids)
+        if why:
+            raise _malformed(KIND_ADD, path, offset, why)
+        return ts, ids, bytes(mv[len(mv) - count * dim * 4 :]), bytes(mv[c0:b0])
+    # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
+    ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
+    return ts, ids, emb, pack(contents) + pack(metas)
+
+
+def decode_docs(docs: Any, count: int, path: str, offset: int,
+                ) -> tuple[list[str], list[dict[str, Any] | None]]:
+    """The contents and metadatas that :func:`decode_add_ids_vectors` left encoded, checked."""
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
+                             max_buffer_size=max(len(docs), 1))
+        u.feed(docs)
+        contents = u.unpack()
+        metas = u.unpack()
+        if u.tell() != len(docs):
+            raise ValueError(f"{len(docs) - u.tell()} bytes after the metadatas")
+    except _MSGPACK_ERRORS as exc:
+        raise CorruptionError(
+            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+            path=path, offset=offset) from None
+    if not (type(contents) is list and type(metas) is list
+            and len(contents) == len(metas) == count
+            and all(type(x) is str for x in contents)
+            and all(x is None or type(x) is dict for x in metas)):
+        raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
+                         f"the record count {count} of the right types")
+    why = metas_problem(metas)
+    if why:
+        raise _malformed(KIND_ADD, path, offset, why)
+    return contents, metas
 
 
 def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int,

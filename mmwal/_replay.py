@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from . import _format as F
 from ._fsutil import Paths, list_segments, store_root
@@ -45,38 +48,48 @@ def check_fields(fields: Any) -> frozenset[str] | None:
     return out
 
 
+_new_op = tuple.__new__  # Op is a named tuple: built from a tuple, without its __new__
+_repeat = itertools.repeat
+
+
 def iter_ops(frame: Any, dim: int, fields: frozenset[str] | None = None) -> Iterator[Op]:
     """The Ops of one raw frame (one per document of an add batch).
 
     With ``fields``, the Op fields not named are None (the timestamp 0.0), and
-    metadata that is not asked for is not checked.
+    contents and metadata that are not asked for are neither decoded nor
+    checked (:func:`mmwal._format.decode_add_ids_vectors`).
     """
-    want_meta = fields is None or "metadata" in fields
-    body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path, frame.offset,
-                            want_meta)
     seq = frame.first_seq
-    if frame.kind == F.KIND_ADD:
-        ts = body.timestamp
+    kind = frame.kind
+    if kind == F.KIND_ADD:
+        n = frame.count
+        want = fields is None or "content" in fields or "metadata" in fields
+        ids: Any
+        contents: Any = None
+        metas: Any = None
+        if want:
+            ts, ids, contents, metas, emb = F.decode_add(
+                n, frame.payload, dim, frame.path, frame.offset,
+                fields is None or "metadata" in fields)
+        else:
+            ts, ids, emb, _docs = F.decode_add_ids_vectors(n, frame.payload, dim, frame.path,
+                                                           frame.offset)
+        vecs: Any = np.frombuffer(emb, dtype="<f4").reshape(n, dim)
         if fields is not None:
-            n = frame.count
-            none = [None] * n
-            ids = body.ids if "id" in fields else none
-            vecs = body.embeddings if "embedding" in fields else none
-            contents = body.contents if "content" in fields else none
-            metas = body.metadatas if want_meta else none
+            ids = ids if "id" in fields else _repeat(None, n)
+            vecs = vecs if "embedding" in fields else _repeat(None, n)
+            contents = contents if want and "content" in fields else _repeat(None, n)
+            metas = metas if want and "metadata" in fields else _repeat(None, n)
             ts = ts if "timestamp" in fields else 0.0
-            for i in range(n):
-                yield Op(seq + i, "add", ids[i], vecs[i], contents[i], metas[i], ts)
-            return
-        for i in range(frame.count):
-            yield Op(seq + i, "add", body.ids[i], body.embeddings[i], body.contents[i],
-                     body.metadatas[i], ts)
-    elif frame.kind == F.KIND_REMOVE:
-        yield Op(seq, "remove", body[1] if fields is None or "id" in fields else None, None,
-                 None, None, body[0] if fields is None or "timestamp" in fields else 0.0)
-    else:
-        yield Op(seq, "clear", None, None, None, None,
-                 body[0] if fields is None or "timestamp" in fields else 0.0)
+        # One C-level pass builds the batch's Ops (a row view per vector).
+        return map(_new_op, _repeat(Op, n), zip(range(seq, seq + n), _repeat("add", n), ids,
+                                                vecs, contents, metas, _repeat(ts, n)))
+    body = F.decode_payload(kind, frame.count, frame.payload, dim, frame.path, frame.offset)
+    ts = body[0] if fields is None or "timestamp" in fields else 0.0
+    if kind == F.KIND_REMOVE:
+        return iter((Op(seq, "remove", body[1] if fields is None or "id" in fields else None,
+                        None, None, None, ts),))
+    return iter((Op(seq, "clear", None, None, None, None, ts),))
 
 
 def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
@@ -117,12 +130,14 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
         cur = seeker.cursor(after_seq)
         try:
             for frame in cur.frames():
-                if frame.first_seq + frame.count - 1 <= after_seq:
+                last = frame.first_seq + frame.count - 1
+                if last <= after_seq:
                     continue
-                for op in iter_ops(frame, dim, want):
-                    if op.seq > after_seq:
-                        yield op
-                        after_seq = op.seq
+                ops = iter_ops(frame, dim, want)
+                if frame.first_seq <= after_seq:  # resumed inside a batch
+                    ops = itertools.islice(ops, after_seq - frame.first_seq + 1, None)
+                yield from ops
+                after_seq = last
             return
         except Retired:
             seeker.retired(cur.seg_id, after_seq)

@@ -237,15 +237,15 @@ class Document:
     __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One logged operation, as :func:`mmwal.replay` yields it.
+class Op(NamedTuple):
+    """One logged operation, as :func:`mmwal.replay` yields it (an immutable named tuple).
 
     ``kind`` is ``"add"``, ``"remove"`` or ``"clear"``; ``id`` is None for a
     clear, ``embedding``/``content``/``metadata`` are None except for an add.
     ``timestamp`` is the writer's wall clock (seconds since the epoch).
     With ``replay(fields=...)`` the fields not asked for are None (the
-    timestamp 0.0).
+    timestamp 0.0).  A named tuple rather than a dataclass: replay makes one
+    per document, and a tuple is built several times faster.
     """
 
     seq: int

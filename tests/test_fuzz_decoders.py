@@ -10,6 +10,7 @@ never another exception, never a huge allocation (tracemalloc peak under
 
 from __future__ import annotations
 
+import struct
 import tracemalloc
 import zlib
 
@@ -514,3 +515,77 @@ def test_deletions_random_bytes_and_lying_headers(case, junk, rows):
                    entry.dv_crc)
     res = strict(V.decode_deletions, hdr + junk, "f.deleted", liar)
     assert isinstance(res, CorruptionError) or len(hdr + junk) == V.deletion_size(rows)
+
+
+# ---------------------------------------------------------------- lazy decode of add payloads
+def check_lazy_add(count: int, payload: bytes, dim: int) -> None:
+    """ids + vectors now, documents later: together exactly what the full decode does."""
+    full = bounded(F.decode_payload, F.KIND_ADD, count, payload, dim, "seg", 64)
+    part = bounded(F.decode_add_ids_vectors, count, payload, dim, "seg", 64)
+    if not isinstance(part, MmwalError):
+        ts, ids, emb, docs = part
+        rest = bounded(F.decode_docs, docs, count, "seg", 64)
+        part = rest if isinstance(rest, MmwalError) else (ts, ids, emb, *rest)
+    if isinstance(full, MmwalError):
+        assert isinstance(part, MmwalError), "the lazy decode accepted what the full one refuses"
+        return
+    assert not isinstance(part, MmwalError), f"the lazy decode refused a valid payload: {part}"
+    ts, ids, emb, contents, metas = part
+    assert (ts, ids, contents, metas) == (full.timestamp, full.ids, full.contents,
+                                          full.metadatas) or ts != ts  # a NaN timestamp
+    assert emb == full.embeddings.tobytes()
+
+
+@FUZZ
+@given(near_add_payload())
+def test_lazy_add_near_valid(case):
+    count, dim, obj = case
+    try:
+        payload = F.pack(obj)
+    except (TypeError, ValueError, OverflowError):
+        return
+    check_lazy_add(count, payload, dim)
+    # Every cut and every single-byte change of it, too.
+    for cut in (1, 7, len(payload) // 2):
+        check_lazy_add(count, payload[:-cut], dim)
+
+
+@FUZZ
+@given(st.integers(1, 3), st.integers(1, 70), st.data())
+def test_lazy_add_mutated_writer_payloads(count, dim, data):
+    ids = [data.draw(st.text(min_size=0, max_size=40)) for _ in range(count)]
+    contents = [data.draw(st.text(max_size=5)) for _ in range(count)]
+    metas = [data.draw(st.none() | st.dictionaries(st.text(max_size=3), msgpack_values,
+                                                   max_size=2)) for _ in range(count)]
+    vecs = np.arange(count * dim, dtype=np.float32).reshape(count, dim)
+    try:
+        frame, n = F.add_frame(1.5, dim, ids, contents, metas, vecs)
+    except (TypeError, ValueError, OverflowError):
+        return
+    payload = bytes(frame[F.FRAME_HEADER_SIZE : F.FRAME_HEADER_SIZE + n])
+    check_lazy_add(count, payload, dim)
+    check_lazy_add(count, payload, dim + 1)
+    check_lazy_add(count + 1, payload, dim)
+    i = data.draw(st.integers(0, len(payload) - 1))
+    b = data.draw(st.integers(0, 255))
+    check_lazy_add(count, payload[:i] + bytes([b]) + payload[i + 1 :], dim)
+
+
+@pytest.mark.parametrize("dim", [1, 127, 128, 255, 256, 65535, 65536])
+def test_lazy_add_other_encodings_of_the_same_fields(dim):
+    # Not what mmwal's writers emit, but valid payloads: longer int, float and
+    # bin headers, an array 16 header.  The lazy decode must take the slow path.
+    vec = np.ones((1, dim), np.float32).tobytes()
+    plain = F.pack([2.5, dim, ["a"], ["c"], [{"k": 1}], vec])
+    check_lazy_add(1, plain, dim)
+    assert F.decode_add_ids_vectors(1, plain, dim, "seg", 64)[:3] == (2.5, ["a"], vec)
+    nv = len(vec)
+    variants = [
+        b"\x96\xca" + struct.pack(">f", 2.5) + plain[10:],  # float 32 timestamp
+        plain[:10] + b"\xcf" + dim.to_bytes(8, "big") + plain[10 + len(F.pack(dim)):],
+        plain[:-nv - len(F._bin_header(nv))] + b"\xc6" + nv.to_bytes(4, "big") + vec,
+        b"\xdc\x00\x06" + plain[1:],  # array 16 of 6
+    ]
+    for v in variants:
+        check_lazy_add(1, v, dim)
+        assert F.decode_add_ids_vectors(1, v, dim, "seg", 64)[1:3] == (["a"], vec)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mmwal
 from mmwal import _format as F
@@ -168,3 +170,34 @@ def test_threads_build_frames_in_their_own_buffers(tmp_path: Any) -> None:
         seen += 1
     assert seen == per * nthreads
     assert os.path.isdir(path)
+
+
+# The reader's batch check of metadata (the limits writers keep: str keys at
+# every level, at most MAX_METADATA_DEPTH levels) must find a problem exactly
+# when one map of the batch has one - its shortcuts only clear common shapes.
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
+                  st.text(max_size=3), st.binary(max_size=3))
+_key = st.one_of(st.text(max_size=3), st.binary(max_size=2))  # bytes keys: refused
+_value = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_key, inner, max_size=3)), max_leaves=8)
+_meta = st.one_of(st.none(), st.dictionaries(_key, _value, max_size=4))
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    v: Any = 1
+    for i in range(levels):
+        v = [v] if i % 2 else {"k": v}
+    return {"top": v}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_meta, max_size=6), st.sampled_from([None, 63, 64, 65, 66]))
+def test_the_batch_metadata_check_agrees_with_the_per_map_walk(metas: list[Any],
+                                                               deep: int | None) -> None:
+    if deep is not None:
+        metas = [*metas, _deep(deep)]
+    want = next((w for w in (F.metadata_problem(m) for m in metas if m is not None) if w), "")
+    assert F.metas_problem(metas) == want
+    # The common shapes the shortcuts clear, with one bad map put anywhere.
+    plain = [{"source": "a", "page": 3, "tags": ["x", "y"]}, None, {}]
+    assert F.metas_problem(plain + metas) == want

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,30 @@ def test_unknown_or_malformed_fields_are_typed_errors(tmp_path, bad):
     _store(path)
     with pytest.raises(mmwal.errors.InvalidInputError):
         list(mmwal.replay(path, fields=bad))
+
+
+def _append_record_with_an_int_content(path) -> None:
+    """A CRC-valid add record whose content is not a str: no writer makes one."""
+    from mmwal import _format as F
+
+    wal = path / "wal"
+    seg = wal / sorted(p for p in os.listdir(wal) if p.endswith(".seg"))[-1]
+    data = seg.read_bytes()
+    seed = F.salt_seed(F.decode_segment_header(data[:64]).salt)
+    payload = F.pack([1.0, 4, ["bad"], [5], [{"k": 1}], np.ones(4, "<f4").tobytes()])
+    with open(seg, "ab") as f:
+        f.write(F.encode_frame(F.KIND_ADD, 2, 1, payload, seed))
+
+
+def test_ids_and_vectors_only_leave_the_documents_undecoded(tmp_path):
+    with mmwal.Store(tmp_path, dim=4, durability="os") as st:
+        st.add("a", np.ones(4), content="x")
+    _append_record_with_an_int_content(tmp_path)
+    # The full replay decodes the documents and refuses the record ...
+    with pytest.raises(mmwal.CorruptionError, match="wrong type"):
+        list(mmwal.replay(tmp_path))
+    # ... a replay of ids and vectors never looks at it.
+    ops = list(mmwal.replay(tmp_path, fields=("id", "embedding")))
+    assert [(o.seq, o.id, o.content, o.metadata) for o in ops] == [(1, "a", None, None),
+                                                                   (2, "bad", None, None)]
+    assert ops[1].embedding.tolist() == [1.0] * 4
