@@ -524,14 +524,15 @@ def child_pss_reader(path: str) -> None:
 
 
 def child_replay(path: str, repeats: str) -> None:
-    """Time Reader(path) (replays the whole log) and iterating mmwal.replay(path)."""
+    """Time Reader(path) (replays the whole log), iterating mmwal.replay(path), and the
+    same with ``fields=("id", "embedding")`` (documents left undecoded)."""
     import gc
 
     import mmwal
 
     reps = int(repeats)
-    opens, replays = [], []
-    n_reader = n_ops = 0
+    opens, replays, projected = [], [], []
+    n_reader = n_ops = n_proj = 0
     for i in range(reps + 1):  # the first round is the unmeasured warm-up
         gc.collect()
         t0 = time.perf_counter()
@@ -544,10 +545,16 @@ def child_replay(path: str, repeats: str) -> None:
         t2 = time.perf_counter()
         n_ops = sum(1 for _ in mmwal.replay(path))
         t3 = time.perf_counter()
+        gc.collect()
+        t4 = time.perf_counter()
+        n_proj = sum(1 for _ in mmwal.replay(path, fields=("id", "embedding")))
+        t5 = time.perf_counter()
         if i:
             opens.append(t1 - t0)
             replays.append(t3 - t2)
-    _emit({"open_s": opens, "replay_s": replays, "n_reader": n_reader, "n_ops": n_ops})
+            projected.append(t5 - t4)
+    _emit({"open_s": opens, "replay_s": replays, "replay_ids_s": projected, "n_reader": n_reader,
+           "n_ops": n_ops, "n_proj": n_proj})
 
 
 def child_checkpoint(path: str) -> None:

@@ -11,6 +11,7 @@ allocates and raises :class:`~mmwal.errors.CorruptionError` (never
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -542,6 +543,16 @@ def _bin_header(nv: int) -> bytes:
     return b"\xc6" + nv.to_bytes(4, "big")
 
 
+@functools.lru_cache(maxsize=64)
+def _layout_marks(count: int, dim: int) -> tuple[bytes, bytes, int]:
+    """What a writer puts around the fields of an add payload of this shape.
+
+    ``(the dimension as the shortest uint, the vector block's bin header,
+    the vector block's length)``.
+    """
+    return pack(dim), _bin_header(count * dim * 4), count * dim * 4
+
+
 def _add_layout(mv: memoryview, count: int, dim: int) -> tuple[float, int, int] | None:
     """``(timestamp, start of ids, start of the vector block's header)`` of an add payload.
 
@@ -552,26 +563,12 @@ def _add_layout(mv: memoryview, count: int, dim: int) -> tuple[float, int, int] 
     header found at the end is sound: the longer headers of the same length
     have zero bytes where the shorter one has its type byte.
     """
+    dim_b, head, nv = _layout_marks(count, dim)
     n = len(mv)
-    if n < 12 or mv[0] != 0x96 or mv[1] != 0xCB:
-        return None
-    d = mv[10]
-    if d < 0x80:
-        fdim, p = d, 11
-    elif d == 0xCC:
-        fdim, p = mv[11], 12
-    elif d == 0xCD:
-        fdim, p = _U16(mv, 11)[0], 13
-    elif d == 0xCE:
-        fdim, p = _U32(mv, 11)[0], 15
-    else:
-        return None
-    if fdim != dim:
-        return None
-    nv = count * dim * 4
-    head = _bin_header(nv)
+    p = 10 + len(dim_b)
     b0 = n - nv - len(head)
-    if b0 <= p or mv[b0 : b0 + len(head)] != head:
+    if (b0 <= p or mv[0] != 0x96 or mv[1] != 0xCB or mv[10:p] != dim_b
+            or mv[b0 : b0 + len(head)] != head):
         return None
     return _F64(mv, 2)[0], p, b0
 
@@ -589,8 +586,8 @@ def _one_id(mv: memoryview, p: int, end: int) -> tuple[str, int] | None:
         a, ln = p + 4, _U16(mv, p + 2)[0]
     else:
         return None
-    if a + ln > end:
-        return None
+    if a + ln > end or not 0 < ln <= MAX_ID_BYTES:
+        return None  # (an empty or too long id: the full decode says so)
     try:
         return str(mv[a : a + ln], "utf-8"), a + ln
     except UnicodeDecodeError:
@@ -613,28 +610,28 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     lay = _add_layout(mv, count, dim)
     if lay is not None:
         ts, p, b0 = lay
+        vectors = bytes(mv[len(mv) - count * dim * 4 :])
         one = _one_id(mv, p, b0) if count == 1 else None
-        if one is not None:
-            ids, c0 = [one[0]], one[1]
-        else:
-            try:
-                u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                                     ext_hook=_no_ext, max_buffer_size=b0 - p)
-                u.feed(mv[p:b0])
-                ids = u.unpack()
-                c0 = p + u.tell()
-            except _MSGPACK_ERRORS as exc:
-                raise CorruptionError(
-                    f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-                    path=path, offset=offset) from None
-            if (type(ids) is not list or len(ids) != count
-                    or not all(type(i) is str for i in ids)):
-                raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be "
-                                 f"arrays of the record count {count}")
+        if one is not None:  # its length in bytes was checked: within the id limits
+            return ts, [one[0]], vectors, bytes(mv[one[1] : b0])
+        try:
+            u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                 ext_hook=_no_ext, max_buffer_size=b0 - p)
+            u.feed(mv[p:b0])
+            ids = u.unpack()
+            c0 = p + u.tell()
+        except _MSGPACK_ERRORS as exc:
+            raise CorruptionError(
+                f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+                path=path, offset=offset) from None
+        if (type(ids) is not list or len(ids) != count
+                or not all(type(i) is str for i in ids)):
+            raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be "
+                             f"arrays of the record count {count}")
         why = _ids_problem(ids)
         if why:
             raise _malformed(KIND_ADD, path, offset, why)
-        return ts, ids, bytes(mv[len(mv) - count * dim * 4 :]), bytes(mv[c0:b0])
+        return ts, ids, vectors, bytes(mv[c0:b0])
     # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
     ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
     return ts, ids, emb, pack(contents) + pack(metas)

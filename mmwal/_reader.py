@@ -45,11 +45,15 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: Serialises the after-fork handling of the threads of one child; a new lock
 #: in every child (the parent's could have been held by one of its threads).
 _FORK_GUARD = threading.Lock()
+#: Documents of consecutive add records a refresh hands to the tail at once.
+_RUN_DOCS = 4096
 
 
 def _new_fork_guard() -> None:
     global _FORK_GUARD
     _FORK_GUARD = threading.Lock()
+#: Documents of consecutive add records a refresh hands to the tail at once.
+_RUN_DOCS = 4096
 
 
 if hasattr(os, "register_at_fork"):
@@ -335,21 +339,52 @@ class Reader:
         state = self._state
         assert state is not None
         dim = self.dim
-        decode_add = F.decode_add
+        decode_add = F.decode_add_ids_vectors  # documents stay encoded until read
         ckpt = state.ckpt
         applied = 0
-        for kind, seq, count, payload, path, offset in state.cursor.frames():
-            tail = state.tail
-            if kind == F.KIND_ADD:
-                _ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset)
-                tail.add(ids, emb, contents, metas, ckpt)
-            elif kind == F.KIND_REMOVE:
-                tail.remove(F.decode_payload(kind, count, payload, dim, path, offset)[1], ckpt)
-            else:  # clear
-                F.decode_payload(kind, count, payload, dim, path, offset)
-                state.tail = _Tail(dim, True)
-            applied += count
-            state.seq = seq + count - 1
+        # Consecutive add records go to the tail together (one bookkeeping
+        # pass per run, not per record); a remove or clear, the end, an error
+        # or a run of _RUN_DOCS documents applies the run first, so the
+        # order of the log is kept and every record the cursor passed is in.
+        run: tuple[list[Any], ...] = ([], [], [], [], [], [])  # ids, embs, counts, docs, ...
+        ids, embs, counts, docs_, paths, offsets = run
+        extend, add_emb, add_count = ids.extend, embs.append, counts.append
+        add_docs, add_path, add_offset = docs_.append, paths.append, offsets.append
+        last = state.seq
+
+        def apply_run() -> None:
+            if ids:
+                a, b, c, d, e, f = (x[:] for x in run)
+                for x in run:
+                    x.clear()
+                state.tail.add(a, b, c, d, e, f, ckpt)
+            state.seq = last
+
+        try:
+            for kind, seq, count, payload, path, offset in state.cursor.frames():
+                if kind == F.KIND_ADD:
+                    _ts, rids, emb, docs = decode_add(count, payload, dim, path, offset)
+                    extend(rids)
+                    add_emb(emb)
+                    add_count(count)
+                    add_docs(docs)
+                    add_path(path)
+                    add_offset(offset)
+                    last = seq + count - 1
+                    if len(ids) >= _RUN_DOCS:
+                        apply_run()
+                else:
+                    body = F.decode_payload(kind, count, payload, dim, path, offset)
+                    apply_run()
+                    if kind == F.KIND_REMOVE:
+                        state.tail.remove(body[1], ckpt)
+                    else:  # clear
+                        state.tail = _Tail(dim, True)
+                    last = seq
+                    state.seq = last
+                applied += count
+        finally:
+            apply_run()
         return applied
 
     def _catch_up(self) -> None:

@@ -3,8 +3,9 @@
 A Reader (``_reader.py``) shows an immutable :class:`Snapshot`: the mapped
 checkpoint, and a prefix of the tail (the documents added since the
 checkpoint) as *append-only columns* (:class:`_Tail`): ids, vectors and norms
-in arrays that grow by doubling, content and metadata, and the order in which
-rows died (replaced or removed).  A refresh appends the new records to the
+in arrays that grow by doubling, content and metadata (kept as the log's
+msgpack bytes per record, decoded when a document is read: :class:`_TailDocs`),
+and the order in which rows died (replaced or removed).  A refresh appends the new records to the
 columns and publishes a new snapshot with one reference swap; a snapshot that
 saw ``n`` rows and ``k`` deaths keeps seeing exactly those, because rows are
 never rewritten and a death is recorded with its position in the death order
@@ -18,13 +19,17 @@ order, then live tail documents in the order of their last write.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
 
+from . import _format as F
 from ._checkpoint import CheckpointView
 from ._search import colfile
 from ._search import where as where_
@@ -50,6 +55,63 @@ def _row_norms(block: np.ndarray) -> np.ndarray:
     return out
 
 
+class _TailDocs:
+    """The contents and metadatas of the tail's rows, decoded when first read.
+
+    Per add record: its first row, its documents as the log holds them (the
+    msgpack of its contents and metadatas arrays, a copy out of the mapped
+    segment) and where it was read (for errors).  Opening a Reader over a
+    long tail thus decodes no document, and holds a few dozen bytes per
+    record instead of Python objects per document.  A row's record is found
+    by bisection; the most recently decoded records are cached (bounded by
+    :data:`DOC_CACHE` documents).  Append-only, like the tail: snapshots
+    share it, only the refreshing thread appends.
+    """
+
+    #: Documents of decoded records kept (the records last read).
+    DOC_CACHE = 1 << 16
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []  # first row of each record
+        self.counts: list[int] = []
+        self.raw: list[bytes] = []
+        self.paths: list[str] = []
+        self.offsets: list[int] = []
+        self._cache: dict[int, tuple[list[str], list[Any]]] = {}
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    def extend(self, first_row: int, counts: list[int], raw: list[bytes], paths: list[str],
+               offsets: list[int]) -> None:
+        """Append records (their document counts, encoded documents, where they were read)."""
+        self.starts.extend(itertools.accumulate(counts[:-1], initial=first_row))
+        self.counts.extend(counts)
+        self.raw.extend(raw)
+        self.paths.extend(paths)
+        self.offsets.extend(offsets)  # last: a reader sees a record once it is complete
+
+    def record(self, rec: int) -> tuple[list[str], list[Any]]:
+        """The decoded (contents, metadatas) of record ``rec``."""
+        hit = self._cache.get(rec)
+        if hit is not None:
+            return hit
+        count = self.counts[rec]
+        out = F.decode_docs(self.raw[rec], count, self.paths[rec], self.offsets[rec])
+        with self._lock:
+            if rec not in self._cache:
+                while self._cache and self._cached + count > self.DOC_CACHE:
+                    self._cached -= len(self._cache.pop(next(iter(self._cache)))[0])
+                self._cache[rec] = out
+                self._cached += count
+        return out
+
+    def __getitem__(self, row: int) -> tuple[str, Any]:
+        rec = bisect.bisect_right(self.starts, row) - 1
+        contents, metas = self.record(rec)
+        j = row - self.starts[rec]
+        return contents[j], metas[j]
+
+
 class _Tail:
     """The log tail since the checkpoint, as append-only columns shared by snapshots.
 
@@ -62,7 +124,7 @@ class _Tail:
         self.dim = dim
         self.cleared = cleared  # a clear in the tail: every checkpoint row is dead
         self.ids: list[str] = []
-        self.docs: list[tuple[str, dict[str, Any] | None]] = []
+        self.docs = _TailDocs()
         self.prev: list[int] = []  # the previous tail row of the same id, or -1
         self.newest: dict[str, int] = {}  # id -> its newest tail row (alive or not)
         self.vecs = np.empty((0, dim), np.float32)
@@ -125,20 +187,33 @@ class _Tail:
                 self.ckpt_deaths.append(row)
         return old
 
-    def add(self, ids: list[str], emb: bytes, contents: list[str], metas: list[Any],
-            ckpt: VersionView | None) -> None:
+    def add(self, ids: list[str], embs: list[bytes], counts: list[int], docs: list[bytes],
+            paths: list[str], offsets: list[int], ckpt: VersionView | None) -> None:
+        """Append add records, in log order: their ids, vector bytes and documents.
+
+        Per record: ``embs`` its vector block, ``counts`` its documents,
+        ``docs`` their encoding, ``paths``/``offsets`` where it was read
+        (:meth:`_TailDocs.extend`).
+        """
         count = len(ids)
         n0 = self.n
         if n0 + count > len(self.death):
             self._reserve(count)
-        self._pending.append(emb)
-        self._pending_bytes += len(emb)
-        prev, newest, kill = self.prev, self.newest, self._kill
-        for row, key in enumerate(ids, n0):
-            prev.append(kill(key, ckpt))  # before newest[key]: see Snapshot._tail_row
-            newest[key] = row
+        self._pending.extend(embs)
+        self._pending_bytes += sum(map(len, embs))
+        prev, newest = self.prev, self.newest
+        if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
+                and len(set(ids)) == count):
+            # Only new ids and nothing under the tail to kill: no death to record.
+            prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
+            newest.update(zip(ids, range(n0, n0 + count)))
+        else:
+            kill = self._kill
+            for row, key in enumerate(ids, n0):
+                prev.append(kill(key, ckpt))  # before newest[key]: see Snapshot._tail_row
+                newest[key] = row
         self.ids.extend(ids)
-        self.docs.extend(zip(contents, metas))
+        self.docs.extend(n0, counts, docs, paths, offsets)
         self.n = n0 + count
         self.live += count
         if self._pending_bytes >= _FLUSH_BYTES:

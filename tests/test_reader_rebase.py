@@ -19,14 +19,15 @@ def state(r) -> dict:
 
 
 def counting(monkeypatch) -> list[int]:
+    """Count the add records a Reader decodes (ids and vectors; documents stay encoded)."""
     calls = [0]
-    real = _format.decode_add
+    real = _format.decode_add_ids_vectors
 
     def counted(*a, **kw):
         calls[0] += 1
         return real(*a, **kw)
 
-    monkeypatch.setattr(_format, "decode_add", counted)
+    monkeypatch.setattr(_format, "decode_add_ids_vectors", counted)
     return calls
 
 
