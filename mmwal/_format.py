@@ -413,6 +413,8 @@ def metas_problem(metas: list[Any]) -> str:
     whole batch; anything else (a nested map, an array of arrays, a key that
     is not str) takes the per-map walk, which says what is wrong.
     """
+    if len(metas) == 1:  # one document: the walk costs less than building a batch
+        return metadata_problem(metas[0]) if metas[0] else ""
     maps = list(filter(None, metas))  # None and {} have nothing to check
     if not maps:
         return ""

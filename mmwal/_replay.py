@@ -74,6 +74,9 @@ def iter_ops(frame: Any, dim: int, fields: frozenset[str] | None = None) -> Iter
         else:
             ts, ids, emb, _docs = F.decode_add_ids_vectors(n, frame.payload, dim, frame.path,
                                                            frame.offset)
+        if n == 1 and fields is None:  # a single document: one tuple, no batch machinery
+            return iter((_new_op(Op, (seq, "add", ids[0], np.frombuffer(emb, dtype="<f4"),
+                                      contents[0], metas[0], ts)),))
         vecs: Any = np.frombuffer(emb, dtype="<f4").reshape(n, dim)
         if fields is not None:
             ids = ids if "id" in fields else _repeat(None, n)
