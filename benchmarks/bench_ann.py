@@ -374,17 +374,26 @@ def case_search(a: argparse.Namespace, path: str, Q: np.ndarray) -> dict[str, An
     assert got == truth[:a.exact_queries], "exact single and batch disagree"
     res["exact"] = {"single_s": es, "batch_s": eb, "single_qps": qps(es), "batch_qps": qps(eb)}
     curve = []
-    for e in a.expansions:
+    # First the default breadth (expansion=None: what a user gets without asking), then the
+    # explicit ones.  The default grows with a fragment's rows (_search.ann.default_expansion).
+    from mmwal._search.ann import default_expansion
+
+    rows = max((f["rows"] for f in idx), default=0)
+    res["default_breadth"] = default_expansion(mmwal.Config().ann_expansion_search, rows)
+    for e in [None, *a.expansions]:
         s, got_s = time_single(lambda q, e=e: ids1(r.search(q, k=K, expansion=e)), Q, a.repeats)
         bt, got_b = time_batch(lambda B, e=e: [ids1(h) for h in r.search(B, k=K, expansion=e)],
                                Q, b, a.repeats)
-        curve.append({"expansion": e, "recall_single": recall(got_s, truth),
+        curve.append({"expansion": "default" if e is None else e,
+                      "breadth": res["default_breadth"] if e is None else e,
+                      "recall_single": recall(got_s, truth),
                       "recall_batch": recall(got_b, truth), "single_s": s, "batch_s": bt,
                       "single_qps": qps(s), "batch_qps": qps(bt),
                       "speedup_single": qps(s) / qps(es), "speedup_batch": qps(bt) / qps(eb)})
         log(f"expansion {e}: recall {curve[-1]['recall_single']:.4f}, "
             f"{qps(s):,.0f} q/s single ({curve[-1]['speedup_single']:.1f}x exact), "
             f"{qps(bt):,.0f} q/s batch")
+    res["default"] = curve.pop(0)
     res["curve"] = curve
     res["_truth"] = truth
     r.close()
@@ -632,6 +641,10 @@ def plot(results: dict[str, Any], target: str) -> str | None:
         for c in cur:
             ax.annotate(str(c["expansion"]), (c["single_qps"], c["recall_single"]),
                         fontsize=6, xytext=(3, -8), textcoords="offset points")
+        d = R["search"].get("default")
+        if d:
+            ax.plot([d["single_qps"]], [d["recall_single"]], "*", color="#d62728", ms=12,
+                    label=f"mmwal default breadth ({d['breadth']}), 1 query")
         ax.axvline(ex["single_qps"], color="gray", ls=":", label="mmwal exact, 1 query")
         ax.axvline(ex["batch_qps"], color="gray", ls="-.", label="mmwal exact, batch")
         ax.axvline(20 * ex["single_qps"], color="green", ls=":", lw=0.8,
@@ -780,8 +793,10 @@ def report(a: argparse.Namespace, results: dict[str, Any], build_rows: list[str]
         print(f"### {W.fmt_n(n)} x {R['dim']}: recall@10 and queries/s\n")
         rows = [["exact", "1.0000", W.fmt_rate(ex["single_qps"]), "1.0×",
                  W.fmt_rate(ex["batch_qps"]), "1.0×"]]
-        for c in S["curve"]:
-            rows.append([f"index, expansion {c['expansion']}", f"{c['recall_single']:.4f}",
+        for c in ([S["default"]] if "default" in S else []) + S["curve"]:
+            name = (f"index, default breadth ({c['breadth']})" if c["expansion"] == "default"
+                    else f"index, expansion {c['expansion']}")
+            rows.append([name, f"{c['recall_single']:.4f}",
                          W.fmt_rate(c["single_qps"]), f"{c['speedup_single']:.1f}×",
                          W.fmt_rate(c["batch_qps"]), f"{c['speedup_batch']:.1f}×"])
         L = R.get("lance")

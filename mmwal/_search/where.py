@@ -146,6 +146,7 @@ from Python metadata dicts.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import operator
@@ -610,6 +611,70 @@ class _KeyBuilder:
         self.other_rows = array("q")
 
 
+class _Absent:
+    """The value of a key a row does not hold (distinct from every stored value)."""
+
+
+_ABSENT = _Absent()
+_NO_KEYS: dict[str, Any] = {}
+_DICT_OR_NONE = frozenset((dict, type(None)))
+#: Exact types whose values are of kind "other" (no column, only the mask).
+_OTHER_TYPES = frozenset((list, dict, type(None), bytes))
+
+
+def _append_kind(kb: _KeyBuilder, t: type, rows: np.ndarray, vals: list[Any]) -> bool:
+    """Append ``vals`` (all of exact type ``t``) at ``rows``; False if ``t`` needs the slow way."""
+    r = array("q", rows.astype(np.int64).tobytes())
+    if t is str:
+        ids = kb.str_ids
+        for v in dict.fromkeys(vals):  # each distinct string once
+            if v not in ids:
+                ids[v] = len(ids)
+        kb.str_rows.extend(r)
+        kb.str_codes.extend(array("i", map(ids.__getitem__, vals)))
+        return True
+    if t is int:
+        try:
+            got = array("q", vals)  # OverflowError beyond int64: those are "other"
+        except OverflowError:
+            return False
+        kb.int_rows.extend(r)
+        kb.int_vals.extend(got)
+        return True
+    if t is float:
+        kb.float_rows.extend(r)
+        kb.float_vals.extend(array("d", vals))
+        return True
+    if t is bool:
+        kb.bool_rows.extend(r)
+        kb.bool_vals.extend(array("b", vals))
+        return True
+    if t in _OTHER_TYPES:
+        kb.other_rows.extend(r)
+        return True
+    return False
+
+
+def _append_one(kb: _KeyBuilder, row: int, v: Any) -> None:
+    """Append one value of a key at ``row``, by its kind (:func:`_kind_of`)."""
+    kind = _kind_of(v)
+    if kind == "str":
+        code = kb.str_ids.setdefault(v, len(kb.str_ids))
+        kb.str_rows.append(row)
+        kb.str_codes.append(code)
+    elif kind == "int":
+        kb.int_rows.append(row)
+        kb.int_vals.append(v)
+    elif kind == "float":
+        kb.float_rows.append(row)
+        kb.float_vals.append(v)
+    elif kind == "bool":
+        kb.bool_rows.append(row)
+        kb.bool_vals.append(v)
+    else:
+        kb.other_rows.append(row)
+
+
 class ColumnBuilder:
     """Builds :data:`Columns` from metadata dicts fed in chunks.
 
@@ -634,6 +699,10 @@ class ColumnBuilder:
 
     def add(self, metadatas: Iterable[Mapping[str, Any] | None]) -> None:
         """Append rows (one metadata dict, or ``None``, per row)."""
+        metas = metadatas if type(metadatas) is list else list(metadatas)
+        if _DICT_OR_NONE.issuperset(map(type, metas)):
+            self._add_plain(metas)  # type: ignore[arg-type]
+            return
         keys = self._keys
         row = self.n
         for m in metadatas:
@@ -680,6 +749,39 @@ class ColumnBuilder:
                         kb.other_rows.append(row)
             row += 1
         self.n = row
+
+    def _add_plain(self, metas: list[dict[str, Any] | None]) -> None:
+        """:meth:`add` for plain dicts (what a checkpoint feeds): a few C-level passes per key.
+
+        Per key, its values are gathered in row order; a key whose values all
+        have one kind (str, int in int64, float, bool; or only containers,
+        bytes and nil, kind "other") is appended as arrays in one step, any
+        other key value by value as :meth:`add` does.
+        """
+        n0, n = self.n, len(metas)
+        rows_of = [m or _NO_KEYS for m in metas]
+        for key in dict.fromkeys(itertools.chain.from_iterable(rows_of)):  # first-seen order
+            kb = self._keys.get(key)
+            if kb is None:
+                kb = self._keys[key] = _KeyBuilder()
+            vals = list(map(operator.methodcaller("get", key, _ABSENT), rows_of))
+            kinds = set(map(type, vals))
+            kinds.discard(_Absent)
+            if len(kinds) == 1 or _OTHER_TYPES.issuperset(kinds):
+                t = kinds.pop() if len(kinds) == 1 else list
+                if _ABSENT in vals:  # some rows lack the key: keep the rest
+                    mask = list(map(operator.is_not, vals, itertools.repeat(_ABSENT, n)))
+                    rows = np.flatnonzero(np.array(mask, dtype=np.bool_)) + n0
+                    held = list(itertools.compress(vals, mask))
+                else:
+                    rows = np.arange(n0, n0 + n, dtype=np.int64)
+                    held = vals
+                if _append_kind(kb, t, rows, held):
+                    continue
+            for row, v in enumerate(vals, n0):
+                if v is not _ABSENT:
+                    _append_one(kb, row, v)
+        self.n = n0 + n
 
     def finish(self) -> dict[str, KeyColumns]:
         """The dense columns of every row added so far."""
