@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io as _stdio
 import mmap
+import operator
 import os
 import secrets
 import sys
@@ -73,6 +74,9 @@ HASH_KEYED = "blake2b-32"
 
 FILES = ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "index.npy",
          "docs.lz4", "docs_offsets.npy")
+
+
+_second = operator.itemgetter(1)
 
 
 def hash_id(b: bytes, key: bytes | None = None) -> int:
@@ -474,7 +478,7 @@ class _Builder:
         s["ids.bin"].write(joined)
         self.id_pos += len(joined)
         self.rows += len(ids)
-        self.columns.add([d[1] for d in docs])
+        self.columns.add(list(map(_second, docs)))
         self.pending.extend(docs)
         while len(self.pending) >= self.chunk_docs:
             self._flush_chunk(self.pending[: self.chunk_docs])
@@ -690,12 +694,15 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
                 f"expected {seq + 1}; the checkpoint does not drop records: run `mmwal verify` "
                 "and see `mmwal repair`", path=frame.path, offset=frame.offset)
         if frame.kind == F.KIND_ADD:
-            pop = touched.pop
-            for i, id_ in enumerate(F.decode_add_ids(frame.count, frame.payload, dim,
-                                                     frame.path, frame.offset),
-                                    frame.first_seq):
-                pop(id_, None)  # re-insert: dict order = order of last write
-                touched[id_] = i
+            ids = F.decode_add_ids(frame.count, frame.payload, dim, frame.path, frame.offset)
+            first = frame.first_seq
+            if touched.keys().isdisjoint(ids) and len(set(ids)) == len(ids):  # all new
+                touched.update(zip(ids, range(first, first + len(ids))))
+            else:
+                pop = touched.pop
+                for i, id_ in enumerate(ids, first):
+                    pop(id_, None)  # re-insert: dict order = order of last write
+                    touched[id_] = i
         elif frame.kind == F.KIND_REMOVE:
             body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
                                     frame.offset)
@@ -736,10 +743,15 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
             body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
                                     frame.offset)
             first = frame.first_seq
-            get = touched.get
-            pick = [i for i, id_ in enumerate(body.ids) if get(id_) == first + i]
+            ids = body.ids
+            seqs = list(map(touched.get, ids))
+            if seqs == list(range(first, first + len(ids))):  # every document kept
+                b.add(list(map(str.encode, ids)), body.embeddings,
+                      list(map(list, zip(body.contents, body.metadatas))))
+                continue
+            pick = [j for j, s in enumerate(seqs) if s == first + j]
             if pick:
-                b.add([body.ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
+                b.add([ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
                       [[body.contents[i], body.metadatas[i]] for i in pick])
         return FoldResult(b.finish(frag_id, last_seq if seq_as is None else seq_as), dead,
                           cleared)

@@ -502,6 +502,10 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
     (a checkpoint's first pass needs only the ids; its second pass decodes
     and checks in full every frame whose documents it keeps).
     """
+    mv = payload if isinstance(payload, memoryview) else memoryview(payload)
+    lay = _add_layout(mv, count, dim)
+    if lay is not None:  # the encoding writers emit: the ids alone are decoded
+        return _ids_in_layout(mv, count, lay[1], lay[2], path, offset)[0]
     try:
         u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
                              max_buffer_size=max(len(payload), 1))
@@ -596,6 +600,31 @@ def _one_id(mv: memoryview, p: int, end: int) -> tuple[str, int] | None:
         return None  # the full decode says what is wrong
 
 
+def _ids_in_layout(mv: memoryview, count: int, p: int, b0: int, path: str, offset: int,
+                   ) -> tuple[list[str], int]:
+    """The checked ids of an add payload whose layout :func:`_add_layout` found, and their end."""
+    one = _one_id(mv, p, b0) if count == 1 else None
+    if one is not None:  # its length in bytes was checked: within the id limits
+        return [one[0]], one[1]
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                             ext_hook=_no_ext, max_buffer_size=b0 - p)
+        u.feed(mv[p:b0])  # never the vector block
+        ids = u.unpack()
+        end = p + u.tell()
+    except _MSGPACK_ERRORS as exc:
+        raise CorruptionError(
+            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+            path=path, offset=offset) from None
+    if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
+        raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
+                         f"the record count {count}")
+    why = _ids_problem(ids)
+    if why:
+        raise _malformed(KIND_ADD, path, offset, why)
+    return ids, end
+
+
 def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset: int,
                            ) -> tuple[float, list[str], bytes, bytes]:
     """An add payload's timestamp, ids and vectors, with its documents left encoded.
@@ -612,28 +641,8 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     lay = _add_layout(mv, count, dim)
     if lay is not None:
         ts, p, b0 = lay
-        vectors = bytes(mv[len(mv) - count * dim * 4 :])
-        one = _one_id(mv, p, b0) if count == 1 else None
-        if one is not None:  # its length in bytes was checked: within the id limits
-            return ts, [one[0]], vectors, bytes(mv[one[1] : b0])
-        try:
-            u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                                 ext_hook=_no_ext, max_buffer_size=b0 - p)
-            u.feed(mv[p:b0])
-            ids = u.unpack()
-            c0 = p + u.tell()
-        except _MSGPACK_ERRORS as exc:
-            raise CorruptionError(
-                f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-                path=path, offset=offset) from None
-        if (type(ids) is not list or len(ids) != count
-                or not all(type(i) is str for i in ids)):
-            raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be "
-                             f"arrays of the record count {count}")
-        why = _ids_problem(ids)
-        if why:
-            raise _malformed(KIND_ADD, path, offset, why)
-        return ts, ids, vectors, bytes(mv[c0:b0])
+        ids, c0 = _ids_in_layout(mv, count, p, b0, path, offset)
+        return ts, ids, bytes(mv[len(mv) - count * dim * 4 :]), bytes(mv[c0:b0])
     # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
     ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
     return ts, ids, emb, pack(contents) + pack(metas)

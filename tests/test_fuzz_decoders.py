@@ -521,7 +521,12 @@ def test_deletions_random_bytes_and_lying_headers(case, junk, rows):
 def check_lazy_add(count: int, payload: bytes, dim: int) -> None:
     """ids + vectors now, documents later: together exactly what the full decode does."""
     full = bounded(F.decode_payload, F.KIND_ADD, count, payload, dim, "seg", 64)
+    only_ids = bounded(F.decode_add_ids, count, payload, dim, "seg", 64)
+    if not isinstance(full, MmwalError):  # (ids alone may pass where the rest is bad)
+        assert only_ids == full.ids
     part = bounded(F.decode_add_ids_vectors, count, payload, dim, "seg", 64)
+    if not isinstance(part, MmwalError):
+        assert part[1] == only_ids
     if not isinstance(part, MmwalError):
         ts, ids, emb, docs = part
         rest = bounded(F.decode_docs, docs, count, "seg", 64)
