@@ -14,7 +14,8 @@ judged by where the microseconds went.
 Paths: ``add`` (Store.add, durability "os", one process), ``add_many``
 (Store.add_many of 1000 documents), ``replay-single`` / ``replay-batched``
 (``mmwal.replay`` over a tail of single-document records / of 1000-document
-records, no checkpoint), ``reader-single`` / ``reader-batched`` (``mmwal.Reader``
+records, no checkpoint), ``replay-ids-single`` / ``replay-ids-batched`` (the same with
+``fields=("id", "embedding")``), ``reader-single`` / ``reader-batched`` (``mmwal.Reader``
 open over the same tails), ``crc`` (zlib.crc32 throughput, for the replay path),
 ``breakdown`` (CPU time of each step of one ``Store.add``, timed alone).
 Inputs are the standard workload of ``_workload.py``, built before any timing.
@@ -42,8 +43,8 @@ from _workload import DIM, make_docs  # noqa: E402
 
 import mmwal  # noqa: E402
 
-PATHS = ("add", "add_many", "replay-single", "replay-batched", "reader-single",
-         "reader-batched", "crc", "breakdown")
+PATHS = ("add", "add_many", "replay-single", "replay-batched", "replay-ids-single",
+         "replay-ids-batched", "reader-single", "reader-batched", "crc", "breakdown")
 
 
 def _store(base: str, name: str) -> mmwal.Store:
@@ -105,6 +106,11 @@ def workload(which: str, base: str, n: int) -> tuple[Callable[[], Any], int, str
         build_tail(base, os.path.basename(path), n, 1 if single else 1000)
     units = n if single else max(1, n // 1000)
     unit = "record" if single else "record of 1000"
+    if which.startswith("replay-ids"):
+        def run_ids() -> None:
+            for _op in mmwal.replay(path, fields=("id", "embedding")):
+                pass
+        return run_ids, units, unit
     if which.startswith("replay"):
         def run() -> None:
             for _op in mmwal.replay(path):
