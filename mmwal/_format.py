@@ -626,7 +626,7 @@ def _ids_in_layout(mv: memoryview, count: int, p: int, b0: int, path: str, offse
 
 
 def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset: int,
-                           ) -> tuple[float, list[str], bytes, bytes]:
+                           copy: bool = True) -> tuple[float, list[str], Any, bytes]:
     """An add payload's timestamp, ids and vectors, with its documents left encoded.
 
     Returns ``(timestamp, ids, vector bytes, docs)``: ``docs`` is the raw
@@ -634,7 +634,9 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     :func:`decode_docs` when (and if) they are wanted - so a reader that needs
     ids and vectors does no per-document work for contents and metadata.
     The fields returned are checked as :func:`decode_add` checks them; the
-    documents are checked by :func:`decode_docs`.  Together the two accept
+    documents are checked by :func:`decode_docs`.  ``copy=False`` returns
+    the vector block as a view of ``payload`` when it can (valid as long as
+    the payload's buffer is), for a caller that copies it at once.  Together the two accept
     exactly the payloads :func:`decode_add` accepts, with the same values.
     """
     mv = payload if isinstance(payload, memoryview) else memoryview(payload)
@@ -642,7 +644,8 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     if lay is not None:
         ts, p, b0 = lay
         ids, c0 = _ids_in_layout(mv, count, p, b0, path, offset)
-        return ts, ids, bytes(mv[len(mv) - count * dim * 4 :]), bytes(mv[c0:b0])
+        vectors = mv[len(mv) - count * dim * 4 :]
+        return ts, ids, bytes(vectors) if copy else vectors, bytes(mv[c0:b0])
     # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
     ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
     return ts, ids, emb, pack(contents) + pack(metas)

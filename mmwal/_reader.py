@@ -362,7 +362,15 @@ class Reader:
 
         try:
             for kind, seq, count, payload, path, offset in state.cursor.frames():
-                if kind == F.KIND_ADD:
+                if kind == F.KIND_ADD and count >= _RUN_DOCS // 64:
+                    # A batch: applied at once, its vectors copied straight from the
+                    # mapped segment into the tail (the view is not kept).
+                    _ts, rids, emb, docs = decode_add(count, payload, dim, path, offset,
+                                                      False)
+                    apply_run()
+                    state.tail.add(rids, [emb], [count], [docs], [path], [offset], ckpt)
+                    last = state.seq = seq + count - 1
+                elif kind == F.KIND_ADD:
                     _ts, rids, emb, docs = decode_add(count, payload, dim, path, offset)
                     extend(rids)
                     add_emb(emb)

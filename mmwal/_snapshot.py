@@ -43,15 +43,22 @@ __all__ = ["METRICS", "Fragment", "IdView", "Snapshot"]
 METRICS = ("cosine", "dot", "l2")
 #: Rows scored per step of a search over the mapped checkpoint.
 SEARCH_ROWS = 65536
-_ALIVE = np.iinfo(np.int64).max
-#: Pending vector bytes at which the tail moves them into its arrays.
-_FLUSH_BYTES = 16 << 20  # death position of a row that has not died
+_ALIVE = np.iinfo(np.int64).max  # death position of a row that has not died
+#: Bytes of vectors added since the last flush at which the tail computes their norms.
+_FLUSH_BYTES = 16 << 20
 
 
 def _row_norms(block: np.ndarray) -> np.ndarray:
-    """Euclidean norms of float32 rows, computed in float64 (no overflow for huge values)."""
-    sq: np.ndarray = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-    out: np.ndarray = np.sqrt(sq).astype(np.float32)
+    """Euclidean norms of float32 rows.
+
+    Summed in float32 (what a checkpoint's norms are; within the writers'
+    norm limit, 2**62, a square cannot overflow), and again in float64 when
+    a row's sum did overflow (a vector written before that limit existed).
+    """
+    sq: np.ndarray = np.einsum("ij,ij->i", block, block)
+    if not np.isfinite(sq).all():
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+    out: np.ndarray = np.sqrt(sq).astype(np.float32, copy=False)
     return out
 
 
@@ -135,11 +142,9 @@ class _Tail:
         self.ckpt_death: dict[int, int] = {}  # checkpoint row -> its position there
         self.n = 0
         self.live = 0
-        # Vectors of rows appended since the last flush, as the frames' raw
-        # bytes: one frombuffer and one norm computation per flush, not per frame.
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self.flushed = 0  # rows whose vectors and norms are in the arrays
+        # Vectors are copied into ``vecs`` as records arrive; their norms are
+        # computed per flush (one pass over the new rows), not per record.
+        self.flushed = 0  # rows whose norms are in ``norms``
 
     def _reserve(self, extra: int) -> None:
         cap = len(self.death)
@@ -148,7 +153,7 @@ class _Tail:
         # was given, whose first n rows never change.
         f = self.flushed
         vecs = np.empty((new, self.dim), np.float32)
-        vecs[:f] = self.vecs[:f]
+        vecs[: self.n] = self.vecs[: self.n]
         norms = np.empty(new, np.float32)
         norms[:f] = self.norms[:f]
         death = np.full(new, _ALIVE, np.int64)
@@ -156,18 +161,11 @@ class _Tail:
         self.vecs, self.norms, self.death = vecs, norms, death
 
     def flush(self) -> None:
-        """Move the pending vectors into the arrays (before a snapshot is taken)."""
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        block = np.frombuffer(data, dtype="<f4").reshape(-1, self.dim)
-        a = self.flushed
-        b = a + len(block)
-        self.vecs[a:b] = block
-        self.norms[a:b] = _row_norms(block)
-        self._pending = []
-        self._pending_bytes = 0
-        self.flushed = b
+        """Compute the norms of the rows added since the last flush (before a snapshot)."""
+        a, b = self.flushed, self.n
+        if a < b:
+            self.norms[a:b] = _row_norms(self.vecs[a:b])
+            self.flushed = b
 
     def _kill_tail_row(self, row: int) -> None:
         if self.death[row] == _ALIVE:
@@ -191,7 +189,8 @@ class _Tail:
             paths: list[str], offsets: list[int], ckpt: VersionView | None) -> None:
         """Append add records, in log order: their ids, vector bytes and documents.
 
-        Per record: ``embs`` its vector block, ``counts`` its documents,
+        Per record: ``embs`` its vector block (bytes, or a view valid for
+        the call: it is copied here), ``counts`` its documents,
         ``docs`` their encoding, ``paths``/``offsets`` where it was read
         (:meth:`_TailDocs.extend`).
         """
@@ -199,8 +198,11 @@ class _Tail:
         n0 = self.n
         if n0 + count > len(self.death):
             self._reserve(count)
-        self._pending.extend(embs)
-        self._pending_bytes += sum(map(len, embs))
+        vecs, dim, row = self.vecs, self.dim, n0
+        for emb in embs:  # each block copied once, from the log's bytes into the array
+            block = np.frombuffer(emb, dtype="<f4").reshape(-1, dim)
+            vecs[row : row + len(block)] = block
+            row += len(block)
         prev, newest = self.prev, self.newest
         if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
                 and len(set(ids)) == count):
@@ -216,7 +218,7 @@ class _Tail:
         self.docs.extend(n0, counts, docs, paths, offsets)
         self.n = n0 + count
         self.live += count
-        if self._pending_bytes >= _FLUSH_BYTES:
+        if (self.n - self.flushed) * self.dim * 4 >= _FLUSH_BYTES:
             self.flush()
 
     def remove(self, key: str, ckpt: VersionView | None) -> None:
