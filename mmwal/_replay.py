@@ -74,9 +74,16 @@ def iter_ops(frame: Any, dim: int, fields: frozenset[str] | None = None) -> Iter
         else:
             ts, ids, emb, _docs = F.decode_add_ids_vectors(n, frame.payload, dim, frame.path,
                                                            frame.offset)
-        if n == 1 and fields is None:  # a single document: one tuple, no batch machinery
-            return iter((_new_op(Op, (seq, "add", ids[0], np.frombuffer(emb, dtype="<f4"),
-                                      contents[0], metas[0], ts)),))
+        if n == 1:  # a single document: one tuple, no batch machinery
+            if fields is None:
+                return iter((_new_op(Op, (seq, "add", ids[0], np.frombuffer(emb, dtype="<f4"),
+                                          contents[0], metas[0], ts)),))
+            return iter((_new_op(Op, (
+                seq, "add", ids[0] if "id" in fields else None,
+                np.frombuffer(emb, dtype="<f4") if "embedding" in fields else None,
+                contents[0] if want and "content" in fields else None,
+                metas[0] if want and "metadata" in fields else None,
+                ts if "timestamp" in fields else 0.0)),))
         vecs: Any = np.frombuffer(emb, dtype="<f4").reshape(n, dim)
         if fields is not None:
             ids = ids if "id" in fields else _repeat(None, n)
