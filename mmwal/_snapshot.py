@@ -146,6 +146,11 @@ class _Tail:
         # computed per flush (one pass over the new rows), not per record.
         self.flushed = 0  # rows whose norms are in ``norms``
 
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` more rows (a hint: appends grow the arrays anyway)."""
+        if self.n + rows > len(self.death):
+            self._reserve(rows)
+
     def _reserve(self, extra: int) -> None:
         cap = len(self.death)
         new = max(64, 2 * cap, self.n + extra)
@@ -198,11 +203,10 @@ class _Tail:
         n0 = self.n
         if n0 + count > len(self.death):
             self._reserve(count)
-        vecs, dim, row = self.vecs, self.dim, n0
-        for emb in embs:  # each block copied once, from the log's bytes into the array
-            block = np.frombuffer(emb, dtype="<f4").reshape(-1, dim)
-            vecs[row : row + len(block)] = block
-            row += len(block)
+        # One copy into the array: a batch's block as it is, small records'
+        # blocks joined first (one numpy assignment, not one per record).
+        data = embs[0] if len(embs) == 1 else b"".join(embs)
+        self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count, self.dim)
         prev, newest = self.prev, self.newest
         if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
                 and len(set(ids)) == count):
