@@ -77,6 +77,8 @@ FILES = ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "index.npy
 
 
 _second = operator.itemgetter(1)
+#: Documents a fold hands to the fragment builder at once.
+_FOLD_STEP = 4096
 
 
 def hash_id(b: bytes, key: bytes | None = None) -> int:
@@ -734,7 +736,21 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
                  config)
     try:
-        # Pass 2: the live delta documents, in the seq order of their last write.
+        # Pass 2: the live delta documents, in the seq order of their last write,
+        # handed to the builder a few thousand at a time (single-document records
+        # one by one cost a round of file writes and array work each).
+        keys: list[bytes] = []
+        blocks: list[np.ndarray] = []
+        docs: list[list[Any]] = []
+
+        def hand_over() -> None:
+            if keys:
+                b.add(keys[:], blocks[0] if len(blocks) == 1 else np.concatenate(blocks),
+                      docs[:])
+                keys.clear()
+                blocks.clear()
+                docs.clear()
+
         for frame in source():
             if frame.first_seq > last_seq:
                 break
@@ -746,13 +762,18 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
             ids = body.ids
             seqs = list(map(touched.get, ids))
             if seqs == list(range(first, first + len(ids))):  # every document kept
-                b.add(list(map(str.encode, ids)), body.embeddings,
-                      list(map(list, zip(body.contents, body.metadatas))))
-                continue
-            pick = [j for j, s in enumerate(seqs) if s == first + j]
-            if pick:
-                b.add([ids[i].encode("utf-8") for i in pick], body.embeddings[pick],
-                      [[body.contents[i], body.metadatas[i]] for i in pick])
+                keys.extend(map(str.encode, ids))
+                blocks.append(body.embeddings)
+                docs.extend(map(list, zip(body.contents, body.metadatas)))
+            else:
+                pick = [j for j, s in enumerate(seqs) if s == first + j]
+                if pick:
+                    keys.extend(ids[i].encode("utf-8") for i in pick)
+                    blocks.append(body.embeddings[pick])
+                    docs.extend([body.contents[i], body.metadatas[i]] for i in pick)
+            if len(keys) >= _FOLD_STEP:
+                hand_over()
+        hand_over()
         return FoldResult(b.finish(frag_id, last_seq if seq_as is None else seq_as), dead,
                           cleared)
     except BaseException:
