@@ -324,18 +324,29 @@ def pack(obj: Any) -> bytes:
         raise
 
 
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                   msgpack.StackError, msgpack.OutOfData, UnicodeDecodeError, OverflowError)
+
+
+def _not_msgpack(path: str, offset: int, exc: BaseException) -> CorruptionError:
+    return CorruptionError(f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
+                           path=path, offset=offset)
+
+
+def _unpacker(size: int) -> Any:
+    """A streaming decoder with the rules of :func:`_unpack`, for at most ``size`` bytes."""
+    return msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
+                            max_buffer_size=size)
+
+
 def _unpack(payload: Any, path: str, offset: int) -> Any:
     try:
         return msgpack.unpackb(
             payload, raw=False, strict_map_key=True, use_list=True,
             ext_hook=_no_ext,
         )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-            UnicodeDecodeError, OverflowError) as exc:
-        raise CorruptionError(
-            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-            path=path, offset=offset,
-        ) from None
+    except _MSGPACK_ERRORS as exc:
+        raise _not_msgpack(path, offset, exc) from None
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -507,19 +518,14 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
     if lay is not None:  # the encoding writers emit: the ids alone are decoded
         return _ids_in_layout(mv, count, lay[1], lay[2], path, offset)[0]
     try:
-        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
-                             max_buffer_size=max(len(payload), 1))
+        u = _unpacker(max(len(payload), 1))
         u.feed(payload)
         n = u.read_array_header()
         ts = u.unpack()
         fdim = u.unpack()
         ids = u.unpack()
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-            msgpack.OutOfData, UnicodeDecodeError, OverflowError) as exc:
-        raise CorruptionError(
-            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-            path=path, offset=offset,
-        ) from None
+    except _MSGPACK_ERRORS as exc:
+        raise _not_msgpack(path, offset, exc) from None
     if n != 6:
         raise _malformed(KIND_ADD, path, offset, "expected an array of 6 fields")
     if type(ts) is not float or fdim != dim:
@@ -536,8 +542,6 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
 _F64 = struct.Struct(">d").unpack_from
 _U16 = struct.Struct(">H").unpack_from
 _U32 = struct.Struct(">I").unpack_from
-_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-                   msgpack.StackError, msgpack.OutOfData, UnicodeDecodeError, OverflowError)
 
 
 def _bin_header(nv: int) -> bytes:
@@ -607,15 +611,12 @@ def _ids_in_layout(mv: memoryview, count: int, p: int, b0: int, path: str, offse
     if one is not None:  # its length in bytes was checked: within the id limits
         return [one[0]], one[1]
     try:
-        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                             ext_hook=_no_ext, max_buffer_size=b0 - p)
+        u = _unpacker(b0 - p)
         u.feed(mv[p:b0])  # never the vector block
         ids = u.unpack()
         end = p + u.tell()
     except _MSGPACK_ERRORS as exc:
-        raise CorruptionError(
-            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-            path=path, offset=offset) from None
+        raise _not_msgpack(path, offset, exc) from None
     if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
         raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
                          f"the record count {count}")
@@ -655,17 +656,14 @@ def decode_docs(docs: Any, count: int, path: str, offset: int,
                 ) -> tuple[list[str], list[dict[str, Any] | None]]:
     """The contents and metadatas that :func:`decode_add_ids_vectors` left encoded, checked."""
     try:
-        u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
-                             max_buffer_size=max(len(docs), 1))
+        u = _unpacker(max(len(docs), 1))
         u.feed(docs)
         contents = u.unpack()
         metas = u.unpack()
         if u.tell() != len(docs):
             raise ValueError(f"{len(docs) - u.tell()} bytes after the metadatas")
     except _MSGPACK_ERRORS as exc:
-        raise CorruptionError(
-            f"{path}: offset {offset}: frame payload is not valid msgpack ({exc})",
-            path=path, offset=offset) from None
+        raise _not_msgpack(path, offset, exc) from None
     if not (type(contents) is list and type(metas) is list
             and len(contents) == len(metas) == count
             and all(type(x) is str for x in contents)

@@ -731,22 +731,7 @@ class ColumnBuilder:
                         kb.float_rows.append(row)
                         kb.float_vals.append(v)  # type: ignore[arg-type]
                         continue
-                    kind = _kind_of(v)
-                    if kind == "str":
-                        code = kb.str_ids.setdefault(v, len(kb.str_ids))
-                        kb.str_rows.append(row)
-                        kb.str_codes.append(code)
-                    elif kind == "int":
-                        kb.int_rows.append(row)
-                        kb.int_vals.append(v)
-                    elif kind == "float":
-                        kb.float_rows.append(row)
-                        kb.float_vals.append(v)
-                    elif kind == "bool":
-                        kb.bool_rows.append(row)
-                        kb.bool_vals.append(v)
-                    else:
-                        kb.other_rows.append(row)
+                    _append_one(kb, row, v)
             row += 1
         self.n = row
 
