@@ -302,6 +302,50 @@ class CheckpointView:
             slot = (slot + 1) & mask
         return -1
 
+    def lookup_many(self, keys: list[bytes]) -> np.ndarray:
+        """:meth:`lookup` of many ids at once: their rows (int64), -1 where absent.
+
+        Hashes, slot positions and index reads run as array operations, one
+        probe step for all keys at a time; only the ids found in a slot are
+        compared in Python.  An id that is not stored usually ends at its first
+        probe (an empty slot), so new ids cost almost nothing.
+        """
+        k = len(keys)
+        out = np.full(k, -1, dtype=np.int64)
+        n = self.count
+        if not n or not k:
+            return out
+        key = self._hash_key
+        h = np.fromiter(map(zlib.crc32, keys) if key is None
+                        else (hash_id(b, key) for b in keys), dtype=np.int64, count=k)
+        slots = self.part_slots
+        mask = slots - 1
+        base = (h >> self._shift) * slots if self.partitions > 1 else np.zeros(k, np.int64)
+        slot = h & mask
+        index = np.asarray(self.index)
+        todo = np.arange(k)
+        for _ in range(slots):
+            at = base[todo] + slot[todo]
+            rows = index[at]
+            held = rows != _EMPTY
+            todo, rows, at = todo[held], rows[held], at[held]
+            if not len(todo):
+                break
+            bad = (rows < 0) | (rows >= n)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise self._corrupt("index.npy", f"slot {int(at[j])} holds row {int(rows[j])}",
+                                    128 + 8 * int(at[j]))
+            id_bytes = self.id_bytes
+            same = np.fromiter((id_bytes(r) == keys[i] for i, r in
+                                zip(todo.tolist(), rows.tolist())), dtype=bool, count=len(todo))
+            out[todo[same]] = rows[same]
+            todo = todo[~same]
+            if not len(todo):
+                break
+            slot[todo] = (slot[todo] + 1) & mask
+        return out
+
     def id_block(self, start: int, k: int) -> list[bytes]:
         """The UTF-8 ids of rows ``start .. start+k-1``: one slice of ``ids.bin``."""
         offs = np.asarray(self.id_offsets[start : start + k + 1]).astype(np.int64)
@@ -724,12 +768,12 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     dead = np.empty(0, dtype=np.int64)
     if prev is not None and not cleared and prev.count:
         try:
-            rows = [prev.lookup(k.encode("utf-8")) for k in touched]
+            rows = prev.lookup_many([k.encode("utf-8") for k in touched])
         except CorruptionError as exc:
             for part in prev.parts:
                 check_files(part.view)  # name the damaged file when its checksum can
             raise exc from None
-        dead = np.unique(np.array([r for r in rows if r >= 0], dtype=np.int64))
+        dead = np.unique(rows[rows >= 0])
     n = sum(1 for t in touched.values() if t > 0)
     if not n:
         return FoldResult(None, dead, cleared)

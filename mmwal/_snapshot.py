@@ -214,9 +214,26 @@ class _Tail:
             prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
             newest.update(zip(ids, range(n0, n0 + count)))
         else:
-            kill = self._kill
+            # The ids the tail does not hold yet may kill version rows: looked up
+            # in the version all at once (first occurrence of each in this run).
+            under: dict[str, int] = {}
+            if ckpt is not None and not self.cleared:
+                fresh = [k for k in dict.fromkeys(ids) if k not in newest]
+                if fresh:
+                    found = ckpt.lookup_many([k.encode("utf-8") for k in fresh]).tolist()
+                    under = {k: r for k, r in zip(fresh, found) if r >= 0}
+            kill_row, ckpt_death, ckpt_deaths = self._kill_tail_row, self.ckpt_death, \
+                self.ckpt_deaths
             for row, key in enumerate(ids, n0):
-                prev.append(kill(key, ckpt))  # before newest[key]: see Snapshot._tail_row
+                old = newest.get(key, -1)
+                if old >= 0:
+                    kill_row(old)
+                else:
+                    crow = under.get(key, -1)
+                    if crow >= 0 and crow not in ckpt_death:
+                        ckpt_death[crow] = len(ckpt_deaths)
+                        ckpt_deaths.append(crow)
+                prev.append(old)  # before newest[key]: see Snapshot._tail_row
                 newest[key] = row
         self.ids.extend(ids)
         self.docs.extend(n0, counts, docs, paths, offsets)

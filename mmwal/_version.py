@@ -522,6 +522,21 @@ class VersionView:
                 return p.start + r
         return -1
 
+    def lookup_many(self, keys: list[bytes]) -> np.ndarray:
+        """:meth:`lookup` of many ids: their global rows (int64), -1 where not live."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        todo = np.arange(len(keys))
+        for p in reversed(self.parts):
+            if not len(todo):
+                break
+            rows = p.view.lookup_many([keys[i] for i in todo.tolist()])
+            hit = rows >= 0
+            if p.dead is not None:
+                hit &= ~p.dead[np.where(hit, rows, 0)]
+            out[todo[hit]] = p.start + rows[hit]
+            todo = todo[~hit]
+        return out
+
     def id_at(self, row: int) -> str:
         p, r = self.locate(row)
         return p.view.id_at(r)
