@@ -573,8 +573,10 @@ def _add_layout(mv: memoryview, count: int, dim: int) -> tuple[float, int, int] 
     header found at the end is sound: the longer headers of the same length
     have zero bytes where the shorter one has its type byte.
     """
-    dim_b, head, nv = _layout_marks(count, dim)
     n = len(mv)
+    if count * dim * 4 + 2 > n:
+        return None  # no room for the vector block (the full decode says what is wrong)
+    dim_b, head, nv = _layout_marks(count, dim)
     p = 10 + len(dim_b)
     b0 = n - nv - len(head)
     if (b0 <= p or mv[0] != 0x96 or mv[1] != 0xCB or mv[10:p] != dim_b
@@ -611,9 +613,17 @@ def _ids_in_layout(mv: memoryview, count: int, p: int, b0: int, path: str, offse
     if one is not None:  # its length in bytes was checked: within the id limits
         return [one[0]], one[1]
     try:
-        u = _unpacker(b0 - p)
-        u.feed(mv[p:b0])  # never the vector block
-        ids = u.unpack()
+        # The ids come first: a prefix that usually holds them all, then (if
+        # it did not) the whole region before the vector block, never the block.
+        for stop in (min(b0, p + 16 + 64 * count), b0):
+            u = _unpacker(stop - p)
+            u.feed(mv[p:stop])
+            try:
+                ids = u.unpack()
+                break
+            except msgpack.OutOfData:
+                if stop == b0:
+                    raise
         end = p + u.tell()
     except _MSGPACK_ERRORS as exc:
         raise _not_msgpack(path, offset, exc) from None

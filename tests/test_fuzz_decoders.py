@@ -594,3 +594,14 @@ def test_lazy_add_other_encodings_of_the_same_fields(dim):
     for v in variants:
         check_lazy_add(1, v, dim)
         assert F.decode_add_ids_vectors(1, v, dim, "seg", 64)[1:3] == (["a"], vec)
+
+
+def test_a_vector_block_larger_than_four_gib_is_corruption_for_every_decoder():
+    # count * dim * 4 >= 2**32: no bin header can announce it; every decoder must say
+    # CorruptionError (the shortcut used to raise OverflowError building that header).
+    payload = F.pack([1.0, 1 << 28, ["a"] * 4, ["c"] * 4, [None] * 4, b"x"])
+    with pytest.raises(MmwalError):
+        F.decode_add_ids_vectors(4, payload, 1 << 28, "seg", 64)
+    # The ids alone are sound: a checkpoint's first pass reads them, its second refuses.
+    assert F.decode_add_ids(4, payload, 1 << 28, "seg", 64) == ["a"] * 4
+    check_lazy_add(4, payload, 1 << 28)

@@ -455,3 +455,27 @@ def test_name_sets_the_root_of_the_path():
 def test_build_columns_rejects_non_dict_metadata():
     with pytest.raises(InvalidInputError, match=r"metadatas\[1\] must be a dict or None"):
         W.build_columns([{"a": 1}, ["a", 1]])
+
+
+def test_column_builder_takes_any_iterable_the_same_way_as_a_list():
+    import types
+
+    from mmwal._search.where import ColumnBuilder
+
+    rows = [{"a": 1, "s": "x"}, types.MappingProxyType({"a": 2}), None, {"s": "y"}]
+    by_list, by_gen = ColumnBuilder(), ColumnBuilder()
+    by_list.add(list(rows))
+    by_gen.add(m for m in rows)  # not a list, and one row is not a plain dict
+    assert by_gen.n == by_list.n == 4
+    a, b = by_list.finish(), by_gen.finish()
+    assert sorted(a) == sorted(b) == ["a", "s"]
+    for key in a:
+        for kind in a[key]:
+            got, want = b[key][kind], a[key][kind]
+            if kind == "other":
+                assert np.array_equal(got, want)
+            else:
+                assert np.array_equal(got[0], want[0])
+                assert list(got[1]) == list(want[1])
+    with pytest.raises(InvalidInputError, match=r"metadatas\[1\]"):
+        ColumnBuilder().add(m for m in [{"a": 1}, 5])

@@ -705,7 +705,7 @@ class ColumnBuilder:
             return
         keys = self._keys
         row = self.n
-        for m in metadatas:
+        for m in metas:
             if m is not None:
                 if not isinstance(m, Mapping):
                     raise InvalidInputError(
