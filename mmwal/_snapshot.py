@@ -190,12 +190,14 @@ class _Tail:
                 self.ckpt_deaths.append(row)
         return old
 
-    def add(self, ids: list[str], embs: list[bytes], counts: list[int], docs: list[bytes],
-            paths: list[str], offsets: list[int], ckpt: VersionView | None) -> None:
+    def add(self, ids: list[str], embs: list[Any] | np.ndarray, counts: list[int],
+            docs: list[bytes], paths: list[str], offsets: list[int],
+            ckpt: VersionView | None) -> None:
         """Append add records, in log order: their ids, vector bytes and documents.
 
         Per record: ``embs`` its vector block (bytes, or a view valid for
-        the call: it is copied here), ``counts`` its documents,
+        the call: it is copied here) - or ``embs`` is one ``(len(ids), dim)``
+        float32 array of all the records' vectors, copied as it is; ``counts`` its documents,
         ``docs`` their encoding, ``paths``/``offsets`` where it was read
         (:meth:`_TailDocs.extend`).
         """
@@ -205,8 +207,12 @@ class _Tail:
             self._reserve(count)
         # One copy into the array: a batch's block as it is, small records'
         # blocks joined first (one numpy assignment, not one per record).
-        data = embs[0] if len(embs) == 1 else b"".join(embs)
-        self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count, self.dim)
+        if isinstance(embs, np.ndarray):
+            self.vecs[n0 : n0 + count] = embs
+        else:
+            data = embs[0] if len(embs) == 1 else b"".join(embs)
+            self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count,
+                                                                                self.dim)
         prev, newest = self.prev, self.newest
         if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
                 and len(set(ids)) == count):
