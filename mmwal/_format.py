@@ -662,7 +662,8 @@ def _run_source(buf: memoryview) -> Any:
 
 
 def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim: int,
-                   path: str) -> tuple[list[str], np.ndarray, list[bytes], CorruptionError | None]:
+                   path: str, out: np.ndarray | None = None,
+                   ) -> tuple[list[str], np.ndarray, list[bytes], CorruptionError | None]:
     """What :func:`decode_add_ids_vectors` gives for each frame of a run, in bulk.
 
     ``buf`` holds single-document add frames (CRC-valid) at ``offsets``, their
@@ -676,7 +677,9 @@ def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim:
     ``buf``; the vectors of those payloads are gathered with one fancy index
     and ASCII ids are decoded with one decode.  Every other payload (another
     encoding, an id in UTF-8 that is not ASCII, bad bytes) goes through
-    :func:`decode_add_ids_vectors`, so the results are the same.
+    :func:`decode_add_ids_vectors`, so the results are the same.  ``out``, a
+    C-contiguous ``(len(offsets), dim)`` float32 array, receives the vectors
+    (the array returned is then its first ``k`` rows).
     """
     k = len(offsets)
     dim_b, head, nv = _layout_marks(1, dim)
@@ -721,21 +724,20 @@ def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim:
             except UnicodeDecodeError:
                 ids_f.append(None)  # decoded below one by one: it says what is wrong
     docs_f = [src[x:y] for x, y in zip(e_abs.tolist(), d_abs.tolist())]
-    out: np.ndarray
+    if out is None:
+        out = np.empty((k, dim), np.float32)
+    rows = out.view(np.uint8)
     if len(fast):
         # Row r of ``win`` is the nv bytes from r on: one fancy index copies
         # every vector block out of the mapping.
         win = np.lib.stride_tricks.as_strided(u8, shape=(len(u8) - nv + 1, nv),
                                               strides=(1, 1), writeable=False)
         if len(fast) == k:
-            out = win[d_abs + lh]
+            rows[...] = win[d_abs + lh]  # (np.take would copy all of ``win`` first)
             if None not in ids_f:
-                return ids_f, out.view("<f4"), docs_f, None  # type: ignore[return-value]
+                return ids_f, out, docs_f, None  # type: ignore[return-value]
         else:
-            out = np.empty((k, nv), np.uint8)
-            out[fast] = win[d_abs + lh]
-    else:
-        out = np.empty((k, nv), np.uint8)
+            rows[fast] = win[d_abs + lh]
     is_fast = dict(zip(fast.tolist(), range(len(fast))))
     ids: list[str] = []
     docs: list[bytes] = []
@@ -750,11 +752,11 @@ def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim:
         try:
             _ts, rid, emb, d = decode_add_ids_vectors(1, buf[q : q + lengths[i]], dim, path, o)
         except CorruptionError as exc:
-            return ids, out[:i].view("<f4"), docs, exc
+            return ids, out[:i], docs, exc
         ids.extend(rid)
         docs.append(d)
-        out[i] = np.frombuffer(emb, np.uint8)
-    return ids, out.view("<f4"), docs, None
+        rows[i] = np.frombuffer(emb, np.uint8)
+    return ids, out, docs, None
 
 
 def decode_docs(docs: Any, count: int, path: str, offset: int,

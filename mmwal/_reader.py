@@ -394,9 +394,10 @@ class Reader:
                     # A run of single-document add records, decoded in bulk and
                     # handed to the tail at once (after the records before it).
                     first, r_offsets = frame.first_seq, frame.offsets
-                    rids, vecs, rdocs, err = F.decode_add_run(frame.buf, r_offsets,
-                                                              frame.lengths, dim, frame.path)
                     apply_run()
+                    rids, vecs, rdocs, err = F.decode_add_run(
+                        frame.buf, r_offsets, frame.lengths, dim, frame.path,
+                        state.tail.free_rows(len(r_offsets)))
                     k = len(rids)
                     if k:
                         state.tail.add(rids, vecs, [1] * k, rdocs, [frame.path] * k,

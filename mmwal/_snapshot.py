@@ -165,6 +165,17 @@ class _Tail:
         death[: self.n] = self.death[: self.n]
         self.vecs, self.norms, self.death = vecs, norms, death
 
+    def free_rows(self, count: int) -> np.ndarray:
+        """The ``(count, dim)`` rows of ``vecs`` the next :meth:`add` fills, made room for.
+
+        For a caller that writes vectors straight into the tail and then calls
+        :meth:`add` with these very rows as ``embs`` (no copy then).  No
+        snapshot sees rows past ``n``: writing there is safe.
+        """
+        if self.n + count > len(self.death):
+            self._reserve(count)
+        return self.vecs[self.n : self.n + count]
+
     def flush(self) -> None:
         """Compute the norms of the rows added since the last flush (before a snapshot)."""
         a, b = self.flushed, self.n
@@ -197,7 +208,8 @@ class _Tail:
 
         Per record: ``embs`` its vector block (bytes, or a view valid for
         the call: it is copied here) - or ``embs`` is one ``(len(ids), dim)``
-        float32 array of all the records' vectors, copied as it is; ``counts`` its documents,
+        float32 array of all the records' vectors, copied as it is (not at all
+        when it is the rows :meth:`free_rows` gave); ``counts`` its documents,
         ``docs`` their encoding, ``paths``/``offsets`` where it was read
         (:meth:`_TailDocs.extend`).
         """
@@ -208,7 +220,9 @@ class _Tail:
         # One copy into the array: a batch's block as it is, small records'
         # blocks joined first (one numpy assignment, not one per record).
         if isinstance(embs, np.ndarray):
-            self.vecs[n0 : n0 + count] = embs
+            dest = self.vecs[n0 : n0 + count]
+            if not (embs.base is dest.base and embs.ctypes.data == dest.ctypes.data):
+                dest[...] = embs  # (rows from free_rows are in place already)
         else:
             data = embs[0] if len(embs) == 1 else b"".join(embs)
             self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count,

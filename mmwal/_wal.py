@@ -47,6 +47,11 @@ _pack_crc_into = F.CRC_WORDS.pack_into
 _payload_frame = F.payload_frame
 _unpack_header = F.FRAME_HEADER.unpack_from
 _FRAME_MAGIC = F.FRAME_MAGIC
+# A frame header read as (magic, kind, flags, reserved) | payload length | count |
+# first seq | (crc, reserved): the bulk scan's view of it.
+_unpack_run_header = struct.Struct("<QIIQQ").unpack_from
+assert struct.calcsize("<QIIQQ") == F.FRAME_HEADER_SIZE
+_RUN_WORD = F.FRAME_MAGIC | F.KIND_ADD << 32  # kind 1, flags 0, reserved 0
 _MAX_PAYLOAD = F.MAX_PAYLOAD
 _crc32 = zlib.crc32
 _encode_tail = F.encode_tail
@@ -300,18 +305,21 @@ class LogCursor:
                     # below, with kind 1 and count 1 required).
                     offs: list[int] = []
                     lens: list[int] = []
+                    add_off, add_len = offs.append, lens.append
                     o, e = off, expect
-                    while o + 32 <= limit and len(offs) < bulk:
-                        magic, kind, flags, res, n, count, first, crc, res2 = _unpack_header(mv, o)
+                    stop = expect + bulk
+                    while o + 32 <= limit and e < stop:
+                        # magic+kind+flags+reserved as one word, and the CRC with
+                        # the reserved word after it (zero) as another.
+                        word, n, count, first, crc_word = _unpack_run_header(mv, o)
                         end = o + 32 + n
-                        if (magic != _FRAME_MAGIC or first != e or end > limit
-                                or n > _MAX_PAYLOAD or flags or res or res2
-                                or kind != 1 or count != 1
+                        if (word != _RUN_WORD or count != 1 or first != e or end > limit
+                                or n > _MAX_PAYLOAD
                                 or _crc32(mv[o + 32 : end], _crc32(mv[o : o + 24], seed))
-                                != crc):
+                                != crc_word):
                             break
-                        offs.append(o)
-                        lens.append(n)
+                        add_off(o)
+                        add_len(n)
                         e += 1
                         o = (end + 7) & ~7
                     if len(offs) >= BULK_MIN:
