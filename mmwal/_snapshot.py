@@ -228,11 +228,11 @@ class _Tail:
             self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count,
                                                                                 self.dim)
         prev, newest = self.prev, self.newest
-        if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
-                and len(set(ids)) == count):
+        rows = dict(zip(ids, range(n0, n0 + count))) if ckpt is None or self.cleared else None
+        if rows is not None and len(rows) == count and newest.keys().isdisjoint(rows):
             # Only new ids and nothing under the tail to kill: no death to record.
             prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
-            newest.update(zip(ids, range(n0, n0 + count)))
+            newest.update(rows)
         else:
             # The ids the tail does not hold yet may kill version rows: looked up
             # in the version all at once (first occurrence of each in this run).

@@ -307,8 +307,8 @@ class LogCursor:
                     lens: list[int] = []
                     add_off, add_len = offs.append, lens.append
                     o, e = off, expect
-                    stop = expect + bulk
-                    while o + 32 <= limit and e < stop:
+                    stop, last = expect + bulk, limit - 32
+                    while o <= last and e < stop:
                         # magic+kind+flags+reserved as one word, and the CRC with
                         # the reserved word after it (zero) as another.
                         word, n, count, first, crc_word = _unpack_run_header(mv, o)
