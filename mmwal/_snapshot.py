@@ -228,9 +228,17 @@ class _Tail:
             self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count,
                                                                                 self.dim)
         prev, newest = self.prev, self.newest
-        rows = dict(zip(ids, range(n0, n0 + count))) if ckpt is None or self.cleared else None
-        if rows is not None and len(rows) == count and newest.keys().isdisjoint(rows):
-            # Only new ids and nothing under the tail to kill: no death to record.
+        rows = dict(zip(ids, range(n0, n0 + count)))
+        if len(rows) == count and newest.keys().isdisjoint(rows):
+            # Only new ids: no tail row dies.  The version rows they replace
+            # die in the order of the ids (looked up all at once).
+            if ckpt is not None and not self.cleared:
+                found = ckpt.lookup_many([k.encode("utf-8") for k in ids])
+                ckpt_death, ckpt_deaths = self.ckpt_death, self.ckpt_deaths
+                for crow in found[found >= 0].tolist():
+                    if crow not in ckpt_death:
+                        ckpt_death[crow] = len(ckpt_deaths)
+                        ckpt_deaths.append(crow)
             prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
             newest.update(rows)
         else:
