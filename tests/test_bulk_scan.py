@@ -294,3 +294,16 @@ def test_sequence_out_of_order_in_the_middle_of_a_run(tmp_path, monkeypatch, rec
     assert got == _outcome(tmp_path, monkeypatch, 0, recovery)
     if recovery == "point-in-time":
         assert got[0] == ["first"] + [f"a{i}" for i in range(30)]
+
+
+def test_runs_across_segment_rolls(tmp_path, monkeypatch):
+    # Segments of 4 KB hold ~40 records each: every run ends at a roll.
+    cfg = mmwal.Config(segment_bytes=4096)
+    with mmwal.Store(tmp_path, dim=DIM, durability="os", config=cfg) as s:
+        for i in range(300):
+            s.add(f"a{i % 250}", np.full(DIM, i), f"c{i}", {"i": i} if i % 7 else None)
+            if i % 97 == 0:
+                s.remove(f"a{i // 2}")
+    assert len(list_segments(Paths(str(tmp_path)))) > 5
+    monkeypatch.setattr(_wal, "BULK_MIN", 4)
+    _same_either_way(tmp_path, monkeypatch)
