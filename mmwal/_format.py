@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import mmap
 import operator
 import struct
 import threading
@@ -660,6 +661,112 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
     ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
     return ts, ids, emb, pack(contents) + pack(metas)
+
+
+def _run_source(buf: memoryview) -> Any:
+    """Something whose slices are bytes at the offsets of ``buf`` (the mapping itself if it can)."""
+    obj = buf.obj
+    if isinstance(obj, (bytes, mmap.mmap)) and len(obj) == buf.nbytes:
+        return obj
+    return buf.tobytes()
+
+
+def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim: int,
+                   path: str, out: np.ndarray | None = None,
+                   ) -> tuple[list[str], np.ndarray, list[bytes], CorruptionError | None]:
+    """What :func:`decode_add_ids_vectors` gives for each frame of a run, in bulk.
+
+    ``buf`` holds single-document add frames (CRC-valid) at ``offsets``, their
+    payloads of ``lengths`` bytes 32 bytes further.  Returns ``(ids, vectors,
+    docs, error)``: for the first ``k`` frames of the run, their ids, their
+    vectors as one ``(k, dim)`` float32 array and their encoded documents;
+    ``error`` is None when ``k`` is the whole run, else the CorruptionError
+    the frame after them raises (frames before a bad one are decoded, as one
+    by one).  The layout writers emit (:func:`_add_layout`, an id as fixstr
+    or str8) is checked for every payload at once with array operations over
+    ``buf``; the vectors of those payloads are gathered with one fancy index
+    and ASCII ids are decoded with one decode.  Every other payload (another
+    encoding, an id in UTF-8 that is not ASCII, bad bytes) goes through
+    :func:`decode_add_ids_vectors`, so the results are the same.  ``out``, a
+    C-contiguous ``(len(offsets), dim)`` float32 array, receives the vectors
+    (the array returned is then its first ``k`` rows).
+    """
+    k = len(offsets)
+    dim_b, head, nv = _layout_marks(1, dim)
+    lh = len(head)
+    p = 10 + len(dim_b)
+    u8 = np.frombuffer(buf, np.uint8)
+    starts = np.array(offsets, np.int64) + FRAME_HEADER_SIZE
+    b0 = np.array(lengths, np.int64) - (nv + lh)  # where the vector block's header is
+    c = np.flatnonzero(b0 > p)  # room for the fixed fields: every index below is in the payload
+    pc = starts[c]
+    bc = b0[c]
+    m = (u8[pc] == 0x96) & (u8[pc + 1] == 0xCB) & (u8[pc + p] == 0x91)
+    for j, byte in enumerate(dim_b):
+        m &= u8[pc + (10 + j)] == byte
+    hb = pc + bc
+    for j, byte in enumerate(head):
+        m &= u8[hb + j] == byte
+    h = u8[pc + (p + 1)].astype(np.int64)
+    fix = (h >= 0xA0) & (h <= 0xBF)
+    ln = np.where(fix, h & 0x1F, u8[pc + (p + 2)])
+    a = np.where(fix, p + 2, p + 3)
+    m &= (fix | (h == 0xD9)) & (ln > 0) & (a + ln <= bc)
+    fast = c[m]  # frames of the run in the writers' layout
+    a_abs = (pc + a)[m]
+    ln = ln[m]
+    e_abs = a_abs + ln  # end of the id: the documents follow, up to the vector block
+    d_abs = hb[m]
+    src = _run_source(buf)
+    ids_f: list[str | None]
+    total = int(ln.sum())
+    idx = np.repeat(a_abs - (np.cumsum(ln) - ln), ln) + np.arange(total)
+    idb = u8[idx]
+    if not len(idb) or int(idb.max()) < 0x80:  # all ASCII: one decode, then slices
+        s = idb.tobytes().decode("ascii")
+        ends = np.cumsum(ln).tolist()
+        ids_f = [s[x:y] for x, y in zip([0, *ends[:-1]], ends)]
+    else:
+        ids_f = []
+        for x, y in zip(a_abs.tolist(), e_abs.tolist()):
+            try:
+                ids_f.append(str(src[x:y], "utf-8"))
+            except UnicodeDecodeError:
+                ids_f.append(None)  # decoded below one by one: it says what is wrong
+    docs_f = [src[x:y] for x, y in zip(e_abs.tolist(), d_abs.tolist())]
+    if out is None:
+        out = np.empty((k, dim), np.float32)
+    rows = out.view(np.uint8)
+    if len(fast):
+        # Row r of ``win`` is the nv bytes from r on: one fancy index copies
+        # every vector block out of the mapping.
+        win = np.lib.stride_tricks.as_strided(u8, shape=(len(u8) - nv + 1, nv),
+                                              strides=(1, 1), writeable=False)
+        if len(fast) == k:
+            rows[...] = win[d_abs + lh]  # (np.take would copy all of ``win`` first)
+            if None not in ids_f:
+                return ids_f, out, docs_f, None  # type: ignore[return-value]
+        else:
+            rows[fast] = win[d_abs + lh]
+    is_fast = dict(zip(fast.tolist(), range(len(fast))))
+    ids: list[str] = []
+    docs: list[bytes] = []
+    for i in range(k):
+        j = is_fast.get(i, -1)
+        if j >= 0 and ids_f[j] is not None:
+            ids.append(ids_f[j])  # type: ignore[arg-type]
+            docs.append(docs_f[j])
+            continue
+        o = offsets[i]
+        q = o + FRAME_HEADER_SIZE
+        try:
+            _ts, rid, emb, d = decode_add_ids_vectors(1, buf[q : q + lengths[i]], dim, path, o)
+        except CorruptionError as exc:
+            return ids, out[:i], docs, exc
+        ids.extend(rid)
+        docs.append(d)
+        rows[i] = np.frombuffer(emb, np.uint8)
+    return ids, out, docs, None
 
 
 def decode_docs(docs: Any, count: int, path: str, offset: int,

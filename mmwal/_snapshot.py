@@ -165,6 +165,17 @@ class _Tail:
         death[: self.n] = self.death[: self.n]
         self.vecs, self.norms, self.death = vecs, norms, death
 
+    def free_rows(self, count: int) -> np.ndarray:
+        """The ``(count, dim)`` rows of ``vecs`` the next :meth:`add` fills, made room for.
+
+        For a caller that writes vectors straight into the tail and then calls
+        :meth:`add` with these very rows as ``embs`` (no copy then).  No
+        snapshot sees rows past ``n``: writing there is safe.
+        """
+        if self.n + count > len(self.death):
+            self._reserve(count)
+        return self.vecs[self.n : self.n + count]
+
     def flush(self) -> None:
         """Compute the norms of the rows added since the last flush (before a snapshot)."""
         a, b = self.flushed, self.n
@@ -190,12 +201,15 @@ class _Tail:
                 self.ckpt_deaths.append(row)
         return old
 
-    def add(self, ids: list[str], embs: list[bytes], counts: list[int], docs: list[bytes],
-            paths: list[str], offsets: list[int], ckpt: VersionView | None) -> None:
+    def add(self, ids: list[str], embs: list[Any] | np.ndarray, counts: list[int],
+            docs: list[bytes], paths: list[str], offsets: list[int],
+            ckpt: VersionView | None) -> None:
         """Append add records, in log order: their ids, vector bytes and documents.
 
         Per record: ``embs`` its vector block (bytes, or a view valid for
-        the call: it is copied here), ``counts`` its documents,
+        the call: it is copied here) - or ``embs`` is one ``(len(ids), dim)``
+        float32 array of all the records' vectors, copied as it is (not at all
+        when it is the rows :meth:`free_rows` gave); ``counts`` its documents,
         ``docs`` their encoding, ``paths``/``offsets`` where it was read
         (:meth:`_TailDocs.extend`).
         """
@@ -205,14 +219,28 @@ class _Tail:
             self._reserve(count)
         # One copy into the array: a batch's block as it is, small records'
         # blocks joined first (one numpy assignment, not one per record).
-        data = embs[0] if len(embs) == 1 else b"".join(embs)
-        self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count, self.dim)
+        if isinstance(embs, np.ndarray):
+            dest = self.vecs[n0 : n0 + count]
+            if not (embs.base is dest.base and embs.ctypes.data == dest.ctypes.data):
+                dest[...] = embs  # (rows from free_rows are in place already)
+        else:
+            data = embs[0] if len(embs) == 1 else b"".join(embs)
+            self.vecs[n0 : n0 + count] = np.frombuffer(data, dtype="<f4").reshape(count,
+                                                                                self.dim)
         prev, newest = self.prev, self.newest
-        if ((ckpt is None or self.cleared) and newest.keys().isdisjoint(ids)
-                and len(set(ids)) == count):
-            # Only new ids and nothing under the tail to kill: no death to record.
+        rows = dict(zip(ids, range(n0, n0 + count)))
+        if len(rows) == count and newest.keys().isdisjoint(rows):
+            # Only new ids: no tail row dies.  The version rows they replace
+            # die in the order of the ids (looked up all at once).
+            if ckpt is not None and not self.cleared:
+                found = ckpt.lookup_many([k.encode("utf-8") for k in ids])
+                ckpt_death, ckpt_deaths = self.ckpt_death, self.ckpt_deaths
+                for crow in found[found >= 0].tolist():
+                    if crow not in ckpt_death:
+                        ckpt_death[crow] = len(ckpt_deaths)
+                        ckpt_deaths.append(crow)
             prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
-            newest.update(zip(ids, range(n0, n0 + count)))
+            newest.update(rows)
         else:
             # The ids the tail does not hold yet may kill version rows: looked up
             # in the version all at once (first occurrence of each in this run).
