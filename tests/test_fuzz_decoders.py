@@ -536,8 +536,9 @@ def check_lazy_add(count: int, payload: bytes, dim: int) -> None:
         return
     assert not isinstance(part, MmwalError), f"the lazy decode refused a valid payload: {part}"
     ts, ids, emb, contents, metas = part
-    assert (ts, ids, contents, metas) == (full.timestamp, full.ids, full.contents,
-                                          full.metadatas) or ts != ts  # a NaN timestamp
+    # Compared as msgpack bytes: a NaN (timestamp or metadata) is equal to itself there.
+    assert F.pack([ts, ids, contents, metas]) == F.pack([full.timestamp, full.ids,
+                                                         full.contents, full.metadatas])
     assert emb == full.embeddings.tobytes()
 
 

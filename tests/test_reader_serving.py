@@ -333,18 +333,20 @@ def _forked_mid_refresh(tmp_path, child_body):
     st.add_many(["a", "b", "c", "d"], np.ones((4, 4), np.float32))  # replaces a, b, c
     st.close()
     inside, go = threading.Event(), threading.Event()
-    real = _snapshot._Tail._kill
+    # The record replaces a, b and c: the refresher pauses after the second of
+    # the three tail rows it kills, in the middle of applying the record.
+    real = _snapshot._Tail._kill_tail_row
     calls = [0]
 
-    def slow_kill(self, key, ckpt):
-        out = real(self, key, ckpt)
+    def slow_kill(self, row):
+        out = real(self, row)
         calls[0] += 1
         if calls[0] == 2 and threading.current_thread().name == "refresher":
             inside.set()
             go.wait(60)
         return out
 
-    _snapshot._Tail._kill = slow_kill
+    _snapshot._Tail._kill_tail_row = slow_kill
     try:
         t = threading.Thread(target=r.refresh, name="refresher")
         t.start()
@@ -367,7 +369,7 @@ def _forked_mid_refresh(tmp_path, child_body):
             t.join(60)
             os.waitpid(pid, 0)
     finally:
-        _snapshot._Tail._kill = real
+        _snapshot._Tail._kill_tail_row = real
     assert r.snapshot().ids == ["a", "b", "c", "d"]
     r.close()
     return json.loads(data)
