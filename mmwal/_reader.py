@@ -14,6 +14,7 @@ after-fork handling.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -365,10 +366,11 @@ class Reader:
         decode_add = F.decode_add_ids_vectors  # documents stay encoded until read
         ckpt = state.ckpt
         applied = 0
-        if state.tail.n == 0:
+        if not state.tail.presized:
             # A fresh tail (a new Reader, a new version) is sized for the log once:
             # growing by doubling copied the vectors over and over (~0.3 s per
             # 100k documents of 384 dims).  Only the pages written are touched.
+            state.tail.presized = True
             state.tail.reserve(_tail_rows_bound(state.cursor, dim))
         # Consecutive add records go to the tail together (one bookkeeping
         # pass per run, not per record); a remove or clear, the end, an error
@@ -379,13 +381,17 @@ class Reader:
         extend, add_emb, add_count = ids.extend, embs.append, counts.append
         add_docs, add_path, add_offset = docs_.append, paths.append, offsets.append
         last = state.seq
+        adding = False  # inside the tail's add of a run (an error there: not again)
 
         def apply_run() -> None:
+            nonlocal adding
             if ids:
                 a, b, c, d, e, f = (x[:] for x in run)
                 for x in run:
                     x.clear()
+                adding = True
                 state.tail.add(a, b, c, d, e, f, ckpt)
+                adding = False
             state.seq = last
 
         cursor = state.cursor
@@ -442,8 +448,15 @@ class Reader:
                     last = seq
                     state.seq = last
                 applied += count
-        finally:
-            apply_run()
+        except BaseException:
+            # The records the cursor passed before the error are applied, as
+            # frame by frame - unless applying them is what failed (the Reader
+            # then starts its state over); the error raised is the first one.
+            if not adding:
+                with contextlib.suppress(Exception):
+                    apply_run()
+            raise
+        apply_run()
         return applied
 
     def _catch_up(self) -> None:

@@ -145,6 +145,7 @@ class _Tail:
         # Vectors are copied into ``vecs`` as records arrive; their norms are
         # computed per flush (one pass over the new rows), not per record.
         self.flushed = 0  # rows whose norms are in ``norms``
+        self.presized = False  # sized for the log once (Reader._apply_frames)
 
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` more rows (a hint: appends grow the arrays anyway)."""
@@ -161,8 +162,8 @@ class _Tail:
         vecs[: self.n] = self.vecs[: self.n]
         norms = np.empty(new, np.float32)
         norms[:f] = self.norms[:f]
-        death = np.full(new, _ALIVE, np.int64)
-        death[: self.n] = self.death[: self.n]
+        death = np.empty(new, np.int64)  # rows past n are set as they are added: a
+        death[: self.n] = self.death[: self.n]  # large reserve touches no page of them
         self.vecs, self.norms, self.death = vecs, norms, death
 
     def free_rows(self, count: int) -> np.ndarray:
@@ -217,6 +218,7 @@ class _Tail:
         n0 = self.n
         if n0 + count > len(self.death):
             self._reserve(count)
+        self.death[n0 : n0 + count] = _ALIVE
         # One copy into the array: a batch's block as it is, small records'
         # blocks joined first (one numpy assignment, not one per record).
         if isinstance(embs, np.ndarray):
