@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from . import _format as F
 from ._fsutil import Paths, list_segments, store_root
 from ._lock import FileLock
 from ._types import Op, Problem
-from ._wal import LogCursor, Retired, read_segment_header
+from ._wal import LogCursor, RawRun, Retired, read_segment_header
 from .errors import CorruptionError, MmwalError, StorageIOError
 
 __all__ = ["LogSeeker", "close_cursor", "iter_ops", "replay", "scan_log"]
@@ -136,10 +136,17 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
     paths = Paths(store_root(path))
     dim = open_manifest(paths)["dim"]
     seeker = LogSeeker(paths, mode)
+    # Ids and vectors only: runs of single-document records are scanned and
+    # decoded in bulk (LogCursor.frames(bulk=...), _format.decode_add_run).
+    bulk = _BULK if want is not None and want <= _BULK_FIELDS else 0
     while True:
         cur = seeker.cursor(after_seq)
         try:
-            for frame in cur.frames():
+            for frame in cur.frames(bulk):
+                if isinstance(frame, RawRun):
+                    assert want is not None  # (runs come only in the bulk mode)
+                    after_seq = yield from _run_ops(frame, dim, want, after_seq)
+                    continue
                 last = frame.first_seq + frame.count - 1
                 if last <= after_seq:
                     continue
@@ -153,6 +160,36 @@ def replay(path: str | os.PathLike[str], after_seq: int = 0, *,
             seeker.retired(cur.seg_id, after_seq)
         finally:
             close_cursor(cur)
+
+
+#: Frames a bulk scan of replay takes at a time, and the fields it serves.
+_BULK = 1024
+_BULK_FIELDS = frozenset(("seq", "kind", "id", "embedding"))
+
+
+def _run_ops(run: RawRun, dim: int, want: frozenset[str], after_seq: int,
+             ) -> Generator[Op, None, int]:
+    """Yield the Ops (ids and vectors only) of a run after ``after_seq``; the new after_seq.
+
+    The records before a bad one are yielded first, then its CorruptionError
+    is raised - as frame by frame.
+    """
+    first = run.first_seq
+    if first + len(run.offsets) - 1 <= after_seq:
+        return after_seq
+    ids, vecs, _docs, err = F.decode_add_run(run.buf, run.offsets, run.lengths, dim, run.path)
+    k = len(ids)
+    ops: Iterator[Op] = map(_new_op, _repeat(Op, k), zip(
+        range(first, first + k), _repeat("add", k),
+        ids if "id" in want else _repeat(None, k),
+        vecs if "embedding" in want else _repeat(None, k),
+        _repeat(None, k), _repeat(None, k), _repeat(0.0, k)))
+    if first <= after_seq:  # resumed inside the run
+        ops = itertools.islice(ops, after_seq - first + 1, None)
+    yield from ops
+    if err is not None:
+        raise err
+    return max(after_seq, first + k - 1)
 
 
 class LogSeeker:

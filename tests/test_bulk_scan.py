@@ -307,3 +307,59 @@ def test_runs_across_segment_rolls(tmp_path, monkeypatch):
     assert len(list_segments(Paths(str(tmp_path)))) > 5
     monkeypatch.setattr(_wal, "BULK_MIN", 4)
     _same_either_way(tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- replay(fields=ids, vectors)
+def _replayed(path, monkeypatch, bulk: int, fields=("id", "embedding"), after_seq: int = 0,
+              recovery: str = "strict") -> list:
+    """The ids-and-vectors replay, with its bulk scan on (``bulk``) or off (0)."""
+    from mmwal import _replay
+
+    monkeypatch.setattr(_replay, "_BULK", bulk)
+    return [(op.seq, op.kind, op.id, None if op.embedding is None else op.embedding.tolist(),
+             op.content, op.metadata, op.timestamp)
+            for op in mmwal.replay(path, after_seq, fields=fields, mode=recovery)]
+
+
+@pytest.mark.parametrize("fields", [("id", "embedding"), ("id",), ("embedding",), ("seq",)])
+def test_replay_of_ids_and_vectors_is_the_same_with_the_bulk_scan(tmp_path, monkeypatch,
+                                                                    fields):
+    _mixed_log(tmp_path)
+    got = _replayed(tmp_path, monkeypatch, 1024, fields)
+    assert got == _replayed(tmp_path, monkeypatch, 0, fields)
+    assert len(got) > 200 and all(op[4] is None and op[5] is None for op in got)
+    # Resumed inside a run, and past everything.
+    for after in (3, 17, got[-1][0]):
+        assert _replayed(tmp_path, monkeypatch, 1024, fields, after) == \
+            _replayed(tmp_path, monkeypatch, 0, fields, after)
+
+
+def test_replay_bulk_scan_stops_where_frame_by_frame_does(tmp_path, monkeypatch):
+    log = _RawLog(tmp_path)
+    log.singles("a", 30)
+    bad = log.frame(F.KIND_ADD, 1, _bad_id_payload(0, b"\xff\xfe"))
+    log.singles("b", 30)
+    seen = {}
+    for bulk in (1024, 0):
+        from mmwal import _replay
+
+        monkeypatch.setattr(_replay, "_BULK", bulk)
+        ops = []
+        with pytest.raises(mmwal.CorruptionError) as info:
+            for op in mmwal.replay(tmp_path, fields=("id", "embedding")):
+                ops.append(op.id)
+        seen[bulk] = (ops, info.value.offset)
+    assert seen[1024] == seen[0] and seen[0][1] == bad and seen[0][0][-1] == "a29"
+
+
+@pytest.mark.parametrize("recovery", ["point-in-time", "skip-bad"])
+def test_replay_bulk_scan_over_a_damaged_frame(tmp_path, monkeypatch, recovery):
+    offsets = _store_singles(tmp_path, 60)
+    with open(_segment(tmp_path), "r+b") as f:
+        f.seek(offsets[30] + 40)
+        b = f.read(1)
+        f.seek(offsets[30] + 40)
+        f.write(bytes([b[0] ^ 0x55]))
+    got = _replayed(tmp_path, monkeypatch, 1024, recovery=recovery)
+    assert got == _replayed(tmp_path, monkeypatch, 0, recovery=recovery)
+    assert ("a30" in [op[2] for op in got]) is False
