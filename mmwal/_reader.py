@@ -74,6 +74,16 @@ def _tail_rows_bound(cursor: LogCursor, dim: int) -> int:
     return max(0, min(total // (per_row + 16), _PRESIZE_BYTES // per_row))
 
 
+def _refresh_period(refresh_every: Any) -> float | None:
+    """A Reader's ``refresh_every`` argument, checked: None or seconds > 0."""
+    if refresh_every is not None and (
+            isinstance(refresh_every, bool) or not isinstance(refresh_every, (int, float))
+            or not 0 < refresh_every < 1e9):
+        raise InvalidInputError(f"refresh_every must be None or a number of seconds > 0, "
+                                f"got {refresh_every!r}", got=refresh_every)
+    return None if refresh_every is None else float(refresh_every)
+
+
 def _new_fork_guard() -> None:
     global _FORK_GUARD
     _FORK_GUARD = threading.Lock()
@@ -215,6 +225,8 @@ class Reader:
             return super().__new__(RemoteReader)
         return super().__new__(cls)
 
+    _state: _State | None
+
     def __init__(self, path: str | os.PathLike[str], *, recovery: str = "strict",
                  refresh_every: float | None = None, cache_dir: Any = None,
                  storage_options: dict[str, Any] | None = None) -> None:
@@ -227,31 +239,35 @@ class Reader:
         if recovery not in RECOVERY_MODES:
             raise InvalidInputError(f"recovery must be one of {RECOVERY_MODES}, got "
                                     f"{recovery!r}", got=recovery)
-        if refresh_every is not None and (
-                isinstance(refresh_every, bool) or not isinstance(refresh_every, (int, float))
-                or not 0 < refresh_every < 1e9):
-            raise InvalidInputError(f"refresh_every must be None or a number of seconds > 0, "
-                                    f"got {refresh_every!r}", got=refresh_every)
         self.path = store_root(path)
         self.recovery = recovery
-        self.refresh_every = None if refresh_every is None else float(refresh_every)
+        self.refresh_every = _refresh_period(refresh_every)
         self.on_refresh: Callable[[Reader, int], None] | None = None
         self._paths = Paths(self.path)
         manifest = open_manifest(self._paths)
         self.dim: int = manifest["dim"]
         self._lock = FileLock.for_reader(self._paths.append_lock)
+
+        def load() -> None:
+            self._state = self._load(manifest)
+            self._catch_up()
+
+        self._start(load)
+
+    def _start(self, load: Callable[[], None]) -> None:
+        """The end of opening, for every kind of Reader: refresh bookkeeping, ``load``
+        (which sets the state), the first snapshot, the refresh thread; closed on error."""
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._generation = _st._fork_generation
-        self._state: _State | None = None
+        self._state = None
         self._refreshes = 0
         self._refresh_errors = 0
         self._last_error: str | None = None
         self._warned: set[str] = set()
         self._closed = False
         try:
-            self._state = self._load(manifest)
-            self._catch_up()
+            load()
             self._publish()
         except BaseException:
             self.close()

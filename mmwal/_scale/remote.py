@@ -27,17 +27,15 @@ import hashlib
 import os
 import shutil
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 from .. import _format as F
-from .. import _store as _st
 from .._checkpoint import _rmtree
 from .._fsutil import Paths, atomic_write, makedirs, read_file, store_root, tmp_name
 from .._lock import FileLock
-from .._reader import Reader, _State
+from .._reader import Reader, _refresh_period, _State
 from .._snapshot import _Tail
 from .._version import (
     MAX_ID,
@@ -112,15 +110,11 @@ class RemoteReader(Reader):
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
             raise InvalidInputError(f"retries must be an int in 0..100, got {retries!r}",
                                     got=retries)
-        if refresh_every is not None and (
-                isinstance(refresh_every, bool) or not isinstance(refresh_every, (int, float))
-                or not 0 < refresh_every < 1e9):
-            raise InvalidInputError(f"refresh_every must be None or a number of seconds > 0, "
-                                    f"got {refresh_every!r}", got=refresh_every)
+        period = _refresh_period(refresh_every)
         self.url = url
         self.path = url
         self.recovery = recovery
-        self.refresh_every = None if refresh_every is None else float(refresh_every)
+        self.refresh_every = period
         self.on_refresh = None
         self.cache_max_bytes = cache_max_bytes
         self.retries = retries
@@ -132,29 +126,16 @@ class RemoteReader(Reader):
         makedirs(self._paths.locks)
         self._cache_lock = FileLock(os.path.join(self._paths.locks, "cache.lock"), 300.0)
         self._lock = None
-        self._refresh_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._generation = _st._fork_generation
-        self._state = None
-        self._refreshes = 0
-        self._refresh_errors = 0
-        self._last_error = None
-        self._warned = set()
         self.downloaded_files = 0
         self.downloaded_bytes = 0
-        self._closed = False
-        try:
+
+        def load() -> None:
             with self._locked():
                 manifest = self._sync()
                 self.dim = manifest["dim"]
                 self._state = self._load(manifest)
-            self._publish()
-        except BaseException:
-            self.close()
-            raise
-        self._last_refresh = time.time()
-        if self.refresh_every is not None:
-            self._start_thread()
+
+        self._start(load)
 
     # ------------------------------------------------------------------ cache
     @contextlib.contextmanager

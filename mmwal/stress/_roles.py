@@ -339,16 +339,29 @@ def _writer(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog,
 
 
 # ============================================================================ checkpointer
-def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
+def _maintainer(spec: RoleSpec, paths: RunPaths, board: Board, salt: int,
+                ) -> tuple[Any, random.Random, mmwal.Store]:
+    """A checkpointer's or compactor's board row, its random stream and its open Store.
+
+    The row shows the store's retention and automatic compaction, and the
+    phase moves from OPEN to IDLE once the Store is open.
+    """
     s = spec.settings
     row = board.row(spec.slot)
-    rng = random.Random(s.seed * 31 + spec.incarnation)
+    rng = random.Random(s.seed * salt + spec.incarnation)
     cfg = store_config(s, rng)
     row[KEEP] = cfg.keep_checkpoints
     row[AUTO_COMPACT] = int(cfg.auto_compact)
     _set_phase(row, Phase.OPEN)
-    with mmwal.Store(paths.store, config=cfg, durability="os") as st:
-        _set_phase(row, Phase.IDLE)
+    st = mmwal.Store(paths.store, config=cfg, durability="os")
+    _set_phase(row, Phase.IDLE)
+    return row, rng, st
+
+
+def _checkpointer(spec: RoleSpec, paths: RunPaths, board: Board) -> None:
+    s = spec.settings
+    row, rng, st = _maintainer(spec, paths, board, 31)
+    with st:
         while _idle(spec, board, s.checkpoint_interval * rng.uniform(0.5, 1.5)):
             _set_phase(row, Phase.CHECKPOINT)
             t0 = time.perf_counter()
@@ -380,14 +393,8 @@ def compact_args(rng: random.Random) -> dict[str, Any]:
 
 def _compactor(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) -> None:
     s = spec.settings
-    row = board.row(spec.slot)
-    rng = random.Random(s.seed * 37 + spec.incarnation)
-    cfg = store_config(s, rng)
-    row[KEEP] = cfg.keep_checkpoints
-    row[AUTO_COMPACT] = int(cfg.auto_compact)
-    _set_phase(row, Phase.OPEN)
-    with mmwal.Store(paths.store, config=cfg, durability="os") as st:
-        _set_phase(row, Phase.IDLE)
+    row, rng, st = _maintainer(spec, paths, board, 37)
+    with st:
         while _idle(spec, board, s.compact_interval * rng.uniform(0.5, 1.5)):
             args = compact_args(rng)
             _set_phase(row, Phase.COMPACT)
