@@ -876,14 +876,11 @@ class Fragment:
                 f"live={int(np.count_nonzero(self.live))})")
 
 
-class FragmentIds(Sequence[str]):
-    """Every row's id of one fragment (dead rows too), read from its mapped ``ids.bin``."""
+class _IdSequence(Sequence[str]):
+    """A read-only sequence of ids whose subclasses say only how to read id ``i``."""
 
-    def __init__(self, view: CheckpointView) -> None:
-        self._view = view
-
-    def __len__(self) -> int:
-        return int(self._view.count)
+    def _id(self, i: int) -> str:
+        raise NotImplementedError
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -897,6 +894,19 @@ class FragmentIds(Sequence[str]):
             i += n
         if not 0 <= i < n:
             raise IndexError("row out of range")
+        return self._id(i)
+
+
+class FragmentIds(_IdSequence):
+    """Every row's id of one fragment (dead rows too), read from its mapped ``ids.bin``."""
+
+    def __init__(self, view: CheckpointView) -> None:
+        self._view = view
+
+    def __len__(self) -> int:
+        return int(self._view.count)
+
+    def _id(self, i: int) -> str:
         return self._view.id_at(i)
 
     def __iter__(self) -> Iterator[str]:
@@ -909,7 +919,7 @@ class FragmentIds(Sequence[str]):
         return f"FragmentIds(len={len(self)})"
 
 
-class IdView(Sequence[str]):
+class IdView(_IdSequence):
     """The live ids of one snapshot in row order (row i of its ``embeddings`` is ``ids[i]``).
 
     A lazy, read-only sequence: building a list of a million ids is not part
@@ -926,18 +936,8 @@ class IdView(Sequence[str]):
     def __len__(self) -> int:
         return len(self._ckpt_rows) + len(self._tail_rows)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _id(self, i: int) -> str:
         n = len(self._ckpt_rows)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError("row out of range")
         if i < n:
             ckpt = self._snap._ckpt
             assert ckpt is not None
