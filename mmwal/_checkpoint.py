@@ -982,6 +982,19 @@ def _dontneed(*arrays: Any) -> None:
 
 
 # ============================================================================ files
+def remove_entry(p: str) -> None:
+    """Remove a file, or a directory and what it holds; gone already is fine."""
+    if os.path.isdir(p) and not os.path.islink(p):
+        _rmtree(p)  # (its errors are typed already)
+        return
+    try:
+        _io.layer.unlink(p)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _io.io_error(exc, "unlink", p) from None
+
+
 def _rmtree(path: str) -> None:
     io = _io.layer
     try:
@@ -991,16 +1004,7 @@ def _rmtree(path: str) -> None:
     except OSError as exc:
         raise _io.io_error(exc, "listdir", path) from None
     for name in names:
-        p = os.path.join(path, name)
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                _rmtree(p)
-            else:
-                io.unlink(p)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _io.io_error(exc, "unlink", p) from None
+        remove_entry(os.path.join(path, name))
     try:
         io.rmdir(path)
     except FileNotFoundError:

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _format as F
 from . import _io
-from ._checkpoint import CheckpointView, _rmtree, list_checkpoints
+from ._checkpoint import CheckpointView, list_checkpoints, remove_entry
 from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
 from .errors import CorruptionError, FormatVersionError, MmwalError, StoreNotFoundError
 
@@ -396,16 +396,7 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int | None, *,
     rest = [n for n in doomed if not n.endswith(".version")]
     for batch in (first, rest):
         for name in batch:
-            p = os.path.join(paths.checkpoints, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                _rmtree(p)
-            else:
-                try:
-                    io.unlink(p)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise _io.io_error(exc, "unlink", p) from None
+            remove_entry(os.path.join(paths.checkpoints, name))
         if batch:
             fsync_dir(paths.checkpoints)
 
