@@ -1171,12 +1171,19 @@ def _run_workload(run_dir: str, durability: str, ops: Sequence[WOp], seed: int,
         store = None
         captured.append((layer.capture(-1, "end", ""), oracle.snap()))
     finally:
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-        _io.set_layer(old)
-        layer.release()
+        end_capture(layer, old, store)
     return captured, checkpoints, list(layer.ops)
+
+
+def end_capture(layer: Any, old: Any, store: Any = None) -> None:
+    """The end of a capture run: a Store still open is closed (quietly: the run
+    may have failed inside it), the previous I/O layer is put back and the
+    capturing layer released."""
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.close()
+    _io.set_layer(old)
+    layer.release()
 
 
 #: A judge looks at a recovered Reader and returns the state it accepts as the
@@ -1447,8 +1454,7 @@ def _run_concurrent(run_dir: str, seed: int, select: Callable[[int, str, str, bo
             t.join()
         captured.append((layer.capture(-1, "end", ""), (list(started), list(done))))
     finally:
-        _io.set_layer(old)
-        layer.release()
+        end_capture(layer, old)
     if errors:
         raise errors[0]
     return captured, ops_by_writer, checkpoints

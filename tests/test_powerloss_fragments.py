@@ -19,7 +19,6 @@ mmwal/_faults.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -156,11 +155,7 @@ def run_workload(run_dir: str, labelled: list[tuple[str, WOp]], *, auto_max: int
         store.close()
         store = None
     finally:
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-        _io.set_layer(old)
-        layer.release()
+        _faults.end_capture(layer, old, store)
     return captured, publishes
 
 

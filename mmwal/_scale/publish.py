@@ -31,6 +31,7 @@ import posixpath
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _format as F
@@ -83,26 +84,27 @@ class _Item:
         self.fd = fd
 
 
-def _open(path: str) -> int:
+@contextlib.contextmanager
+def _listed_file(path: str, op: str) -> Iterator[None]:
+    """Errors of ``op`` on a file the current version lists, typed: missing is damage."""
     try:
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        yield
     except FileNotFoundError:
         raise CorruptionError(f"{path}: missing, the current version lists it; run `mmwal "
                               "verify`", path=path, offset=0) from None
     except OSError as exc:
-        raise StorageIOError(f"cannot open {path}: {os.strerror(exc.errno or 0)}",
-                             err=exc.errno, path=path, op="open") from None
+        raise StorageIOError(f"cannot {op} {path}: {os.strerror(exc.errno or 0)}",
+                             err=exc.errno, path=path, op=op) from None
+
+
+def _open(path: str) -> int:
+    with _listed_file(path, "open"):
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
 
 
 def _read(path: str, limit: int) -> bytes:
-    try:
+    with _listed_file(path, "read"):
         return read_file(path, limit)
-    except FileNotFoundError:
-        raise CorruptionError(f"{path}: missing, the current version lists it; run `mmwal "
-                              "verify`", path=path, offset=0) from None
-    except OSError as exc:
-        raise StorageIOError(f"cannot read {path}: {os.strerror(exc.errno or 0)}",
-                             err=exc.errno, path=path, op="read") from None
 
 
 def _plan(paths: Paths) -> tuple[bytes, Version, list[_Item]]:
