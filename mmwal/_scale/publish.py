@@ -30,8 +30,8 @@ import os
 import posixpath
 import secrets
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import _format as F
