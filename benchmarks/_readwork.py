@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -216,9 +217,14 @@ def copy_store(src: str, dst: str) -> None:
     and locks are real copies.
     """
     ck = os.path.join(src, "checkpoints") + os.sep
+    copy_linking(src, dst, lambda s: s.startswith(ck) and "/.tmp-" not in s)
 
+
+def copy_linking(src: str, dst: str, immutable: Callable[[str], bool]) -> None:
+    """``shutil.copytree`` that hard-links the files ``immutable(path)`` accepts
+    (a copy when linking fails) and copies the rest."""
     def copy(s: str, d: str) -> None:
-        if s.startswith(ck) and "/.tmp-" not in s:
+        if immutable(s):
             try:
                 os.link(s, d)
                 return
@@ -227,6 +233,19 @@ def copy_store(src: str, dst: str) -> None:
         shutil.copy2(s, d)
 
     shutil.copytree(src, dst, copy_function=copy)
+
+
+def release_children(procs: list[subprocess.Popen[Any]], timeout: float = 30) -> None:
+    """Let waiting child processes go (a line on their stdin, then EOF) and reap them."""
+    for p in procs:
+        try:
+            if p.stdin:
+                p.stdin.write("\n")
+                p.stdin.close()
+        except OSError:
+            pass
+    for p in procs:
+        reap(p, timeout=timeout)
 
 
 # ============================================================================ children

@@ -592,15 +592,7 @@ def case_pss(a: argparse.Namespace, path: str, Q: np.ndarray) -> dict[str, Any]:
                         "emb": W.smaps_of_file(pid, os.path.basename(os.path.dirname(emb_f))
                                                + "/embeddings.npy")})
     finally:
-        for p in procs:
-            try:
-                if p.stdin:
-                    p.stdin.write("\n")
-                    p.stdin.close()
-            except OSError:
-                pass
-        for p in procs:
-            W.reap(p, timeout=30)
+        W.release_children(procs)
     tot = sum(x["pss_kib"] for x in per) * 1024
     ann_b, emb_b = os.path.getsize(ann_f), os.path.getsize(emb_f)
     ann_pss = sum(x["ann"]["Pss"] for x in per) * 1024

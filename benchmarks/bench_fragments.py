@@ -264,17 +264,11 @@ def lance_fragments(tbl: Any) -> int | None:
 
 def copy_lance(src: str, dst: str) -> None:
     """Copy a Lance table: data, index and deletion files are immutable, so hard-linked."""
-    def copy(s: str, d: str) -> None:
+    def immutable(s: str) -> bool:
         rel = os.path.relpath(s, src).split(os.sep)
-        if any(p in ("data", "_indices", "_deletions") for p in rel[:-1]):
-            try:
-                os.link(s, d)
-                return
-            except OSError:
-                pass
-        shutil.copy2(s, d)
+        return any(p in ("data", "_indices", "_deletions") for p in rel[:-1])
 
-    shutil.copytree(src, dst, copy_function=copy)
+    W.copy_linking(src, dst, immutable)
 
 
 class Stores:

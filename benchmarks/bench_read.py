@@ -312,15 +312,7 @@ def case_pss(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
                     p.kill()
             raise
         finally:
-            for p in procs:
-                try:
-                    if p.stdin:
-                        p.stdin.write("\n")
-                        p.stdin.close()
-                except OSError:
-                    pass
-            for p in procs:
-                W.reap(p, timeout=30)
+            W.release_children(procs)
         runs.append(
             {
                 "pss_total": 1024 * sum(x["pss_kib"] for x in per),
