@@ -328,14 +328,24 @@ def _writer(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog,
         wr.op(k)
         k += 1
         if period:
-            next_t += period
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -1.0:
-                next_t = time.monotonic()  # fell behind: do not burst to catch up
+            next_t = _pace(next_t, period)
     wr.store.close()
     wr.journal.close()
+
+
+def _pace(next_t: float, period: float) -> float:
+    """Sleep until the next operation's time (``next_t + period``); the time it was.
+
+    A role that fell more than a second behind starts again from now instead
+    of bursting to catch up.
+    """
+    next_t += period
+    delay = next_t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    elif delay < -1.0:
+        next_t = time.monotonic()
+    return next_t
 
 
 # ============================================================================ checkpointer
@@ -460,12 +470,7 @@ def _churner(spec: RoleSpec, paths: RunPaths, board: Board, vlog: ViolationLog) 
             row[LAST_SEQ] = seq
             k += 1
             if period:
-                next_t += period
-                delay = next_t - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif delay < -1.0:
-                    next_t = time.monotonic()
+                next_t = _pace(next_t, period)
     finally:
         st.close()
         journal.close()
