@@ -307,8 +307,9 @@ class CheckpointView:
 
         Hashes, slot positions and index reads run as array operations, one
         probe step for all keys at a time; only the ids found in a slot are
-        compared in Python.  An id that is not stored usually ends at its first
-        probe (an empty slot), so new ids cost almost nothing.
+        compared, and they are compared as array steps too (:meth:`_same_ids`).
+        An id that is not stored usually ends at its first probe (an empty
+        slot), so new ids cost almost nothing.
         """
         k = len(keys)
         out = np.full(k, -1, dtype=np.int64)
@@ -324,6 +325,8 @@ class CheckpointView:
         slot = h & mask
         index = np.asarray(self.index)
         todo = np.arange(k)
+        kcat: np.ndarray | None = None  # the keys' bytes, joined (when a slot is held)
+        klen = kstart = todo
         for _ in range(slots):
             at = base[todo] + slot[todo]
             rows = index[at]
@@ -336,15 +339,48 @@ class CheckpointView:
                 j = int(np.flatnonzero(bad)[0])
                 raise self._corrupt("index.npy", f"slot {int(at[j])} holds row {int(rows[j])}",
                                     128 + 8 * int(at[j]))
-            id_bytes = self.id_bytes
-            same = np.fromiter((id_bytes(r) == keys[i] for i, r in
-                                zip(todo.tolist(), rows.tolist())), dtype=bool, count=len(todo))
+            if kcat is None:
+                klen = np.fromiter(map(len, keys), np.int64, count=k)
+                kstart = np.cumsum(klen) - klen
+                kcat = np.frombuffer(b"".join(keys), np.uint8)
+            same = self._same_ids(rows, kcat, kstart[todo], klen[todo])
             out[todo[same]] = rows[same]
             todo = todo[~same]
             if not len(todo):
                 break
             slot[todo] = (slot[todo] + 1) & mask
         return out
+
+    def _same_ids(self, rows: np.ndarray, kcat: np.ndarray, kstart: np.ndarray,
+                  klen: np.ndarray) -> np.ndarray:
+        """Whether the id of row ``rows[j]`` is the key ``kcat[kstart[j]:][:klen[j]]``, each j.
+
+        :meth:`id_bytes` ``== key`` for many rows at once: the rows' spans in
+        ``ids.bin`` are read and checked as arrays, and the bytes of every
+        pair of equal length compared in one pass.
+        """
+        offs = np.asarray(self.id_offsets)
+        a, b = offs[rows], offs[rows + 1]
+        bad = (a > b) | (b > len(self.ids_bin)) | (b - a > F.MAX_ID_BYTES)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            row = int(rows[j])
+            raise self._corrupt("ids_offsets.npy", f"id {row} spans {int(a[j])}..{int(b[j])}",
+                                128 + 8 * row)
+        a = a.astype(np.int64)
+        ln = b.astype(np.int64) - a
+        same = ln == klen
+        c = np.flatnonzero(same & (ln > 0))
+        if len(c):
+            lens = ln[c]
+            ends = np.cumsum(lens)
+            first = ends - lens
+            within = np.arange(int(ends[-1])) - np.repeat(first, lens)
+            stored = np.frombuffer(self.ids_bin, np.uint8)
+            eq = stored[np.repeat(a[c], lens) + within] == kcat[np.repeat(kstart[c], lens)
+                                                                 + within]
+            same[c] = np.logical_and.reduceat(eq, first)
+        return same
 
     def id_block(self, start: int, k: int) -> list[bytes]:
         """The UTF-8 ids of rows ``start .. start+k-1``: one slice of ``ids.bin``."""

@@ -61,3 +61,35 @@ def test_ids_that_collide_under_crc32(tmp_path, n):
         s.checkpoint()
     with mmwal.Reader(tmp_path) as r:
         _check(_version(r), stored + absent + ["plain"])
+
+
+def test_ids_of_one_length_that_differ_in_one_byte(tmp_path):
+    # Every candidate a probe finds has the key's length: the byte comparison decides.
+    stored = [f"id-{i:04d}" for i in range(0, 2000, 2)] + ["é-ü-" + str(i) for i in range(50)]
+    absent = [f"id-{i:04d}" for i in range(1, 2000, 2)] + ["é-ü-x" + str(i) for i in range(50)]
+    with mmwal.Store(tmp_path, dim=DIM, durability="os") as s:
+        s.add_many(stored, np.ones((len(stored), DIM), np.float32))
+        s.checkpoint()
+    with mmwal.Reader(tmp_path) as r:
+        view = _version(r)
+        _check(view, stored + absent)
+        got = view.lookup_many([k.encode() for k in stored + absent]).tolist()
+        assert all(x >= 0 for x in got[: len(stored)])
+        assert all(x == -1 for x in got[len(stored):])
+
+
+def test_a_damaged_id_offset_is_a_corruption_error(tmp_path):
+    ids = [f"doc-{i}" for i in range(64)]
+    with mmwal.Store(tmp_path, dim=DIM, durability="os") as s:
+        s.add_many(ids, np.ones((len(ids), DIM), np.float32))
+        s.checkpoint()
+    with mmwal.Reader(tmp_path) as r:
+        part = _version(r).parts[0].view
+        path = f"{part.dir}/ids_offsets.npy"
+    offs = np.load(path)
+    offs[10] = 1 << 40  # row 9 ends, and row 10 starts, far past ids.bin
+    np.save(path, offs)
+    with mmwal.Reader(tmp_path) as r:
+        view = _version(r).parts[0].view
+        with pytest.raises(mmwal.CorruptionError, match="ids_offsets.npy"):
+            view.lookup_many([k.encode() for k in ids])
