@@ -369,7 +369,7 @@ class CheckpointView:
                                 128 + 8 * row)
         a = a.astype(np.int64)
         ln = b.astype(np.int64) - a
-        same = ln == klen
+        same: np.ndarray = ln == klen
         c = np.flatnonzero(same & (ln > 0))
         if len(c):
             lens = ln[c]
