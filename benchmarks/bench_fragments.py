@@ -10,7 +10,7 @@ Usage::
 Cases (the targets of the issue "Checkpoints that cost what changed"):
 
 ckpt     a store of N checkpointed docs (one fragment; N = 10k, 100k, 1M) gets +10k docs
-         (add_many of 10k) or 10k removes (``remove`` per id, spread over the store), then
+         (add_many of 10k) or 10k removes (``remove_many`` of ids spread over the store), then
          ``checkpoint()`` with ``Config(auto_compact=False)`` is timed.  LanceDB on the same
          docs in the same run: a table of N rows (compacted, BTree index on ``id``) gets
          ``add`` of the same 10k rows or ``delete("id IN (...)")`` of the same ids, then
@@ -353,9 +353,7 @@ def run_mmwal(a: argparse.Namespace, src: str, op: str, n: int, auto_compact: bo
                 ids, vecs, contents, metas = a._delta_docs
                 st.add_many(ids, vecs, contents, metas)
             else:
-                rm = st.remove
-                for i in _removed_ids(n, a.delta):
-                    rm(i)
+                st.remove_many(_removed_ids(n, a.delta))  # one write, as LanceDB's one delete
             t_write = time.perf_counter() - t0
             os.sync()  # the copy's and the log's writeback stay out of the timed fsyncs
             t0 = time.perf_counter()
@@ -475,7 +473,7 @@ def case_ckpt(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
             tot += [fmt_s(o["lance-add"]["write_s"]["median"] + c(n, "lance-add")),
                     fmt_s(o["lance-delete"]["write_s"]["median"] + c(n, "lance-delete"))]
         wrows.append(w + tot)
-    wheader = ["docs before", "mmwal add_many", "mmwal remove ×k"]
+    wheader = ["docs before", "mmwal add_many", "mmwal remove_many"]
     if a.lance:
         wheader += ["LanceDB add", "LanceDB delete"]
     wheader += ["mmwal add + ckpt", "mmwal remove + ckpt"]
@@ -516,7 +514,7 @@ def case_ckpt(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
         f"Median of {a.rep_heavy} runs (min – max), each on a fresh copy of a store of N "
         "checkpointed docs (one fragment) and, for LanceDB, of a compacted table of the same "
         "rows with a BTree index on `id`. mmwal: `Config(auto_compact=False)`, "
-        f"`add_many` of {W.fmt_n(a.delta)} new docs or `remove` of {W.fmt_n(a.delta)} ids "
+        f"`add_many` of {W.fmt_n(a.delta)} new docs or `remove_many` of {W.fmt_n(a.delta)} ids "
         "spread over the store (at N = delta that is every doc), `os.sync()`, then "
         "`checkpoint()` timed (rows and bytes: what it wrote). LanceDB: `add` of the same "
         "rows or `delete(\"id IN (...)\")` of the same ids, `os.sync()`, then `optimize()` "
@@ -890,9 +888,9 @@ def plot(results: dict[str, Any], target: str) -> str | None:
           ("mmwal-autocompact", "mmwal checkpoint() + auto-compaction", "#ff7f0e", "^:"),
           ("lance-add", f"LanceDB optimize(), +{delta} rows", "#1f77b4", "o-"),
           ("lance-delete", f"LanceDB optimize(), {delta} deleted", "#1f77b4", "s--")]),
-        (True, "write + step: add_many/remove + checkpoint() vs add/delete + optimize()",
+        (True, "write + step: add_many/remove_many + checkpoint() vs add/delete + optimize()",
          [("mmwal-add", f"mmwal add_many + checkpoint(), +{delta}", "#d62728", "o-"),
-          ("mmwal-remove", f"mmwal {delta} × remove + checkpoint()", "#d62728", "s--"),
+          ("mmwal-remove", f"mmwal remove_many({delta}) + checkpoint()", "#d62728", "s--"),
           ("lance-add", f"LanceDB add + optimize(), +{delta}", "#1f77b4", "o-"),
           ("lance-delete", "LanceDB delete + optimize()", "#1f77b4", "s--")]),
     ]

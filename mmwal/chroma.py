@@ -939,8 +939,7 @@ class Collection:
                 return None
             store = self._store(h, None)
             assert store is not None
-            for x in doomed:
-                store.remove(x)
+            store.remove_many(list(doomed))
             return store
 
         self._write(run)

@@ -180,8 +180,7 @@ class MmwalVectorStore(VectorStore):
             raise InvalidInputError(f"ids must be a list of str, got the str {ids!r:.60}")
         store = self._handle.existing_store()
         if store is not None:
-            for i in ids:
-                store.remove(i)
+            store.remove_many(list(ids))
         return True
 
     def clear(self) -> None:

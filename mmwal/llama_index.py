@@ -202,8 +202,7 @@ class MmwalVectorStore(BasePydanticVectorStore):
     def _remove(self, ids: Sequence[str]) -> None:
         store = self._handle.existing_store()
         if store is not None:
-            for i in ids:
-                store.remove(i)
+            store.remove_many(list(ids))
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node whose ref doc (source document) is ``ref_doc_id``."""
