@@ -34,6 +34,12 @@ Durability per contender (why they are comparable):
 * "os" cases - a record is in the OS page cache on return: survives kill -9 of
   the writer, not power loss.
     raw     os.write to an O_APPEND file, no fsync.
+    raw-built  the same frames, but encoded (msgpack) and checksummed (CRC-32)
+            inside the timed loop, one per document (one per batch in case b,
+            written with writev): the least any Python writer of a
+            checksummed log does.  No lock, no sequence numbers, no checks.
+            Its ratio to raw (reported as "the floor") bounds what a Python
+            library can reach against the pre-built ceiling.
     sqlite  journal_mode=WAL, synchronous=NORMAL: a commit appends to the WAL
             without fsync (the WAL is fsynced only at checkpoints), the closest
             SQLite setting to page-cache durability.  synchronous=OFF is faster
@@ -46,7 +52,7 @@ Durability per contender (why they are comparable):
             the faster of the two LMDB rows in each case.
     mmwal   durability="os".
 * "fsync" cases - a record is on stable storage on return.
-    raw     os.write + os.fdatasync per op.
+    raw     os.write + os.fdatasync per op (raw-built: built in the loop, then the same).
     sqlite  WAL, synchronous=FULL (the WAL is fsynced at every commit).
     lmdb    sync=True, metasync=True (LMDB's durable default).
     mmwal   durability="fsync".
@@ -68,6 +74,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +90,7 @@ if str(HERE) not in sys.path:
 
 from _workload import (  # noqa: E402
     DIM,
+    RAW_HEADER,
     Docs,
     fmt_rate,
     fmt_ratio,
@@ -174,6 +182,38 @@ class RawWriter:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class BuiltRawWriter(RawWriter):
+    """The raw ceiling's frames, built in the timed loop: the floor of any Python writer.
+
+    Per document (or per batch of ``add_many``): one msgpack call, one CRC, one
+    os.write - what every writer of a checksummed log must do at least - and
+    nothing else: no lock, no sequence number, no input check.  Its ratio to
+    ``raw`` is how much of the ceiling is left once a record is encoded at
+    all; mmwal's ratio to it is what its checks, lock and bookkeeping cost.
+    """
+
+    def ops(self, docs: Docs, lo: int, hi: int) -> None:
+        fd, write, packb, crc, head = self.fd, os.write, msgpack.packb, zlib.crc32, RAW_HEADER.pack
+        ids, contents, metas, vecs = docs.ids, docs.contents, docs.metadatas, docs.vecs
+        sync = _fdatasync if self.fsync else None
+        for i in range(lo, hi):
+            p = packb([ids[i], contents[i], metas[i], vecs[i].tobytes()])
+            f = head(len(p), crc(p)) + p
+            if write(fd, f) != len(f):
+                raise OSError("short write")
+            if sync is not None:
+                sync(fd)
+
+    def batches(self, batches: list[Batch]) -> None:
+        fd, packb, crc, head = self.fd, msgpack.packb, zlib.crc32, RAW_HEADER.pack
+        writev = os.writev
+        for b in batches:
+            p = packb([b.ids, b.contents, b.metadatas, b.vecs.tobytes()])
+            h = head(len(p), crc(p))
+            if writev(fd, (h, p)) != len(h) + len(p):  # (no copy of the 1.5 MB payload)
+                raise OSError("short write")
 
 
 class SqliteWriter:
@@ -309,6 +349,7 @@ class Contender:
 
 WRITERS: dict[str, Callable[..., Any]] = {
     "raw": RawWriter,
+    "raw-built": BuiltRawWriter,
     "sqlite": SqliteWriter,
     "lmdb": LmdbWriter,
     "mmwal": MmwalWriter,
@@ -317,7 +358,7 @@ WRITERS: dict[str, Callable[..., Any]] = {
 
 def precreate(c: Contender, path: str, durability: str) -> None:
     """Create the store in the parent so the timed children only open it."""
-    if c.kind == "raw":
+    if c.kind in ("raw", "raw-built"):
         return
     WRITERS[c.kind](path, durability, c.opts, create=True).close()
 
@@ -533,11 +574,7 @@ def run_multi(
 
 def count_written(c: Contender, path: str) -> int:
     """Documents actually stored by a finished run (--verify; untimed)."""
-    if c.kind == "raw":
-        import zlib
-
-        from _workload import RAW_HEADER
-
+    if c.kind in ("raw", "raw-built"):
         n = 0
         with open(os.path.join(path, "raw.log"), "rb") as f:
             data = f.read()
@@ -575,12 +612,13 @@ def count_written(c: Contender, path: str) -> int:
 # ====================================================================== driver
 def build_cases(a: argparse.Namespace) -> list[Case]:
     raw = Contender("raw", "raw")
+    built = Contender("raw-built", "raw-built")
     sqlite_ = Contender("sqlite", "sqlite", {"sqlite_os_sync": a.sqlite_os_sync})
     lm = Contender("lmdb", "lmdb")
     lm_wm = Contender("lmdb-wm", "lmdb", {"writemap": True})
     mm = Contender("mmwal", "mmwal")
-    os_peers = [raw, sqlite_, lm, lm_wm, mm]
-    fs_peers = [raw, sqlite_, lm, mm] + ([lm_wm] if a.fsync_writemap else [])
+    os_peers = [raw, built, sqlite_, lm, lm_wm, mm]
+    fs_peers = [raw, built, sqlite_, lm, mm] + ([lm_wm] if a.fsync_writemap else [])
     n = a.procs
     cases = [
         Case(
@@ -594,7 +632,8 @@ def build_cases(a: argparse.Namespace) -> list[Case]:
             1,
             "batch",
             a.batches * a.batch_size,
-            [raw, Contender("raw-batched", "raw", {"batched": True}), sqlite_, lm, lm_wm, mm],
+            [raw, Contender("raw-batched", "raw", {"batched": True}), built, sqlite_, lm, lm_wm,
+             mm],
         ),
         Case("c", f'per-op add, "os", {n} processes', "ops/s", "os", n, "ops", a.mp_ops, os_peers),
         Case(
@@ -817,6 +856,17 @@ def render(results: dict, cases: list[Case]) -> tuple[str, list[dict]]:
     check(
         "d: mmwal fsync 1 process / raw write+fdatasync", med("d1", "mmwal"), med("d1", "raw"), 0.8
     )
+    floor = [
+        [f"{k}: raw-built / {ref}", fmt_ratio(med(k, "raw-built") / med(k, ref))]
+        for k, ref in (("a", "raw"), ("b", "raw-batched"), ("d1", "raw"))
+        if med(k, "raw-built") and med(k, ref)
+    ]
+    if floor:
+        table += (
+            "\n\nThe floor of a Python writer (raw-built: the raw frames encoded and "
+            "checksummed in the timed loop, no lock, no checks) against the ceiling:\n\n"
+            + md_table(["case", "ratio"], floor)
+        )
     if checks:
         table += "\n\nTargets (DESIGN.md):\n\n" + md_table(
             ["target", "measured", "goal", "met"],
