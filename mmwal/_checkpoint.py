@@ -27,8 +27,10 @@ held in memory, bounded by the checkpoint thresholds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io as _stdio
+import math
 import mmap
 import operator
 import os
@@ -92,6 +94,7 @@ def hash_id(b: bytes, key: bytes | None = None) -> int:
     return int.from_bytes(hashlib.blake2b(b, digest_size=4, key=key).digest(), "little")
 
 
+@functools.lru_cache(maxsize=256)
 def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     """The exact ``.npy`` v1.0 header numpy writes (data 64-byte aligned)."""
     buf = _stdio.BytesIO()
@@ -148,18 +151,14 @@ class CheckpointView:
         self._shift = 32 - (parts.bit_length() - 1)
         self._hash_key = _descriptor_hash_key(d, dpath)
         files = d["files"]
+        self._sizes: dict[str, int] = {}
         for name in FILES:
             meta = files.get(name)
             if (not isinstance(meta, list) or len(meta) != 2
                     or not all(type(x) is int for x in meta)):
                 raise CorruptionError(f"{dpath}: no valid entry for {name}", path=dpath,
                                       offset=F.MANIFEST_HEADER.size)
-            size = self._size(name)
-            if size != meta[0]:
-                raise CorruptionError(
-                    f"{os.path.join(self.dir, name)}: {size} bytes, the descriptor says "
-                    f"{meta[0]}; the checkpoint is damaged (run `mmwal verify`)",
-                    path=os.path.join(self.dir, name), offset=min(size, meta[0]))
+            self._sizes[name] = meta[0]  # checked as each file is opened (_open_file)
         self.nchunks = d["chunks"]
         if self.nchunks != (n + self.chunk_docs - 1) // self.chunk_docs:
             raise CorruptionError(f"{dpath}: {self.nchunks} chunks for {n} rows", path=dpath,
@@ -204,25 +203,35 @@ class CheckpointView:
         except OSError as exc:
             raise _io.io_error(exc, "open", path) from None
 
-    def _size(self, name: str) -> int:
-        path = os.path.join(self.dir, name)
-        try:
-            return _io.layer.stat(path).st_size
-        except FileNotFoundError:
-            raise CorruptionError(f"{path}: missing from checkpoint {self.id}", path=path,
-                                  offset=0) from None
-        except OSError as exc:
-            raise _io.io_error(exc, "stat", path) from None
+    def _open_file(self, name: str) -> tuple[int, str, int]:
+        """Open file ``name`` of this checkpoint: ``(fd, path, size)``, its size checked.
 
-    def _npy(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        One open and one fstat per file: the size must be what the descriptor
+        says (a missing file or another size is a CorruptionError).
+        """
         path = os.path.join(self.dir, name)
-        header = npy_header(dtype, shape)
-        want = len(header) + int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self._size(name) != want:
-            raise CorruptionError(f"{path}: {self._size(name)} bytes, expected {want} for "
-                                  f"{dtype}{list(shape)}", path=path, offset=0)
         fd = self._open(path)
         try:
+            size = _io.layer.fstat(fd).st_size
+        except OSError as exc:
+            _io.layer.close(fd)
+            raise _io.io_error(exc, "stat", path) from None
+        want = self._sizes[name]
+        if size != want:
+            _io.layer.close(fd)
+            raise CorruptionError(
+                f"{path}: {size} bytes, the descriptor says {want}; the checkpoint is "
+                "damaged (run `mmwal verify`)", path=path, offset=min(size, want))
+        return fd, path, size
+
+    def _npy(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        header = npy_header(dtype, shape)
+        fd, path, size = self._open_file(name)
+        try:
+            want = len(header) + math.prod(shape) * np.dtype(dtype).itemsize
+            if size != want:
+                raise CorruptionError(f"{path}: {size} bytes, expected {want} for "
+                                      f"{dtype}{list(shape)}", path=path, offset=0)
             got = _io.layer.pread(fd, len(header), 0)
             if got != header:
                 raise CorruptionError(f"{path}: offset 0: .npy header is not the expected "
@@ -248,12 +257,10 @@ class CheckpointView:
         return arr
 
     def _map(self, name: str) -> Any:
-        path = os.path.join(self.dir, name)
-        size = self._size(name)
-        if size == 0:
-            return b""
-        fd = self._open(path)
+        fd, path, size = self._open_file(name)
         try:
+            if size == 0:
+                return b""
             return _io.layer.mmap(fd, size)
         except OSError as exc:
             raise _io.io_error(exc, "mmap", path) from None
