@@ -807,8 +807,9 @@ def _fill_index(st: _Stream, h: np.ndarray, cap: int, parts: int, budget: int) -
             table = got[0]
         else:
             counts, carry = carried if carried is not None else _carry(home, slots)
-            into = np.roll(carry, 1)  # probes carried into slot s: those passing s - 1
-            alone = (counts[home] == 1) & (into[home] == 0)
+            # alone: the only row at its home slot, and no probe carried into it
+            # (none passes the slot before).
+            alone = (counts[home] == 1) & (carry[(home - 1) & mask] == 0)
             table = np.full(slots, _EMPTY, dtype="<i8")
             table[home[alone]] = rows[alone]
             rest = ~alone
@@ -832,13 +833,16 @@ def _carry(home: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
     is exact on the second round (Lindley's recurrence, as a cumulative sum).
     """
     counts = np.bincount(home, minlength=slots)
-    x = np.empty(2 * slots, dtype=np.int64)
+    # (int32: |partial sums| <= 2 * slots + rows, both below 2**31 here)
+    x = np.empty(2 * slots, dtype=np.int32)
     x[:slots] = counts
     x[slots:] = counts
     x -= 1
     cs = np.cumsum(x, out=x)
     w = cs[slots:]
-    w -= np.minimum(np.minimum.accumulate(cs)[slots:], 0)
+    low = np.minimum.accumulate(cs)[slots:]
+    np.minimum(low, 0, out=low)
+    w -= low
     return counts, w
 
 
@@ -1042,15 +1046,16 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
                 seqs = list(map(touched.get, rec.keys))
                 if seqs != list(range(first, first + count)):
                     pick = [j for j, s in enumerate(seqs) if s == first + j]
-            if big and pick is None:  # every document of the record is kept
-                add_columns()  # (the rows before these first)
+            if pick is None and rec.hashes is not None:  # a large record, all of it kept
+                hand_over()  # (the rows before these first)
                 if not b.add_columns(m):
                     _check_metas(m, rec)
-            elif big:
+                b.add_blocks(rec.keys, [vecs], c, m, [rec.crc], [rec.hashes])
+                continue
+            if big:
                 _check_metas(m, rec)
             if pick is None:
-                if not big:
-                    columns.extend(m)
+                columns.extend(m)
                 keys.extend(rec.keys)
                 if hashes is not None and rec.hashes is not None:
                     hashes.append(rec.hashes)
