@@ -74,6 +74,9 @@ def _start_writeback_default() -> Callable[[int, int, int], None]:
     return start
 
 
+_start_writeback: Callable[[int, int, int], None] | None = None
+
+
 class OSLayer:
     """The real operating system.  Subclass and override to inject faults."""
 
@@ -95,7 +98,16 @@ class OSLayer:
         self.ftruncate: Callable[[int, int], None] = os.ftruncate
         self.listdir: Callable[[str], list[str]] = os.listdir
         self.stat: Callable[[str], os.stat_result] = os.stat
-        self.start_writeback: Callable[[int, int, int], None] = _start_writeback_default()
+
+    def start_writeback(self, fd: int, offset: int, nbytes: int) -> None:
+        """Hint: start writing ``nbytes`` at ``offset`` of ``fd`` back (nothing durable).
+
+        See :func:`_start_writeback_default` (looked up on first use).
+        """
+        global _start_writeback
+        if _start_writeback is None:
+            _start_writeback = _start_writeback_default()
+        _start_writeback(fd, offset, nbytes)
 
     def mmap(self, fd: int, length: int, *, write: bool = False) -> mmap.mmap:
         """Map ``length`` bytes of ``fd`` shared; read-only unless ``write``."""

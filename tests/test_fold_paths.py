@@ -23,6 +23,7 @@ from ckpt_helpers import key_vecs
 from helpers import copy_store
 
 import mmwal
+import mmwal._io
 from mmwal import _checkpoint as C
 from mmwal import _format as F
 from mmwal._search import where as where_
@@ -357,3 +358,43 @@ def test_vector_blocks_are_recorded_with_their_crc(tmp_path):
         with open(os.path.join(ck, frag, name), "rb") as f:
             data = f.read()
         assert (len(data), zlib.crc32(data)) == (size, crc), name
+
+
+# ------------------------------------------------------------------ writeback hints
+class _Hints(mmwal._io.OSLayer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hints: list[tuple[int, int]] = []
+
+    def start_writeback(self, fd: int, offset: int, nbytes: int) -> None:
+        self.hints.append((offset, nbytes))
+        super().start_writeback(fd, offset, nbytes)
+
+
+def test_files_being_built_get_writeback_hints(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "WRITEBACK_BYTES", 4096)
+    layer = _Hints()
+    old = mmwal._io.set_layer(layer)
+    try:
+        path = str(tmp_path / "s")
+        with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+            _add(s, list(range(0, 600)))
+            s.checkpoint()
+    finally:
+        mmwal._io.set_layer(old)
+    assert layer.hints and all(n >= 4096 for _, n in layer.hints)
+    report = mmwal.verify(path)
+    assert report.ok, report.problems
+
+
+def test_a_writeback_hint_changes_no_byte(tmp_path):
+    p = tmp_path / "f"
+    data = os.urandom(1 << 16)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, data)
+        mmwal._io.layer.start_writeback(fd, 0, len(data))
+        mmwal._io.layer.start_writeback(fd, 1 << 20, 10)  # past the end: nothing
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == data
