@@ -575,8 +575,8 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
 
     The fields before the ids (timestamp, dimension) and the ids themselves
     are checked as :func:`decode_add` checks them; the rest is left undecoded
-    (a checkpoint's first pass needs only the ids; its second pass decodes
-    and checks in full every frame whose documents it keeps).
+    (for a caller that needs only the ids; :func:`add_parts` also returns
+    the vector block and the encoded documents, for :func:`decode_docs`).
     """
     mv = payload if isinstance(payload, memoryview) else memoryview(payload)
     lay = _add_layout(mv, count, dim)
