@@ -1052,6 +1052,7 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
                     _check_metas(m, rec)
                 b.add_blocks(rec.keys, [vecs], c, m, [rec.crc], [rec.hashes])
                 continue
+            # Small records (and what is kept of large ones) go in batches.
             if big:
                 _check_metas(m, rec)
             if pick is None:
