@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io as _stdio
+import itertools
 import math
 import mmap
 import operator
@@ -62,6 +63,8 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _EMPTY = -1
 #: Rows copied per step when streaming the previous checkpoint.
 COPY_ROWS = 16384
+#: Bytes a file being built grows by between two hints to start its writeback.
+WRITEBACK_BYTES = 8 << 20
 #: Largest index partition (slots); bounds the memory of the index build.
 PARTITION_SLOTS = 1 << 20
 #: Probes past occupied slots the index build may spend per row before it gives
@@ -79,6 +82,9 @@ FILES = ("embeddings.npy", "norms.npy", "ids.bin", "ids_offsets.npy", "index.npy
 
 
 _second = operator.itemgetter(1)
+#: Vector blocks of at least this many rows are written as they are (one write
+#: each, straight from the mapped log); smaller ones are joined first.
+_BLOCK_ROWS = 64
 #: Documents a fold hands to the fragment builder at once.
 _FOLD_STEP = 4096
 
@@ -491,17 +497,25 @@ class _Stream:
         self.path = path
         self.size = 0
         self.crc = 0
+        self.flushed = 0  # bytes before this offset were handed to start_writeback
         try:
             self.fd = _io.layer.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC,
                                      0o644)
         except OSError as exc:
             raise _io.io_error(exc, "open", path) from None
 
-    def write(self, data: Any) -> None:
+    def write(self, data: Any, crc: int | None = None) -> None:
+        """Append ``data``; ``crc``, when given, is ``zlib.crc32(data)`` known already."""
         mv = memoryview(data).cast("B")
         write_all(self.fd, mv, self.size, self.path)
-        self.crc = zlib.crc32(mv, self.crc)
-        self.size += len(mv)
+        n = len(mv)
+        self.crc = zlib.crc32(mv, self.crc) if crc is None else F.crc32_combine(self.crc, crc, n)
+        self.size += n
+        if self.size - self.flushed >= WRITEBACK_BYTES:
+            # Start writing back what is written so far: the fsync at the end
+            # then has little left to wait for.
+            _io.layer.start_writeback(self.fd, self.flushed, self.size - self.flushed)
+            self.flushed = self.size
 
     def finish(self) -> list[int]:
         try:
@@ -525,6 +539,7 @@ class _Stream:
         """Write again from offset 0 (the file is private to the build: unpublished)."""
         self.size = 0
         self.crc = 0
+        self.flushed = 0
 
 
 class _Builder:
@@ -550,28 +565,93 @@ class _Builder:
         self.rows = 0
         self.id_pos = 0
         self.columns = where_.ColumnBuilder()  # the metadata columns (columns.bin)
-        self.pending: list[list[Any]] = []
+        self.pending: list[Any] = []
         self.max_chunk = 0
+        self.hashes: list[np.ndarray] = []  # CRC-32 of the ids added, per add call
 
     def add(self, ids: list[bytes], vecs: np.ndarray, docs: list[list[Any]]) -> None:
         """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs."""
         if not ids:
             return
-        s = self.streams
-        vecs = np.ascontiguousarray(vecs, dtype="<f4")
-        s["embeddings.npy"].write(vecs)
-        s["norms.npy"].write(np.linalg.norm(vecs, axis=1).astype("<f4"))
-        lens = np.fromiter((len(b) for b in ids), dtype="<u8", count=len(ids))
-        s["ids_offsets.npy"].write(np.cumsum(lens, dtype="<u8") + np.uint64(self.id_pos))
-        joined = b"".join(ids)
-        s["ids.bin"].write(joined)
-        self.id_pos += len(joined)
-        self.rows += len(ids)
+        self._add_vectors([vecs])
+        self._add_ids(ids)
         self.columns.add(list(map(_second, docs)))
+        self._add_docs(docs)
+
+    def add_columns(self, metas: list[Any]) -> bool:
+        """The metadata columns of rows :meth:`add_blocks` adds (the same rows, in order).
+
+        Returns True when the metadata turned out flat on the way (nil or maps
+        of str keys without arrays or maps as values: nothing for
+        ``F.metas_problem`` to refuse), False when that is not known.
+        """
+        return self.columns.add(metas)
+
+    def add_blocks(self, ids: list[bytes], blocks: list[np.ndarray], contents: list[str],
+                   metas: list[Any], crcs: list[int | None] | None = None,
+                   hashes: list[np.ndarray] | None = None) -> None:
+        """Append rows: UTF-8 ids, their vectors as (k_i, dim) float32 blocks, in order
+        (views of the mapped log are written as they are, never copied), and their
+        contents and metadatas; their metadata columns go through :meth:`add_columns`.
+        ``crcs[i]``, when not None, is the CRC-32 of block i's bytes, and
+        ``hashes`` the CRC-32 of the ids (uint32 arrays, in order): known already."""
+        if not ids:
+            return
+        self._add_vectors(blocks, crcs)
+        self._add_ids(ids, hashes)
+        self._add_docs(zip(contents, metas))  # (a pair packs as the same msgpack array)
+
+    def _add_vectors(self, blocks: list[np.ndarray], crcs: list[int | None] | None = None,
+                     ) -> None:
+        """Write vector blocks and their norms: large blocks one by one, small ones joined."""
+        emb = self.streams["embeddings.npy"]
+        norms: list[np.ndarray] = []
+        small: list[np.ndarray] = []
+
+        def put(v: np.ndarray, crc: int | None = None) -> None:
+            if v.dtype != np.dtype("<f4") or not v.flags.c_contiguous:
+                v = np.ascontiguousarray(v, dtype="<f4")
+                crc = None
+            emb.write(v, crc)
+            # Summed in float32, as the Reader's tail sums them (_snapshot._row_norms).
+            norms.append(np.sqrt(np.einsum("ij,ij->i", v, v)).astype("<f4", copy=False))
+
+        for i, v in enumerate(blocks):
+            if len(v) >= _BLOCK_ROWS:
+                if small:
+                    put(small[0] if len(small) == 1 else np.concatenate(small))
+                    small.clear()
+                put(v, None if crcs is None else crcs[i])
+            else:
+                small.append(v)
+        if small:
+            put(small[0] if len(small) == 1 else np.concatenate(small))
+        self.streams["norms.npy"].write(norms[0] if len(norms) == 1 else np.concatenate(norms))
+
+    def _add_ids(self, ids: list[bytes], hashes: list[np.ndarray] | None = None) -> None:
+        k = len(ids)
+        lens = np.fromiter(map(len, ids), dtype="<u8", count=k)
+        self.streams["ids_offsets.npy"].write(np.cumsum(lens, dtype="<u8")
+                                              + np.uint64(self.id_pos))
+        joined = b"".join(ids)
+        self.streams["ids.bin"].write(joined)
+        # The CRC-32 of every id, for the index (build_index).
+        if hashes is None:
+            self.hashes.append(np.fromiter(map(zlib.crc32, ids), dtype=np.uint32, count=k))
+        else:
+            self.hashes.extend(hashes)
+        self.id_pos += len(joined)
+        self.rows += k
+
+    def _add_docs(self, docs: Iterable[Any]) -> None:
         self.pending.extend(docs)
-        while len(self.pending) >= self.chunk_docs:
-            self._flush_chunk(self.pending[: self.chunk_docs])
-            del self.pending[: self.chunk_docs]
+        c = self.chunk_docs
+        if len(self.pending) >= c:
+            pending = self.pending
+            full = len(pending) - len(pending) % c
+            for i in range(0, full, c):
+                self._flush_chunk(pending[i : i + c])
+            del pending[:full]
 
     def _flush_chunk(self, docs: list[Any]) -> None:
         raw = F.pack(docs)
@@ -589,7 +669,9 @@ class _Builder:
         if self.rows != self.n:
             raise AssertionError(f"checkpoint build wrote {self.rows} rows, planned {self.n}")
         files = {name: st.finish() for name, st in self.streams.items()}
-        ix = build_index(self.dir, self.n)
+        crc = np.concatenate(self.hashes) if self.hashes else np.empty(0, np.uint32)
+        self.hashes = []
+        ix = build_index(self.dir, self.n, crc)
         files["index.npy"] = ix.meta
         files[colfile.COLUMNS_FILE] = colfile.write(
             os.path.join(self.dir, colfile.COLUMNS_FILE), self.columns.finish(), self.n)
@@ -662,14 +744,16 @@ class IndexBuild(NamedTuple):
     probes: int  # occupied slots passed, over every attempt
 
 
-def build_index(dirpath: str, n: int) -> IndexBuild:
-    """Write ``index.npy``: one partition at a time, each in bounded memory.
+def build_index(dirpath: str, n: int, crc: np.ndarray | None = None) -> IndexBuild:
+    """Write ``index.npy``: one partition at a time.
 
-    Ends for any ids, in at most ``(1 + KEYED_ATTEMPTS)`` passes of at most
+    Ends for any ids, in at most ``(1 + KEYED_ATTEMPTS)`` attempts of at most
     ``PROBE_BUDGET * n + 64`` probes each: CRC-32 first (what every reader
     knows), then, if the ids collide under it (crafted: CRC-32 is linear), a
     keyed hash with a fresh random key, which the ids cannot have been built
     against.  Ordinary ids never leave CRC-32, so their index is unchanged.
+    ``crc``: the CRC-32 of every id in row order, when the caller has them
+    (else, as for a keyed hash, the ids are read back from ``dirpath``).
     """
     path = os.path.join(dirpath, "index.npy")
     st = _Stream(path)
@@ -682,7 +766,9 @@ def build_index(dirpath: str, n: int) -> IndexBuild:
         spent = 0
         keys = [None] + [secrets.token_bytes(16) for _ in range(KEYED_ATTEMPTS)]
         for key in keys:
-            probes = _fill_index(st, dirpath, n, cap, parts, key, budget)
+            h = crc if key is None and crc is not None and len(crc) == n else \
+                _id_hashes(dirpath, n, key)
+            probes = _fill_index(st, h, cap, parts, budget)
             spent += min(probes, budget + 1)
             if probes <= budget:
                 return IndexBuild(cap, parts, st.finish(), key, spent)
@@ -697,45 +783,138 @@ def build_index(dirpath: str, n: int) -> IndexBuild:
         raise
 
 
-def _fill_index(st: _Stream, dirpath: str, n: int, cap: int, parts: int, key: bytes | None,
-                budget: int) -> int:
-    """Write the table with ``key``; the probes spent (> budget: abandoned midway)."""
-    slots = cap // parts
-    shift = 32 - (parts.bit_length() - 1)
-    mask = slots - 1
+def _id_hashes(dirpath: str, n: int, key: bytes | None) -> np.ndarray:
+    """:func:`hash_id` of every id of the fragment being built, in row order (uint32)."""
+    out = np.empty(n, dtype=np.uint32)
     hf: Callable[[bytes], int] = zlib.crc32 if key is None else (lambda b: hash_id(b, key))
-    left = budget
+    for start, ids in _iter_ids(dirpath, n):
+        out[start : start + len(ids)] = np.fromiter(map(hf, ids), dtype=np.uint32,
+                                                    count=len(ids))
+    return out
+
+
+def _fill_index(st: _Stream, h: np.ndarray, cap: int, parts: int, budget: int) -> int:
+    """Write the table of the hashes ``h`` (row order); the probes spent (> budget: not written).
+
+    The table is exactly the one inserting the rows in row order with linear
+    probing gives (docs/format.md, "Index"), built with array operations:
+    which slots end up occupied, and how many probes pass each slot (the
+    carry), do not depend on the order of insertion, so they are computed
+    first (:func:`_carry`), and with them the total of probes, checked
+    against ``budget`` before anything is placed.  A row alone at its home
+    slot with nothing carried into it sits there whatever the order and is
+    never passed by another row's probes; only the other rows are placed one
+    by one, in row order.
+    """
+    slots = cap // parts
+    mask = slots - 1
+    hv = h.astype(np.int64)
+    if parts > 1:
+        part = hv >> (32 - (parts.bit_length() - 1))
+        order = np.argsort(part, kind="stable")  # grouped by part, row order within
+        bounds = np.searchsorted(part[order], np.arange(parts + 1)).tolist()
+    else:
+        order = None
+        bounds = [0, len(hv)]
+
+    def part_rows(p: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = (np.arange(len(hv), dtype=np.int64) if order is None
+                else order[bounds[p] : bounds[p + 1]])
+        return rows, hv[rows] & mask
+
+    # Every part's probes first: an index over the budget is abandoned unwritten.
+    total = 0
+    carried: tuple[np.ndarray, np.ndarray] | None = None  # of the only part
+    for p in range(parts):
+        rows, home = part_rows(p)
+        if len(rows) >= slots:  # no empty slot left: never fits, or only by luck
+            if len(rows) > slots:
+                return budget + 1
+            got = _place_in_order(rows, home, slots, budget - total)
+            if got is None:
+                return budget + 1
+            total += got[1]
+        else:
+            c = _carry(home, slots)
+            total += int(c[1].sum())
+            if parts == 1:
+                carried = c
+        if total > budget:
+            return budget + 1
     st.write(npy_header("<i8", (cap,)))
     for p in range(parts):
-        tl = [_EMPTY] * slots  # Python list: faster per-slot access than numpy
-        for start, ids in _iter_ids(dirpath, n):
-            for j, b in enumerate(ids):
-                h = hf(b)
-                if parts > 1 and h >> shift != p:
-                    continue
-                slot = h & mask
-                while tl[slot] != _EMPTY:
-                    # Counting here bounds a full partition too: it used to spin forever.
-                    left -= 1
-                    if left < 0:
-                        return budget + 1
-                    slot = (slot + 1) & mask
-                tl[slot] = start + j
-        st.write(np.array(tl, dtype="<i8"))
-    return budget - left
+        rows, home = part_rows(p)
+        if len(rows) >= slots:
+            got = _place_in_order(rows, home, slots, budget)
+            assert got is not None  # (it fitted above)
+            table = got[0]
+        else:
+            counts, carry = carried if carried is not None else _carry(home, slots)
+            # alone: the only row at its home slot, and no probe carried into it
+            # (none passes the slot before).
+            alone = (counts[home] == 1) & (carry[(home - 1) & mask] == 0)
+            table = np.full(slots, _EMPTY, dtype="<i8")
+            table[home[alone]] = rows[alone]
+            rest = ~alone
+            if rest.any():
+                got = _place_in_order(rows[rest], home[rest], slots, budget)
+                assert got is not None  # (its probes were counted above)
+                tab, _ = got
+                held = tab != _EMPTY
+                table[held] = tab[held]
+        st.write(table)
+    return total
+
+
+def _carry(home: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows per home slot, probes that pass each slot) of linear probing in one part.
+
+    The probes passing slot ``s`` are the rows whose home is at or before
+    ``s`` and that end after it: ``w[s] = max(0, w[s-1] + count[s] - 1)``
+    around the part.  Fewer rows than slots: some slot stays empty, where
+    ``w`` is 0, so the recurrence started at 0 and run twice around the part
+    is exact on the second round (Lindley's recurrence, as a cumulative sum).
+    """
+    counts = np.bincount(home, minlength=slots)
+    # (int32: |partial sums| <= 2 * slots + rows, both below 2**31 here)
+    x = np.empty(2 * slots, dtype=np.int32)
+    x[:slots] = counts
+    x[slots:] = counts
+    x -= 1
+    cs = np.cumsum(x, out=x)
+    w = cs[slots:]
+    low = np.minimum.accumulate(cs)[slots:]
+    np.minimum(low, 0, out=low)
+    w -= low
+    return counts, w
+
+
+def _place_in_order(rows: np.ndarray, home: np.ndarray, slots: int, budget: int,
+                    ) -> tuple[np.ndarray, int] | None:
+    """Insert ``rows`` (ascending) at ``home`` by linear probing, one by one.
+
+    Returns (the part's table, the probes that passed an occupied slot), or
+    None once they exceed ``budget``.
+    """
+    mask = slots - 1
+    taken: dict[int, int] = {}
+    left = budget
+    for r, h in zip(rows.tolist(), home.tolist()):
+        slot = h
+        while slot in taken:
+            left -= 1
+            if left < 0:
+                return None
+            slot = (slot + 1) & mask
+        taken[slot] = r
+    table = np.full(slots, _EMPTY, dtype="<i8")
+    if taken:
+        table[np.fromiter(taken, dtype=np.int64, count=len(taken))] = np.fromiter(
+            taken.values(), dtype=np.int64, count=len(taken))
+    return table, budget - left
 
 
 # ============================================================================ folding
-def _delta_frames(paths: Paths, start_seg: int, end_seg: int, first_seq: int,
-                  mode: str) -> Iterator[Any]:
-    """Valid frames of segments [start_seg, end_seg): the sealed log since the checkpoint."""
-    cur = LogCursor(paths, start_seg, first_seq, mode=mode, stop_segment=end_seg)
-    try:
-        yield from cur.frames()
-    finally:
-        cur.close()
-
-
 class FoldResult(NamedTuple):
     """What :func:`fold` found and wrote: the new fragment, the rows that died, a clear."""
 
@@ -755,36 +934,255 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     the rows of ``prev`` that a later record replaced or removed are returned,
     never rewritten.  The cost follows the records folded, not the store.
 
-    ``frames`` (a callable returning a fresh iterable of frames, called once per
-    pass) replaces reading segments [start_seg, end_seg), and ``seq_as`` is the
+    ``frames`` (a callable returning an iterable of frames, called once)
+    replaces reading segments [start_seg, end_seg), and ``seq_as`` is the
     seq the fragment is recorded at when it is not ``last_seq``: both are
     for ``mmwal repair``, which folds the frames it salvaged and publishes them
     at the highest seq ever used, so that no seq is handed out twice.
     """
-    def source() -> Iterable[Any]:
-        if frames is not None:
-            return frames()
-        # Always strict, whatever Config.recovery says: a checkpoint retires the
-        # segments it folds, so a salvage mode here would discard acknowledged
-        # records for good, silently.  Salvage is `mmwal repair`, which reports.
-        return _delta_frames(paths, start_seg, end_seg, first_seq, "strict")
+    seq = last_seq if seq_as is None else seq_as
+    if frames is not None:
+        return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
+                     frames(), None, True, seq)
+    # Always strict, whatever Config.recovery says: a checkpoint retires the
+    # segments it folds, so a salvage mode here would discard acknowledged
+    # records for good, silently.  Salvage is `mmwal repair`, which reports.
+    cur = LogCursor(paths, start_seg, first_seq, mode="strict", stop_segment=end_seg)
+    try:
+        return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
+                     cur.frames(), cur, False, seq)
+    finally:
+        cur.close()
 
-    # Pass 1: the final state of every id touched since prev (bounded by the delta):
-    # id -> the seq of its last write, negated for a remove.  Only ids are decoded.
-    touched: dict[str, int] = {}
+
+def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last_seq: int,
+          tmpdir: str, frag_id: int, config: Config, source: Iterable[Any],
+          cur: LogCursor | None, salvaged: bool, seq_as: int) -> FoldResult:
+    """:func:`fold` of the frames of ``source`` (read from ``cur`` unless ``salvaged``)."""
+    # The one read of the log: every frame CRC-checked (by the cursor), its
+    # fixed fields and ids decoded and checked once.  An add record is kept as
+    # views of the mapped log (its vector block and its encoded documents;
+    # the mappings stay alive while viewed), so nothing is read, CRC-checked
+    # or decoded twice, and only the ids are held in memory.
+    adds: list[_Add] = []
+    # In seq order: add records, (seq, id) of removes, None for a clear: what
+    # the final state of each id is computed from unless ``simple``.
+    ops: list[_Add | tuple[int, bytes] | None] = []
+    # The common case: only adds, every id once (checked below).  Every
+    # document added is then live at the end, in seq order.
+    simple = True
+    added = 0
     cleared = False
     seq = first_seq - 1
-    for frame in source():
+    for frame in source:
         if frame.first_seq > last_seq:
             break
-        if frames is None and frame.first_seq != seq + 1:
+        if not salvaged and frame.first_seq != seq + 1:
             raise CorruptionError(
                 f"{frame.path}: offset {frame.offset}: frame starts at seq {frame.first_seq}, "
                 f"expected {seq + 1}; the checkpoint does not drop records: run `mmwal verify` "
                 "and see `mmwal repair`", path=frame.path, offset=frame.offset)
         if frame.kind == F.KIND_ADD:
-            ids = F.decode_add_ids(frame.count, frame.payload, dim, frame.path, frame.offset)
-            first = frame.first_seq
+            _ts, ids, vectors, docs = F.add_parts(frame.count, frame.payload, dim, frame.path,
+                                                  frame.offset)
+            crc = None
+            big = frame.count >= _BLOCK_ROWS  # (its block is written as it is)
+            if big and cur is not None and isinstance(vectors, memoryview):
+                # The vector block ends the payload, whose CRC-32 the cursor
+                # checked: the block's own CRC-32 follows from that of the
+                # bytes before it, so the fragment file that receives the
+                # block is not read a second time for its checksum.
+                got = cur.frame_crc(frame)
+                if got is not None:
+                    payload = frame.payload
+                    nv = len(vectors)
+                    pre = zlib.crc32(payload[: len(payload) - nv], got[0])
+                    crc = F.crc32_combine(pre, 0, nv) ^ got[1]
+            rkeys = list(map(str.encode, ids))  # (decoded from UTF-8: no lone surrogates)
+            rec = _Add(frame.first_seq, rkeys,
+                       np.fromiter(map(zlib.crc32, rkeys), dtype=np.uint32, count=len(rkeys))
+                       if big else None,  # (small records: hashed by the builder, in bulk)
+                       vectors, docs, frame.path, frame.offset, crc)
+            adds.append(rec)
+            ops.append(rec)
+            added += len(rkeys)
+        elif frame.kind == F.KIND_REMOVE:
+            body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                                    frame.offset)
+            ops.append((frame.first_seq, body[1].encode("utf-8")))
+            simple = False
+        else:
+            F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
+                             frame.offset)
+            ops.append(None)
+            cleared = True
+            simple = False
+        seq = frame.first_seq + frame.count - 1
+    if seq != last_seq:
+        raise CorruptionError(
+            f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
+            "nothing was published: run `mmwal verify` and see `mmwal repair`",
+            path=paths.wal, offset=0)
+    touched: dict[bytes, int] | None = None
+    all_keys: list[bytes] | None = None
+    if simple:
+        all_keys = list(itertools.chain.from_iterable(rec.keys for rec in adds))
+        simple = _distinct(all_keys, [rec.hashes for rec in adds])
+    if simple:
+        n = added
+    else:
+        all_keys = None
+        touched = _final_state(ops)
+        n = sum(1 for t in touched.values() if t > 0)
+    del ops
+    dead = np.empty(0, dtype=np.int64)
+    if prev is not None and not cleared and prev.count:
+        try:
+            rows = prev.lookup_many(all_keys if all_keys is not None else list(touched or ()))
+        except CorruptionError as exc:
+            for part in prev.parts:
+                check_files(part.view)  # name the damaged file when its checksum can
+            raise exc from None
+        dead = np.unique(rows[rows >= 0])
+    del all_keys
+    if not n:
+        return FoldResult(None, dead, cleared)
+    b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
+                 config)
+    try:
+        # The live delta documents, in the seq order of their last write: the
+        # documents of every add record decoded and checked (as the log reader
+        # checks them), handed to the builder a few thousand at a time
+        # (single-document records one by one cost a round of file writes and
+        # array work each), the vector blocks as views of the log.
+        keys: list[bytes] = []
+        hashes: list[np.ndarray] | None = []  # None: some records' are not known
+        blocks: list[np.ndarray] = []
+        crcs: list[int | None] = []
+        contents: list[str] = []
+        metas: list[Any] = []
+        columns: list[Any] = []  # metadata of kept rows whose columns are not added yet
+
+        def add_columns() -> None:
+            nonlocal columns
+            if columns:
+                b.add_columns(columns)
+                columns = []
+
+        def hand_over() -> None:
+            nonlocal keys, hashes, blocks, crcs, contents, metas
+            add_columns()
+            if keys:
+                b.add_blocks(keys, blocks, contents, metas, crcs, hashes)
+                keys, hashes, blocks, crcs, contents, metas = [], [], [], [], [], []
+
+        for rec in adds:
+            first = rec.first
+            count = len(rec.keys)
+            big = rec.hashes is not None
+            # A large record's metadata is checked (F.metas_problem) below: the
+            # metadata columns prove most metadata flat on their way.
+            c, m = F.decode_docs(rec.docs, count, rec.path, rec.offset, check_metadata=not big)
+            vecs = np.frombuffer(rec.vectors, dtype="<f4").reshape(count, dim)
+            pick = None
+            if touched is not None:
+                seqs = list(map(touched.get, rec.keys))
+                if seqs != list(range(first, first + count)):
+                    pick = [j for j, s in enumerate(seqs) if s == first + j]
+            if pick is None and rec.hashes is not None:  # a large record, all of it kept
+                hand_over()  # (the rows before these first)
+                if not b.add_columns(m):
+                    _check_metas(m, rec)
+                b.add_blocks(rec.keys, [vecs], c, m, [rec.crc], [rec.hashes])
+                continue
+            # Small records (and what is kept of large ones) go in batches.
+            if big:
+                _check_metas(m, rec)
+            if pick is None:
+                columns.extend(m)
+                keys.extend(rec.keys)
+                if hashes is not None and rec.hashes is not None:
+                    hashes.append(rec.hashes)
+                else:
+                    hashes = None
+                blocks.append(vecs)
+                crcs.append(rec.crc)
+                contents.extend(c)
+                metas.extend(m)
+            elif pick:
+                picked = [m[i] for i in pick]
+                columns.extend(picked)
+                keys.extend([rec.keys[i] for i in pick])
+                if hashes is not None and rec.hashes is not None:
+                    hashes.append(rec.hashes[pick])
+                else:
+                    hashes = None
+                blocks.append(vecs[pick])
+                crcs.append(None)
+                contents.extend([c[i] for i in pick])
+                metas.extend(picked)
+            if len(keys) >= _FOLD_STEP:
+                hand_over()
+        hand_over()
+        del adds
+        return FoldResult(b.finish(frag_id, seq_as), dead, cleared)
+    except BaseException:
+        b.abort()
+        raise
+
+
+class _Add(NamedTuple):
+    """An add record of the log being folded: its ids, vector block and encoded documents."""
+
+    first: int  # seq of its first document
+    keys: list[bytes]  # the ids, UTF-8
+    hashes: np.ndarray | None  # their CRC-32 (uint32), for the index (None: not yet)
+    vectors: Any  # count * dim little-endian float32 (a view of the mapped log, or bytes)
+    docs: Any  # the encoded contents and metadatas, checked by F.decode_docs when used
+    path: str
+    offset: int
+    crc: int | None  # zlib.crc32 of ``vectors``, when known without reading them
+
+
+def _check_metas(metas: list[Any], rec: _Add) -> None:
+    """Raise what the log reader raises for the metadata of ``rec`` if it refuses them."""
+    why = F.metas_problem(metas)
+    if why:
+        raise F.metadata_error(why, rec.path, rec.offset)
+
+
+def _distinct(keys: list[bytes], hashes: list[np.ndarray | None]) -> bool:
+    """Whether ``keys`` are all different; ``hashes`` are their CRC-32, in the same order
+    (per record; a set of the keys decides if a record has none).
+
+    Keys with different hashes differ: only those that share a hash with
+    another are compared (a handful, for distinct ids).
+    """
+    if len(keys) < 2:
+        return True
+    known = [h for h in hashes if h is not None]
+    if len(known) != len(hashes):
+        return len(set(keys)) == len(keys)
+    h: np.ndarray = np.concatenate(known)
+    s = np.sort(h)
+    same = s[1:] == s[:-1]
+    if not same.any():
+        return True
+    cand = np.flatnonzero(np.isin(h, s[1:][same])).tolist()
+    return len({keys[i] for i in cand}) == len(cand)
+
+
+def _final_state(ops: list[_Add | tuple[int, bytes] | None]) -> dict[bytes, int]:
+    """Every id touched by ``ops`` -> the seq of its last write, negated for a remove.
+
+    The dict's order is the order of the last writes; a clear forgets every id
+    before it.
+    """
+    touched: dict[bytes, int] = {}
+    for op in ops:
+        if isinstance(op, _Add):
+            ids = op.keys
+            first = op.first
             if touched.keys().isdisjoint(ids) and len(set(ids)) == len(ids):  # all new
                 touched.update(zip(ids, range(first, first + len(ids))))
             else:
@@ -792,80 +1190,13 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
                 for i, id_ in enumerate(ids, first):
                     pop(id_, None)  # re-insert: dict order = order of last write
                     touched[id_] = i
-        elif frame.kind == F.KIND_REMOVE:
-            body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
-                                    frame.offset)
-            touched.pop(body[1], None)
-            touched[body[1]] = -frame.first_seq
+        elif op is not None:
+            rseq, rid = op
+            touched.pop(rid, None)
+            touched[rid] = -rseq
         else:
-            F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
-                             frame.offset)
             touched.clear()
-            cleared = True
-        seq = frame.first_seq + frame.count - 1
-    if seq != last_seq:
-        raise CorruptionError(
-            f"{paths.wal}: the sealed log ends at seq {seq}, the checkpoint needs {last_seq}; "
-            "nothing was published: run `mmwal verify` and see `mmwal repair`",
-            path=paths.wal, offset=0)
-    dead = np.empty(0, dtype=np.int64)
-    if prev is not None and not cleared and prev.count:
-        try:
-            rows = prev.lookup_many([k.encode("utf-8") for k in touched])
-        except CorruptionError as exc:
-            for part in prev.parts:
-                check_files(part.view)  # name the damaged file when its checksum can
-            raise exc from None
-        dead = np.unique(rows[rows >= 0])
-    n = sum(1 for t in touched.values() if t > 0)
-    if not n:
-        return FoldResult(None, dead, cleared)
-    b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
-                 config)
-    try:
-        # Pass 2: the live delta documents, in the seq order of their last write,
-        # handed to the builder a few thousand at a time (single-document records
-        # one by one cost a round of file writes and array work each).
-        keys: list[bytes] = []
-        blocks: list[np.ndarray] = []
-        docs: list[list[Any]] = []
-
-        def hand_over() -> None:
-            if keys:
-                b.add(keys[:], blocks[0] if len(blocks) == 1 else np.concatenate(blocks),
-                      docs[:])
-                keys.clear()
-                blocks.clear()
-                docs.clear()
-
-        for frame in source():
-            if frame.first_seq > last_seq:
-                break
-            if frame.kind != F.KIND_ADD:
-                continue
-            body = F.decode_payload(frame.kind, frame.count, frame.payload, dim, frame.path,
-                                    frame.offset)
-            first = frame.first_seq
-            ids = body.ids
-            seqs = list(map(touched.get, ids))
-            if seqs == list(range(first, first + len(ids))):  # every document kept
-                keys.extend(map(str.encode, ids))
-                blocks.append(body.embeddings)
-                docs.extend(map(list, zip(body.contents, body.metadatas)))
-            else:
-                pick = [j for j, s in enumerate(seqs) if s == first + j]
-                if pick:
-                    keys.extend(ids[i].encode("utf-8") for i in pick)
-                    blocks.append(body.embeddings[pick])
-                    docs.extend([body.contents[i], body.metadatas[i]] for i in pick)
-            if len(keys) >= _FOLD_STEP:
-                hand_over()
-        hand_over()
-        return FoldResult(b.finish(frag_id, last_seq if seq_as is None else seq_as), dead,
-                          cleared)
-    except BaseException:
-        b.abort()
-        raise
+    return touched
 
 
 class _FileCheck:

@@ -89,6 +89,58 @@ _PADS = tuple(b"\0" * i for i in range(FRAME_ALIGN))
 _crc32 = zlib.crc32
 
 
+# ---------------------------------------------------------------- CRC-32 algebra
+# zlib's crc32_combine (not exposed by Python before 3.14), for the CRC of a
+# concatenation from the CRCs of its parts: CRC-32 is affine in its initial
+# value, ``crc32(b, c) = crc32_combine(c, crc32(b), len(b))``.
+_CRC_POLY = 0xEDB88320  # reflected CRC-32 polynomial
+
+
+def _multmodp(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32 polynomial (reflected bit order, as zlib)."""
+    m = 1 << 31
+    p = 0
+    while a:
+        if a & m:
+            p ^= b
+            a ^= m
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table() -> list[int]:
+    t = [1 << 30]  # x^1
+    for _ in range(31):
+        t.append(_multmodp(t[-1], t[-1]))
+    return t
+
+
+_X2N = _x2n_table()  # _X2N[k] = x^(2^k) modulo the polynomial
+
+
+@functools.lru_cache(maxsize=256)
+def _x8n(n: int) -> int:
+    """``x^(8 n)`` modulo the polynomial: appending ``n`` bytes to a CRC's message."""
+    p = 1 << 31  # x^0
+    k = 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """``zlib.crc32(a + b)`` from ``crc1 = zlib.crc32(a)``, ``crc2 = zlib.crc32(b)``, ``len(b)``.
+
+    More generally ``zlib.crc32(b, c) == crc32_combine(c, zlib.crc32(b), len(b))``
+    for any initial value ``c``.
+    """
+    return _multmodp(_x8n(len2), crc1) ^ crc2
+
+
 def salt_seed(salt: int) -> int:
     """The CRC seed of a segment: CRC-32 of its 8-byte little-endian salt."""
     return _crc32(salt.to_bytes(8, "little"))
@@ -464,9 +516,21 @@ def _malformed(kind: int, path: str, offset: int, what: str) -> CorruptionError:
         path=path, offset=offset)
 
 
+_DICT_OR_NONE = frozenset((dict, type(None)))
+
+
+def _all_str(xs: list[Any]) -> bool:
+    """Whether every element of ``xs`` is exactly a str (one C-level pass)."""
+    return _STR_ONLY.issuperset(map(type, xs))
+
+
+def _all_dict_or_none(xs: list[Any]) -> bool:
+    """Whether every element of ``xs`` is exactly a dict or None (one C-level pass)."""
+    return _DICT_OR_NONE.issuperset(map(type, xs))
+
+
 def _is_doc_fields(ids: list[Any], contents: list[Any], metas: list[Any]) -> bool:
-    return (all(type(x) is str for x in ids) and all(type(x) is str for x in contents)
-            and all(x is None or type(x) is dict for x in metas))
+    return _all_str(ids) and _all_str(contents) and _all_dict_or_none(metas)
 
 
 def decode_add(count: int, payload: Any, dim: int, path: str, offset: int,
@@ -511,8 +575,8 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
 
     The fields before the ids (timestamp, dimension) and the ids themselves
     are checked as :func:`decode_add` checks them; the rest is left undecoded
-    (a checkpoint's first pass needs only the ids; its second pass decodes
-    and checks in full every frame whose documents it keeps).
+    (for a caller that needs only the ids; :func:`add_parts` also returns
+    the vector block and the encoded documents, for :func:`decode_docs`).
     """
     mv = payload if isinstance(payload, memoryview) else memoryview(payload)
     lay = _add_layout(mv, count, dim)
@@ -532,7 +596,7 @@ def decode_add_ids(count: int, payload: Any, dim: int, path: str, offset: int) -
     if type(ts) is not float or fdim != dim:
         raise _malformed(KIND_ADD, path, offset, f"timestamp {ts!r} or dimension {fdim!r} "
                          f"wrong (the store has {dim})")
-    if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
+    if type(ids) is not list or len(ids) != count or not _all_str(ids):
         raise _malformed(KIND_ADD, path, offset, f"ids must be an array of {count} strings")
     why = _ids_problem(ids)
     if why:
@@ -628,7 +692,7 @@ def _ids_in_layout(mv: memoryview, count: int, p: int, b0: int, path: str, offse
         end = p + u.tell()
     except _MSGPACK_ERRORS as exc:
         raise _not_msgpack(path, offset, exc) from None
-    if type(ids) is not list or len(ids) != count or not all(type(i) is str for i in ids):
+    if type(ids) is not list or len(ids) != count or not _all_str(ids):
         raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
                          f"the record count {count}")
     why = _ids_problem(ids)
@@ -651,13 +715,29 @@ def decode_add_ids_vectors(count: int, payload: Any, dim: int, path: str, offset
     the payload's buffer is), for a caller that copies it at once.  Together the two accept
     exactly the payloads :func:`decode_add` accepts, with the same values.
     """
+    ts, ids, vectors, docs = add_parts(count, payload, dim, path, offset)
+    if isinstance(vectors, memoryview):
+        return ts, ids, bytes(vectors) if copy else vectors, bytes(docs)
+    return ts, ids, vectors, docs
+
+
+def add_parts(count: int, payload: Any, dim: int, path: str, offset: int,
+              ) -> tuple[float, list[str], Any, Any]:
+    """:func:`decode_add_ids_vectors` without any copy: views of ``payload`` where it can.
+
+    Returns ``(timestamp, ids, vector bytes, docs)``.  In the layout writers
+    emit, the vector block and the encoded documents are memoryviews of
+    ``payload`` (valid as long as its buffer is; nothing is copied); in any
+    other encoding the payload is decoded in full and both are bytes (the
+    documents re-encoded).  The same checks as :func:`decode_add_ids_vectors`;
+    the documents are checked by :func:`decode_docs`.
+    """
     mv = payload if isinstance(payload, memoryview) else memoryview(payload)
     lay = _add_layout(mv, count, dim)
     if lay is not None:
         ts, p, b0 = lay
         ids, c0 = _ids_in_layout(mv, count, p, b0, path, offset)
-        vectors = mv[len(mv) - count * dim * 4 :]
-        return ts, ids, bytes(vectors) if copy else vectors, bytes(mv[c0:b0])
+        return ts, ids, mv[len(mv) - count * dim * 4 :], mv[c0:b0]
     # Another encoding of the same fields: decode it all, hand the documents on re-encoded.
     ts, ids, contents, metas, emb = decode_add(count, payload, dim, path, offset, False)
     return ts, ids, emb, pack(contents) + pack(metas)
@@ -769,28 +849,42 @@ def decode_add_run(buf: memoryview, offsets: list[int], lengths: list[int], dim:
     return ids, out, docs, None
 
 
-def decode_docs(docs: Any, count: int, path: str, offset: int,
+def decode_docs(docs: Any, count: int, path: str, offset: int, check_metadata: bool = True,
                 ) -> tuple[list[str], list[dict[str, Any] | None]]:
-    """The contents and metadatas that :func:`decode_add_ids_vectors` left encoded, checked."""
+    """The contents and metadatas that :func:`decode_add_ids_vectors` left encoded, checked.
+
+    ``check_metadata=False`` leaves out :func:`metas_problem`, for a caller
+    that runs it itself (or proves its answer another way) before it uses
+    the metadata.
+    """
     try:
-        u = _unpacker(max(len(docs), 1))
-        u.feed(docs)
-        contents = u.unpack()
-        metas = u.unpack()
-        if u.tell() != len(docs):
-            raise ValueError(f"{len(docs) - u.tell()} bytes after the metadatas")
+        # The two arrays as the elements of one (a fixarray of 2 before them):
+        # one call decodes both, and refuses trailing bytes (ExtraData).
+        both = msgpack.unpackb(b"\x92" + docs, raw=False, strict_map_key=True, use_list=True,
+                               ext_hook=_no_ext)
+        contents, metas = both
     except _MSGPACK_ERRORS as exc:
         raise _not_msgpack(path, offset, exc) from None
-    if not (type(contents) is list and type(metas) is list
-            and len(contents) == len(metas) == count
-            and all(type(x) is str for x in contents)
-            and all(x is None or type(x) is dict for x in metas)):
+    if count == 1:  # one document: plain tests cost less than building sets
+        ok = (type(contents) is list and type(metas) is list
+              and len(contents) == len(metas) == 1 and type(contents[0]) is str
+              and (metas[0] is None or type(metas[0]) is dict))
+    else:
+        ok = (type(contents) is list and type(metas) is list
+              and len(contents) == len(metas) == count
+              and _all_str(contents) and _all_dict_or_none(metas))
+    if not ok:
         raise _malformed(KIND_ADD, path, offset, f"ids/contents/metadatas must be arrays of "
                          f"the record count {count} of the right types")
-    why = metas_problem(metas)
+    why = metas_problem(metas) if check_metadata else ""
     if why:
         raise _malformed(KIND_ADD, path, offset, why)
     return contents, metas
+
+
+def metadata_error(why: str, path: str, offset: int) -> CorruptionError:
+    """The error of an add record whose metadata :func:`metas_problem` refuses (``why``)."""
+    return _malformed(KIND_ADD, path, offset, why)
 
 
 def decode_payload(kind: int, count: int, payload: Any, dim: int, path: str, offset: int,

@@ -246,6 +246,23 @@ class LogCursor:
             self._map.close()
             self._map = None
 
+    def frame_crc(self, frame: RawFrame) -> tuple[int, int] | None:
+        """``(CRC-32 over the seed and the frame's 24 covered header bytes, its CRC field)``.
+
+        For the frame this cursor yielded last (None if it is not that one's
+        segment).  The frame's CRC was checked when it was yielded: it equals
+        ``zlib.crc32(payload, first)``, which lets a caller derive the CRC-32
+        of a part of the payload from the CRC-32 of the rest
+        (:func:`mmwal._format.crc32_combine`) instead of reading it again.
+        """
+        m = self._map
+        if m is None or m.mm is None or m.path != frame.path:
+            return None
+        head = m.mm[frame.offset : frame.offset + F.FRAME_HEADER_SIZE]
+        if len(head) != F.FRAME_HEADER_SIZE:
+            return None
+        return _crc32(head[:24], m.seed), int.from_bytes(head[24:28], "little")
+
     def _mapped(self) -> _Mapped:
         m = self._map
         if m is None or m.seg_id != self.seg_id:

@@ -618,6 +618,8 @@ class _Absent:
 _ABSENT = _Absent()
 _NO_KEYS: dict[str, Any] = {}
 _DICT_OR_NONE = frozenset((dict, type(None)))
+_STR_ONLY = frozenset((str,))
+_CONTAINERS = frozenset((list, dict))
 #: Exact types whose values are of kind "other" (no column, only the mask).
 _OTHER_TYPES = frozenset((list, dict, type(None), bytes))
 
@@ -697,12 +699,17 @@ class ColumnBuilder:
         self.n = 0
         self._keys: dict[str, _KeyBuilder] = {}
 
-    def add(self, metadatas: Iterable[Mapping[str, Any] | None]) -> None:
-        """Append rows (one metadata dict, or ``None``, per row)."""
+    def add(self, metadatas: Iterable[Mapping[str, Any] | None]) -> bool:
+        """Append rows (one metadata dict, or ``None``, per row).
+
+        Returns True when it found on its way that every metadata is nil or a
+        dict of str keys whose values are no arrays or maps (flat: what
+        ``mmwal._format.metas_problem`` accepts without looking deeper), False
+        when it did not find that out.
+        """
         metas = metadatas if type(metadatas) is list else list(metadatas)
         if _DICT_OR_NONE.issuperset(map(type, metas)):
-            self._add_plain(metas)  # type: ignore[arg-type]
-            return
+            return self._add_plain(metas)  # type: ignore[arg-type]
         keys = self._keys
         row = self.n
         for m in metas:
@@ -734,27 +741,38 @@ class ColumnBuilder:
                     _append_one(kb, row, v)
             row += 1
         self.n = row
+        return False
 
-    def _add_plain(self, metas: list[dict[str, Any] | None]) -> None:
+    def _add_plain(self, metas: list[dict[str, Any] | None]) -> bool:
         """:meth:`add` for plain dicts (what a checkpoint feeds): a few C-level passes per key.
 
         Per key, its values are gathered in row order; a key whose values all
         have one kind (str, int in int64, float, bool; or only containers,
         bytes and nil, kind "other") is appended as arrays in one step, any
-        other key value by value as :meth:`add` does.
+        other key value by value as :meth:`add` does.  Returns whether every
+        key is a str and no value an array or a map (see :meth:`add`).
         """
         n0, n = self.n, len(metas)
         rows_of = [m or _NO_KEYS for m in metas]
-        for key in dict.fromkeys(itertools.chain.from_iterable(rows_of)):  # first-seen order
+        keys = dict.fromkeys(itertools.chain.from_iterable(rows_of))  # first-seen order
+        flat = _STR_ONLY.issuperset(map(type, keys))
+        for key in keys:
             kb = self._keys.get(key)
             if kb is None:
                 kb = self._keys[key] = _KeyBuilder()
-            vals = list(map(operator.methodcaller("get", key, _ABSENT), rows_of))
+            try:  # every row holds the key (the common case): no marker to look for
+                vals = list(map(operator.itemgetter(key), rows_of))
+                some_absent = False
+            except KeyError:
+                vals = list(map(operator.methodcaller("get", key, _ABSENT), rows_of))
+                some_absent = True
             kinds = set(map(type, vals))
             kinds.discard(_Absent)
+            if flat and not kinds.isdisjoint(_CONTAINERS):
+                flat = False
             if len(kinds) == 1 or _OTHER_TYPES.issuperset(kinds):
                 t = kinds.pop() if len(kinds) == 1 else list
-                if _ABSENT in vals:  # some rows lack the key: keep the rest
+                if some_absent:  # some rows lack the key: keep the rest
                     mask = list(map(operator.is_not, vals, itertools.repeat(_ABSENT, n)))
                     rows = np.flatnonzero(np.array(mask, dtype=np.bool_)) + n0
                     held = list(itertools.compress(vals, mask))
@@ -767,6 +785,7 @@ class ColumnBuilder:
                 if v is not _ABSENT:
                     _append_one(kb, row, v)
         self.n = n0 + n
+        return flat
 
     def finish(self) -> dict[str, KeyColumns]:
         """The dense columns of every row added so far."""

@@ -1,0 +1,400 @@
+"""The checkpoint's fold: one read of the log, its common case and its general case.
+
+The fold reads every frame once.  When the delta holds only adds of distinct
+ids (the common case) every document added is kept, in seq order; otherwise
+(an id added again, a remove, a clear) the final state of each id decides
+which rows are kept.  Both must write the same bytes for the same log, and
+the general case must keep exactly the documents a replay keeps.  Also: the
+id index built with array operations is the one inserting rows one by one
+gives, and the CRC-32 algebra that spares reading vector blocks twice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from ckpt_helpers import key_vecs
+from helpers import copy_store
+
+import mmwal
+import mmwal._io
+from mmwal import _checkpoint as C
+from mmwal import _format as F
+from mmwal._search import where as where_
+from mmwal.errors import CorruptionError
+
+DIM = 8
+CFG = mmwal.Config(auto_compact=False, ann_min_rows=0, keep_checkpoints=5)
+
+
+def _meta(i: int) -> dict[str, Any] | None:
+    if i % 7 == 0:
+        return None
+    if i % 11 == 0:
+        return {"k": i, "tags": ["a", i % 3], "nested": {"x": i}}
+    return {"k": i, "s": f"v{i % 3}"}
+
+
+def _add(s: mmwal.Store, keys: list[int], version: int = 0) -> None:
+    """add_many of documents ``d<key>``; ``version`` changes their vector and content."""
+    s.add_many([f"d{k}" for k in keys], key_vecs([k + 1000 * version for k in keys]),
+               [f"c{k}.{version}" for k in keys], [_meta(k + version) for k in keys])
+
+
+def _fragment_bytes(path: str) -> dict[str, Any]:
+    """Every file under checkpoints/ (descriptor and version bodies without their clocks)."""
+    out: dict[str, Any] = {}
+    ck = os.path.join(path, "checkpoints")
+    for root, _dirs, files in os.walk(ck):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                data = f.read()
+            rel = os.path.relpath(p, ck)
+            if name == "DESCRIPTOR" or name.endswith(".version"):
+                body = msgpack.unpackb(data[20:], raw=False)
+                body.pop("created", None)
+                out[rel] = body
+            else:
+                out[rel] = data
+    return out
+
+
+def _state(path: str) -> dict[str, tuple[bytes, str, Any]]:
+    with mmwal.Reader(path) as r:
+        return {i: (r[i].embedding.tobytes(), r[i].content, r[i].metadata) for i in r.ids}
+
+
+def _both_paths(tmp_path, monkeypatch, build) -> tuple[str, str]:
+    """The same log checkpointed by the common path and by the general path."""
+    a = str(tmp_path / "a")
+    with mmwal.Store(a, dim=DIM, durability="os", config=CFG) as s:
+        build(s)
+    b = copy_store(a, str(tmp_path / "b"))
+    with mmwal.Store(a, durability="os", config=CFG) as s:
+        s.checkpoint()
+    with monkeypatch.context() as m:
+        calls = []
+
+        def never(keys: list[bytes], hashes: Any) -> bool:
+            calls.append(len(keys))
+            return False
+
+        m.setattr(C, "_distinct", never)
+        with mmwal.Store(b, durability="os", config=CFG) as s:
+            s.checkpoint()
+    assert calls, "the general path was not taken"
+    return a, b
+
+
+def _batches_and_singles(s: mmwal.Store) -> None:
+    _add(s, list(range(0, 300)))
+    for k in range(300, 340):
+        _add(s, [k])
+    _add(s, list(range(340, 1000)))
+
+
+def _replaces_older(s: mmwal.Store) -> None:
+    _add(s, list(range(0, 500)))
+    s.checkpoint()
+    _add(s, list(range(500, 700)))
+    s.checkpoint()
+    # the delta: new ids, and ids of both older fragments added again
+    _add(s, list(range(700, 900)) + list(range(100, 200)), version=1)
+    _add(s, [550, 3, 701 + 1000], version=2)
+
+
+@pytest.mark.parametrize("build", [_batches_and_singles, _replaces_older])
+def test_common_and_general_path_write_the_same_bytes(tmp_path, monkeypatch, build):
+    a, b = _both_paths(tmp_path, monkeypatch, build)
+    fa, fb = _fragment_bytes(a), _fragment_bytes(b)
+    assert sorted(fa) == sorted(fb)
+    for name in fa:
+        assert fa[name] == fb[name], name
+    assert _state(a) == _state(b)
+    for p in (a, b):
+        report = mmwal.verify(p)
+        assert report.ok, report.problems
+
+
+def _model_apply(model: dict[str, Any], op: tuple[Any, ...]) -> None:
+    if op[0] == "add":
+        for k, v in zip(op[1], op[2]):
+            model[f"d{k}"] = (key_vecs([k + 1000 * v])[0].tobytes(), f"c{k}.{v}", _meta(k + v))
+    elif op[0] == "remove":
+        model.pop(f"d{op[1]}", None)
+    else:
+        model.clear()
+
+
+def _run(s: mmwal.Store, model: dict[str, Any], ops: list[tuple[Any, ...]]) -> None:
+    for op in ops:
+        if op[0] == "add":
+            keys, versions = op[1], op[2]
+            s.add_many([f"d{k}" for k in keys], key_vecs([k + 1000 * v for k, v in zip(keys, versions)]),
+                       [f"c{k}.{v}" for k, v in zip(keys, versions)],
+                       [_meta(k + v) for k, v in zip(keys, versions)])
+        elif op[0] == "remove":
+            s.remove(f"d{op[1]}")
+        else:
+            s.clear()
+        _model_apply(model, op)
+
+
+def _add_op(keys: list[int], version: int) -> tuple[Any, ...]:
+    return ("add", keys, [version] * len(keys))
+
+
+DELTAS = {
+    # an id twice in one record: the last occurrence wins
+    "repeat_in_record": [("add", [1, 2, 3, 2, 1] + list(range(10, 80)),
+                          [0, 0, 0, 1, 2] + [0] * 70)],
+    # ids added again by a later record, batched and single
+    "repeat_across_records": [_add_op(list(range(0, 200)), 0), _add_op(list(range(150, 260)), 1),
+                              _add_op([5], 2), _add_op(list(range(0, 100, 3)), 3)],
+    "removes": [_add_op(list(range(0, 200)), 0), ("remove", 7), ("remove", 10_000),
+                _add_op([7], 1), ("remove", 8), _add_op(list(range(300, 400)), 0)],
+    "clear": [_add_op(list(range(0, 200)), 0), ("clear",), _add_op(list(range(100, 300)), 1),
+              ("remove", 150)],
+    "everything_removed": [_add_op(list(range(0, 70)), 0)] + [("remove", k) for k in range(70)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DELTAS))
+@pytest.mark.parametrize("older", [False, True])
+def test_fold_keeps_what_a_replay_keeps(tmp_path, name, older):
+    path = str(tmp_path / "s")
+    model: dict[str, Any] = {}
+    with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+        if older:  # fragments whose ids the delta replaces and removes
+            _run(s, model, [_add_op(list(range(0, 120)), 5)])
+            s.checkpoint()
+            _run(s, model, [_add_op(list(range(120, 240)), 6)])
+            s.checkpoint()
+        _run(s, model, DELTAS[name])
+        s.checkpoint()
+    assert _state(path) == model
+    report = mmwal.verify(path)
+    assert report.ok, report.problems
+
+
+def _raw_add(s: mmwal.Store, keys: list[int], metas: list[Any]) -> None:
+    """An add record as the log holds it, with metadata no writer of this version accepts."""
+    payload = F.pack([1.0, DIM, [f"d{k}" for k in keys], [""] * len(keys), metas,
+                      key_vecs(keys).tobytes()])
+    s._log.append(F.KIND_ADD, len(keys), payload)
+
+
+def _nested(depth: int) -> Any:
+    m: Any = 1
+    for _ in range(depth):
+        m = [m]
+    return {"deep": m}
+
+
+@pytest.mark.parametrize("bad", ["bytes_key", "too_deep", "bytes_key_nested"])
+@pytest.mark.parametrize("replaced", [False, True])
+def test_metadata_the_reader_refuses_is_refused_by_the_fold(tmp_path, bad, replaced):
+    path = str(tmp_path / "s")
+    metas: list[Any] = [{"k": i} for i in range(100)]
+    metas[37] = {"bytes_key": {b"k": 1}, "too_deep": _nested(F.MAX_METADATA_DEPTH + 2),
+                 "bytes_key_nested": {"a": [{b"k": 1}]}}[bad]
+    with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+        _add(s, list(range(200, 300)))
+        _raw_add(s, list(range(100)), metas)
+        if replaced:  # the record's rows are not all kept: the general path
+            _add(s, [3])
+        before = os.listdir(os.path.join(path, "checkpoints"))
+        with pytest.raises(CorruptionError, match="malformed"):
+            s.checkpoint()
+        assert os.listdir(os.path.join(path, "checkpoints")) == before
+
+
+def test_flat_metadata_is_reported_by_the_columns():
+    b = where_.ColumnBuilder()
+    assert b.add([{"a": 1, "b": "x"}, None, {"a": 2.5}]) is True
+    assert b.add([{"a": [1]}, {"a": 1}]) is False
+    assert b.add([{"a": {"b": 1}}, None]) is False
+    assert b.add([{b"k": 1}, None]) is False
+    assert b.add([{"a": None, "b": b"x"}]) is True
+    assert b.n == 10
+
+
+# ------------------------------------------------------------------ the id index
+def _reference_table(h: np.ndarray, cap: int, parts: int, budget: int) -> tuple[Any, int]:
+    """The index as docs/format.md describes it: rows inserted one by one, in row order."""
+    slots = cap // parts
+    shift = 32 - (parts.bit_length() - 1)
+    mask = slots - 1
+    left = budget
+    out = []
+    if parts > 1 and np.bincount(h.astype(np.int64) >> shift, minlength=parts).max() > slots:
+        return None, budget + 1  # (a part with more rows than slots: probing never ends)
+    if len(h) > cap:
+        return None, budget + 1
+    for p in range(parts):
+        tl = [C._EMPTY] * slots
+        for row, hv in enumerate(h.tolist()):
+            if parts > 1 and hv >> shift != p:
+                continue
+            slot = hv & mask
+            while tl[slot] != C._EMPTY:
+                left -= 1
+                if left < 0:
+                    return None, budget + 1
+                slot = (slot + 1) & mask
+            tl[slot] = row
+        out.append(np.array(tl, dtype="<i8"))
+    return np.concatenate(out), budget - left
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: Any, crc: int | None = None) -> None:
+        self.chunks.append(bytes(memoryview(data).cast("B")))
+
+
+def _table(h: np.ndarray, cap: int, parts: int, budget: int) -> tuple[Any, int]:
+    sink = _Sink()
+    probes = C._fill_index(sink, h, cap, parts, budget)  # type: ignore[arg-type]
+    if probes > budget:
+        assert not sink.chunks  # abandoned before anything was written
+        return None, probes
+    raw = b"".join(sink.chunks)
+    header = C.npy_header("<i8", (cap,))
+    assert raw[: len(header)] == header
+    return np.frombuffer(raw[len(header):], dtype="<i8"), probes
+
+
+def _hashes(kind: str, n: int, rng: random.Random) -> np.ndarray:
+    if kind == "random":
+        return np.array([rng.getrandbits(32) for _ in range(n)], dtype=np.uint32)
+    if kind == "ids":
+        return np.array([zlib.crc32(f"doc-{i}".encode()) for i in range(n)], dtype=np.uint32)
+    if kind == "clustered":  # few home slots: long clusters, carries, wrap-around
+        return np.array([(rng.choice([0, 1, 5, 0xFFFFFFFF, 0x7FFFFFFF, 0x80000000])
+                          + rng.randrange(3)) & 0xFFFFFFFF for _ in range(n)], dtype=np.uint32)
+    if kind == "consecutive":  # every row alone at its home, in one long run
+        return np.arange(1000, 1000 + n, dtype=np.uint32)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "ids", "clustered", "consecutive"])
+@pytest.mark.parametrize("n", [1, 7, 100, 3000])
+@pytest.mark.parametrize("parts", [1, 4])
+def test_index_is_the_one_sequential_insertion_gives(kind, n, parts):
+    rng = random.Random(n * 31 + parts)
+    h = _hashes(kind, n, rng)
+    cap = max(8, 1 << (2 * n - 1).bit_length())
+    if parts > cap // 2:
+        pytest.skip("fewer than two slots per part")
+    for budget in (C.PROBE_BUDGET * n + 64, 10**12, 5):
+        want, want_probes = _reference_table(h, cap, parts, budget)
+        got, probes = _table(h, cap, parts, budget)
+        assert probes == want_probes
+        if want is None:
+            assert got is None
+        else:
+            assert np.array_equal(got, want)
+
+
+def test_index_of_a_full_or_overfull_part():
+    # every row in part 0 of 2 (top bit clear): 8 slots there
+    cap, parts = 16, 2
+    full = np.array([3, 3, 1, 0, 7, 6, 6, 2], dtype=np.uint32)
+    want, want_probes = _reference_table(full, cap, parts, 10**6)
+    got, probes = _table(full, cap, parts, 10**6)
+    assert probes == want_probes and np.array_equal(got, want)
+    over = np.concatenate([full, np.array([4], dtype=np.uint32)])
+    assert _table(over, cap, parts, 10**6)[1] == 10**6 + 1
+
+
+def test_index_over_many_partitions_in_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "PARTITION_SLOTS", 64)
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+        _add(s, list(range(0, 500)))
+        s.checkpoint()
+        with mmwal.Reader(path) as r:
+            assert r.get("d499").content == "c499.0"
+            assert r.get("d500") is None
+    report = mmwal.verify(path)
+    assert report.ok, report.problems
+
+
+# ------------------------------------------------------------------ CRC-32 algebra
+def test_crc32_combine_matches_zlib():
+    rng = random.Random(5)
+    for la, lb in [(0, 0), (0, 5), (5, 0), (1, 1), (17, 1000), (1000, 1 << 16), (3, 123457)]:
+        a = rng.randbytes(la)
+        b = rng.randbytes(lb)
+        assert F.crc32_combine(zlib.crc32(a), zlib.crc32(b), lb) == zlib.crc32(a + b)
+        for init in (0, 1, 0xFFFFFFFF, rng.getrandbits(32)):
+            assert F.crc32_combine(init, zlib.crc32(b), lb) == zlib.crc32(b, init)
+
+
+def test_vector_blocks_are_recorded_with_their_crc(tmp_path):
+    # Blocks written straight from the log get a CRC-32 derived from the frame's:
+    # the descriptor must hold the CRC-32 of the file's bytes.
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+        _add(s, list(range(0, 300)))
+        _add(s, [300])
+        _add(s, list(range(301, 500)))
+        s.checkpoint()
+    ck = os.path.join(path, "checkpoints")
+    frag = max(x for x in os.listdir(ck) if x.isdigit())
+    with open(os.path.join(ck, frag, "DESCRIPTOR"), "rb") as f:
+        body = msgpack.unpackb(f.read()[20:], raw=False)
+    for name, (size, crc) in body["files"].items():
+        with open(os.path.join(ck, frag, name), "rb") as f:
+            data = f.read()
+        assert (len(data), zlib.crc32(data)) == (size, crc), name
+
+
+# ------------------------------------------------------------------ writeback hints
+class _Hints(mmwal._io.OSLayer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hints: list[tuple[int, int]] = []
+
+    def start_writeback(self, fd: int, offset: int, nbytes: int) -> None:
+        self.hints.append((offset, nbytes))
+        super().start_writeback(fd, offset, nbytes)
+
+
+def test_files_being_built_get_writeback_hints(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "WRITEBACK_BYTES", 4096)
+    layer = _Hints()
+    old = mmwal._io.set_layer(layer)
+    try:
+        path = str(tmp_path / "s")
+        with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+            _add(s, list(range(0, 600)))
+            s.checkpoint()
+    finally:
+        mmwal._io.set_layer(old)
+    assert layer.hints and all(n >= 4096 for _, n in layer.hints)
+    report = mmwal.verify(path)
+    assert report.ok, report.problems
+
+
+def test_a_writeback_hint_changes_no_byte(tmp_path):
+    p = tmp_path / "f"
+    data = os.urandom(1 << 16)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, data)
+        mmwal._io.layer.start_writeback(fd, 0, len(data))
+        mmwal._io.layer.start_writeback(fd, 1 << 20, 10)  # past the end: nothing
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == data
