@@ -688,8 +688,10 @@ class ColumnBuilder:
     Examples
     --------
     >>> b = ColumnBuilder()
-    >>> b.add([{"page": 3}, None])
+    >>> b.add([{"page": 3}, None])  # True: every metadata seen was flat
+    True
     >>> b.add([{"page": "iv", "draft": True}])
+    True
     >>> cols = b.finish()
     >>> sorted(cols), sorted(cols["page"]), b.n
     (['draft', 'page'], ['int', 'str'], 3)
