@@ -487,3 +487,23 @@ class FailingSyncLayer(_io.OSLayer):
             real(fd)
 
         self.fdatasync = fdatasync
+
+
+def remove_many_worker(path: str, start: int, rounds: int, queue: Any) -> None:
+    """A writer process of tests/test_remove_many.py (here, so spawned children import it).
+
+    ``rounds`` times: ``remove_many`` of 10 ids from ``doc-{start}`` on, then one
+    ``add``; puts ("ok", [(seqs, ids), ...]) or ("error", repr) on ``queue``.
+    """
+    from mmwal._faults import doc_vec
+
+    try:
+        with mmwal.Store(path, durability="os") as s:
+            got = []
+            for i in range(rounds):
+                ids = [f"doc-{start + 10 * i + j}" for j in range(10)]
+                got.append((list(s.remove_many(ids)), ids))
+                s.add(f"new-{start}-{i}", doc_vec(i))
+        queue.put(("ok", got))
+    except BaseException as exc:  # reported to the test
+        queue.put(("error", repr(exc)))

@@ -14,6 +14,7 @@ import multiprocessing as mp
 
 import numpy as np
 import pytest
+from helpers import remove_many_worker
 
 import mmwal
 from mmwal import _faults, _io
@@ -69,25 +70,12 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, bad):
         assert r.seq == 3 and len(r) == 3
 
 
-def _worker(path, start, rounds, queue):
-    try:
-        with mmwal.Store(path, durability="os") as s:
-            got = []
-            for i in range(rounds):
-                ids = [f"doc-{start + 10 * i + j}" for j in range(10)]
-                got.append((list(s.remove_many(ids)), ids))
-                s.add(f"new-{start}-{i}", doc_vec(i))
-        queue.put(("ok", got))
-    except BaseException as exc:  # reported to the test
-        queue.put(("error", repr(exc)))
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_concurrent_processes_never_interleave_with_a_batch(tmp_path, method):
     _fill(tmp_path, 600)
     ctx = mp.get_context(method)
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path), 200 * w, 20, q))
+    procs = [ctx.Process(target=remove_many_worker, args=(str(tmp_path), 200 * w, 20, q))
              for w in range(3)]
     for p in procs:
         p.start()
