@@ -51,7 +51,7 @@ from ._fsutil import Paths, read_file, write_all
 from ._search import ann, colfile
 from ._search import where as where_
 from ._types import Config
-from ._wal import LogCursor
+from ._wal import LogCursor, RawFrame
 from .errors import CorruptionError, FormatVersionError
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ _second = operator.itemgetter(1)
 _BLOCK_ROWS = 64
 #: Documents a fold hands to the fragment builder at once.
 _FOLD_STEP = 4096
+#: Log segments whose add records a fold keeps as views of their mappings
+#: (every mapping holds a file descriptor and a memory map): the add records of
+#: later segments are read again, one segment at a time, when they are written.
+_HELD_SEGMENTS = 32
 
 
 def hash_id(b: bytes, key: bytes | None = None) -> int:
@@ -948,23 +952,38 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     # segments it folds, so a salvage mode here would discard acknowledged
     # records for good, silently.  Salvage is `mmwal repair`, which reports.
     cur = LogCursor(paths, start_seg, first_seq, mode="strict", stop_segment=end_seg)
+
+    def reread(seg_id: int, next_seq: int, offset: int) -> LogCursor:
+        return LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
+                         stop_segment=end_seg)
+
     try:
         return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
-                     cur.frames(), cur, False, seq)
+                     cur.frames(), cur, False, seq, reread)
     finally:
         cur.close()
 
 
 def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last_seq: int,
           tmpdir: str, frag_id: int, config: Config, source: Iterable[Any],
-          cur: LogCursor | None, salvaged: bool, seq_as: int) -> FoldResult:
-    """:func:`fold` of the frames of ``source`` (read from ``cur`` unless ``salvaged``)."""
+          cur: LogCursor | None, salvaged: bool, seq_as: int,
+          reread: Callable[[int, int, int], LogCursor] | None = None) -> FoldResult:
+    """:func:`fold` of the frames of ``source`` (read from ``cur`` unless ``salvaged``).
+
+    ``reread(segment id, seq, offset)`` opens a cursor on the same log at a
+    frame already read: for the add records of the segments after the first
+    :data:`_HELD_SEGMENTS`, which are not kept as views (None: all are).
+    """
     # The one read of the log: every frame CRC-checked (by the cursor), its
     # fixed fields and ids decoded and checked once.  An add record is kept as
     # views of the mapped log (its vector block and its encoded documents;
     # the mappings stay alive while viewed), so nothing is read, CRC-checked
-    # or decoded twice, and only the ids are held in memory.
+    # or decoded twice, and only the ids are held in memory.  Each mapping
+    # holds a file descriptor: past _HELD_SEGMENTS segments the records keep
+    # no view and are read again (and checked again) when written.
     adds: list[_Add] = []
+    held: set[str] = set()  # segments whose mappings records keep
+    spill = False  # from here on, records keep no view (read again)
     # In seq order: add records, (seq, id) of removes, None for a clear: what
     # the final state of each id is computed from unless ``simple``.
     ops: list[_Add | tuple[int, bytes] | None] = []
@@ -987,22 +1006,23 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
                                                   frame.offset)
             crc = None
             big = frame.count >= _BLOCK_ROWS  # (its block is written as it is)
-            if big and cur is not None and isinstance(vectors, memoryview):
-                # The vector block ends the payload, whose CRC-32 the cursor
-                # checked: the block's own CRC-32 follows from that of the
-                # bytes before it, so the fragment file that receives the
-                # block is not read a second time for its checksum.
-                got = cur.frame_crc(frame)
-                if got is not None:
-                    payload = frame.payload
-                    nv = len(vectors)
-                    pre = zlib.crc32(payload[: len(payload) - nv], got[0])
-                    crc = F.crc32_combine(pre, 0, nv) ^ got[1]
+            seg_id = -1
+            if cur is not None and not spill and frame.path not in held:
+                if len(held) < _HELD_SEGMENTS:
+                    held.add(frame.path)
+                else:
+                    spill = True
+            if spill:
+                assert cur is not None
+                seg_id = cur.seg_id  # (the segment of the frame it yielded last)
+                vectors = docs = None  # read again when written
+            elif big and cur is not None:
+                crc = _block_crc(cur, frame, vectors)
             rkeys = list(map(str.encode, ids))  # (decoded from UTF-8: no lone surrogates)
             rec = _Add(frame.first_seq, rkeys,
                        np.fromiter(map(zlib.crc32, rkeys), dtype=np.uint32, count=len(rkeys))
                        if big else None,  # (small records: hashed by the builder, in bulk)
-                       vectors, docs, frame.path, frame.offset, crc)
+                       vectors, docs, frame.path, frame.offset, crc, seg_id)
             adds.append(rec)
             ops.append(rec)
             added += len(rkeys)
@@ -1049,6 +1069,7 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
         return FoldResult(None, dead, cleared)
     b = _Builder(tmpdir, n, dim, config.chunk_documents, config.metadata_compression_level,
                  config)
+    again: _Reread | None = None  # the second read of the records kept without views
     try:
         # The live delta documents, in the seq order of their last write: the
         # documents of every add record decoded and checked (as the log reader
@@ -1076,7 +1097,15 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
                 b.add_blocks(keys, blocks, contents, metas, crcs, hashes)
                 keys, hashes, blocks, crcs, contents, metas = [], [], [], [], [], []
 
-        for rec in adds:
+        for kept in adds:
+            rec = kept
+            if rec.seg >= 0:  # not kept as views: read it again
+                if again is None:
+                    assert reread is not None
+                    again = _Reread(reread(rec.seg, rec.first, rec.offset))
+                if again.moves_to(rec):
+                    hand_over()  # the views of the segment before go out first
+                rec = again.read(rec, dim)
             first = rec.first
             count = len(rec.keys)
             big = rec.hashes is not None
@@ -1125,10 +1154,16 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
                 hand_over()
         hand_over()
         del adds
+        if again is not None:
+            again.close()
+            again = None
         return FoldResult(b.finish(frag_id, seq_as), dead, cleared)
     except BaseException:
         b.abort()
         raise
+    finally:
+        if again is not None:
+            again.close()
 
 
 class _Add(NamedTuple):
@@ -1142,6 +1177,63 @@ class _Add(NamedTuple):
     path: str
     offset: int
     crc: int | None  # zlib.crc32 of ``vectors``, when known without reading them
+    seg: int  # the id of the segment it is in, when it is read again (else -1)
+
+
+def _block_crc(cur: LogCursor, frame: Any, vectors: Any) -> int | None:
+    """The CRC-32 of the vector block ``vectors`` of the add frame ``cur`` yielded last.
+
+    The vector block ends the payload, whose CRC-32 the cursor checked: the
+    block's own CRC-32 follows from that of the bytes before it, so the
+    fragment file that receives the block is not read a second time for its
+    checksum.  None when it cannot be derived (not a view of the payload).
+    """
+    if not isinstance(vectors, memoryview):
+        return None
+    got = cur.frame_crc(frame)
+    if got is None:
+        return None
+    payload = frame.payload
+    nv = len(vectors)
+    pre = zlib.crc32(payload[: len(payload) - nv], got[0])
+    return F.crc32_combine(pre, 0, nv) ^ got[1]
+
+
+class _Reread:
+    """The second read of the add records a fold did not keep as views, in seq order."""
+
+    def __init__(self, cur: LogCursor) -> None:
+        self.cur = cur
+        self.frames: Iterator[RawFrame] = cur.frames()
+        self.path = ""  # the segment of the record read last
+
+    def moves_to(self, rec: _Add) -> bool:
+        """Whether ``rec`` is in another segment than the record read before it."""
+        return rec.path != self.path
+
+    def read(self, rec: _Add, dim: int) -> _Add:
+        """``rec`` with its views, from the frame read again (CRC-checked by the cursor)."""
+        self.path = rec.path
+        for frame in self.frames:
+            if frame.first_seq < rec.first:
+                continue  # a remove or a clear (the records before were kept as views)
+            if (frame.first_seq != rec.first or frame.kind != F.KIND_ADD
+                    or frame.path != rec.path or frame.offset != rec.offset):
+                break
+            _ts, ids, vectors, docs = F.add_parts(frame.count, frame.payload, dim, frame.path,
+                                                  frame.offset)
+            if list(map(str.encode, ids)) != rec.keys:
+                break
+            crc = _block_crc(self.cur, frame, vectors) if rec.hashes is not None else None
+            return rec._replace(vectors=vectors, docs=docs, crc=crc)
+        raise CorruptionError(
+            f"{rec.path}: offset {rec.offset}: the add record of seq {rec.first} is not what "
+            "the first read of the log found; nothing was published: run `mmwal verify`",
+            path=rec.path, offset=rec.offset)
+
+    def close(self) -> None:
+        self.frames = iter(())  # (the suspended scan and its view of the mapping go)
+        self.cur.close()
 
 
 def _check_metas(metas: list[Any], rec: _Add) -> None:

@@ -398,3 +398,108 @@ def test_a_writeback_hint_changes_no_byte(tmp_path):
     finally:
         os.close(fd)
     assert p.read_bytes() == data
+
+
+# ------------------------------------------------------------------ many segments
+_MANY_SEGMENTS = r"""
+import resource, sys
+import numpy as np
+import mmwal
+path, dim = sys.argv[1], int(sys.argv[2])
+cfg = mmwal.Config(segment_bytes=4096, auto_checkpoint=False, auto_compact=False)
+with mmwal.Store(path, dim=dim, durability="os", config=cfg) as s:
+    for k in range(2500):  # about 90 segments of a few dozen records each
+        s.add(f"d{k}", np.full(dim, k, "f4"), "x" * 40)
+# Fewer descriptors than the delta has segments: a fold that kept every
+# segment mapped (each mapping holds a descriptor) would run out of them.
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+with mmwal.Store(path, config=cfg) as s:
+    s.checkpoint()
+with mmwal.Reader(path) as r:
+    assert len(r) == 2500 and r.get("d7").content == "x" * 40
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="RLIMIT_NOFILE test: Linux")
+def test_a_fold_over_many_segments_holds_few_descriptors(tmp_path):
+    # The fold keeps views of the mapped log until it writes them; every
+    # mapping holds a descriptor (CPython dups it), so a delta of many segments
+    # must not keep them all mapped at once: with the usual limit of 1024
+    # descriptors a checkpoint of a long log failed (EMFILE, reported as a
+    # corrupt log: "segment N exists but does not continue the sequence").
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "s")
+    got = subprocess.run([sys.executable, "-c", _MANY_SEGMENTS, path, str(DIM)],
+                         capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0 and got.stdout.strip() == "ok", got.stderr[-2000:]
+    report = mmwal.verify(path)
+    assert report.ok, report.problems
+
+
+def _across_segments(s: mmwal.Store) -> None:
+    _add(s, list(range(0, 100)))  # large records: their CRC-32 derived, read again or not
+    for k in range(100, 160):
+        _add(s, [k])
+    s.remove_many(["d3", "d120", "absent"])
+    _add(s, list(range(150, 230)), version=1)  # replaces single and batched documents
+    _add(s, [5, 6, 7], version=2)
+    for k in range(230, 260):
+        _add(s, [k])
+
+
+@pytest.mark.parametrize("held", [0, 1, 3])
+def test_records_read_again_write_the_same_bytes(tmp_path, monkeypatch, held):
+    # Past C._HELD_SEGMENTS segments the add records keep no view of the log and
+    # are read again when written: the fragment must be byte for byte the same.
+    cfg = mmwal.Config(auto_compact=False, ann_min_rows=0, keep_checkpoints=5,
+                       segment_bytes=4096, auto_checkpoint=False)
+    a = str(tmp_path / "a")
+    with mmwal.Store(a, dim=DIM, durability="os", config=cfg) as s:
+        _across_segments(s)
+    assert len(os.listdir(os.path.join(a, "wal"))) > 4  # more than held
+    b = copy_store(a, str(tmp_path / "b"))
+    with mmwal.Store(a, durability="os", config=cfg) as s:
+        s.checkpoint()
+    reads: list[int] = []
+    real = C._Reread.read
+
+    def counted(self: Any, rec: Any, dim: int) -> Any:
+        reads.append(rec.first)
+        return real(self, rec, dim)
+
+    with monkeypatch.context() as m:
+        m.setattr(C, "_HELD_SEGMENTS", held)
+        m.setattr(C._Reread, "read", counted)
+        with mmwal.Store(b, durability="os", config=cfg) as s:
+            s.checkpoint()
+    assert reads
+    fa, fb = _fragment_bytes(a), _fragment_bytes(b)
+    assert sorted(fa) == sorted(fb)
+    for name in fa:
+        assert fa[name] == fb[name], name
+    assert _state(a) == _state(b)
+    report = mmwal.verify(b)
+    assert report.ok, report.problems
+
+
+def test_a_record_that_reads_differently_the_second_time_is_corruption(tmp_path, monkeypatch):
+    cfg = mmwal.Config(auto_compact=False, ann_min_rows=0, segment_bytes=4096,
+                       auto_checkpoint=False)
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os", config=cfg) as s:
+        _across_segments(s)
+    real = C._Reread.read
+
+    def changed(self: Any, rec: Any, dim: int) -> Any:  # as if the bytes had changed
+        return real(self, rec._replace(keys=[b"x" + k for k in rec.keys]), dim)
+
+    monkeypatch.setattr(C, "_HELD_SEGMENTS", 1)
+    monkeypatch.setattr(C._Reread, "read", changed)
+    with mmwal.Store(path, durability="os", config=cfg) as s:
+        with pytest.raises(CorruptionError, match="not what the first read"):
+            s.checkpoint()
+        assert s.stats().checkpoint_seq == 0
+    assert not [x for x in os.listdir(os.path.join(path, "checkpoints")) if x.startswith(".tmp")]
