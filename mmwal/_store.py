@@ -587,8 +587,11 @@ class Store:
         of their bytes rather than 10,000 appends.  Removing an absent id
         is not an error.  Unlike :meth:`add_many` the batch is not atomic:
         each removal is a record of its own, and a crash during the write
-        can leave any prefix of them done (calling again is harmless).  An
-        empty list writes nothing and returns an empty range.
+        can leave any prefix of them done (calling again is harmless); a
+        power loss during it may leave a later part without an earlier one,
+        which a strict open refuses until ``mmwal repair`` (docs/concepts.md,
+        "Known limitations").  An empty list writes nothing and returns an
+        empty range.
         """
         self._check()
         keys = as_ids(ids)
