@@ -587,11 +587,12 @@ class Store:
         of their bytes rather than 10,000 appends.  Removing an absent id
         is not an error.  Unlike :meth:`add_many` the batch is not atomic:
         each removal is a record of its own, and a crash during the write
-        can leave any prefix of them done (calling again is harmless); a
-        power loss during it may leave a later part without an earlier one,
-        which a strict open refuses until ``mmwal repair`` (docs/concepts.md,
-        "Known limitations").  An empty list writes nothing and returns an
-        empty range.
+        can leave a prefix of them done (calling again is harmless).  With
+        ``durability="fsync"`` the records are written and made durable one
+        after the other while the lock is held (an fdatasync each, so a power
+        loss also leaves a prefix; other writers wait meanwhile); in the other
+        modes they go out with one write.  An empty list writes nothing and
+        returns an empty range.
         """
         self._check()
         keys = as_ids(ids)
@@ -600,7 +601,9 @@ class Store:
         now = time.time()
         payloads = [self._pack([now, k]) for k in keys]
         # stacklevel 5: _auto_checkpoint <- _done <- remove_many <- gate <- caller
-        first = self._done(*self._log.append_frames(F.KIND_REMOVE, payloads), len(keys), 5)
+        ordered = self.durability == "fsync"
+        first = self._done(*self._log.append_frames(F.KIND_REMOVE, payloads, ordered),
+                           len(keys), 5)
         return range(first, first + len(keys))
 
     @_admitted

@@ -798,14 +798,23 @@ class Appender:
         finally:
             lock.release()
 
-    def append_frames(self, kind: int, payloads: list[bytes]) -> tuple[int, int, int]:
-        """Write one single-count frame per payload, all with one pwrite under one lock.
+    def append_frames(self, kind: int, payloads: list[bytes],
+                      ordered: bool = False) -> tuple[int, int, int]:
+        """Write one single-count frame per payload, all under one hold of the lock.
 
         The frames take consecutive seqs and sit back to back in one segment;
         returns (first seq, segment id, end offset after the last).  Each
-        frame is a record of its own: a crash during the write can leave any
-        prefix of them in the log (never a part of one).  Only the headers and
-        CRCs are computed under the lock; the payloads are laid out before it.
+        frame is a record of its own.  Only the headers and CRCs are computed
+        under the lock; the payloads are laid out before it.
+
+        By default the frames go out with one pwrite: a crash can leave any
+        prefix of them, and a power loss may keep a later page without an
+        earlier one (the out-of-order case of docs/concepts.md, "Known
+        limitations", which "os" and "interval" accept anyway).  ``ordered``
+        writes and fdatasyncs them one at a time, so whatever survives a power
+        loss is a prefix of the frames; the log is then durable up to the end
+        and the shared synced mark says so.  A failed fdatasync poisons the
+        writer, as in :meth:`_roll`.
         """
         starts: list[int] = []
         size = 0
@@ -845,15 +854,30 @@ class Appender:
                                                       _crc32(frame[at : at + 24], seed)), 0)
             tail = self._tail
             tail[_SET_PENDING] = _ONE  # as append_frame: a kill from here on is seen
-            try:
-                w = self._pwrite(self._seg_fd, frame, end)
-            except OSError as exc:
-                raise _io.io_error(exc, "write", self.paths.segment(seg)) from None
-            if w != size:
-                write_all(self._seg_fd, frame[w:], end + w, self.paths.segment(seg))
+            path = self.paths.segment(seg)
+            pieces = ([(a, b) for a, b in zip(starts, [*starts[1:], size])] if ordered
+                      else [(0, size)])
+            for a, b in pieces:
+                try:
+                    w = self._pwrite(self._seg_fd, frame[a:b], end + a)
+                except OSError as exc:
+                    raise _io.io_error(exc, "write", path) from None
+                if w != b - a:
+                    write_all(self._seg_fd, frame[a + w : b], end + a + w, path)
+                if ordered:
+                    try:
+                        self._io.fdatasync(self._seg_fd)
+                    except OSError as exc:
+                        # RULES.md 12, as in _roll: a retry could falsely succeed.
+                        self.poisoned = _io.io_error(exc, "fsync", path)
+                        raise PoisonedError(
+                            f"fsync of {path} failed ({os.strerror(exc.errno or 0)}): the "
+                            "records written before it are durable, the rest may not be; "
+                            "this Store refuses further writes; close it and open a new one",
+                            err=exc.errno, path=path, op="fsync") from None
             end += size
-            nt = F.Tail(seg, end, first + len(payloads) - 1, 0, t.synced_segment,
-                        t.synced_end)
+            synced = (seg, end) if ordered else (t.synced_segment, t.synced_end)
+            nt = F.Tail(seg, end, first + len(payloads) - 1, 0, *synced)
             raw = _encode_tail(self.boot, nt)
             tail[:_AREA] = raw
             self._raw = raw

@@ -219,12 +219,15 @@ class FragmentMachine(RuleBasedStateMachine):
         assert (info.seq, info.documents) == (self.ckpt_seq, self.ckpt_docs)
         assert info.fragments_before == len(before)
         after = self._fragments()
-        t = tgt or 1
+        # No argument: a full compaction.  Either argument: a partial one, whose
+        # target defaults to Config.max_fragments (Store.compact's docstring).
+        full = tgt is None and min_dead is None
+        t = 1 if full else (tgt if tgt is not None else self.cfg.max_fragments)
         assert info.fragments == len(after) <= (t if len(before) > t else len(before))
-        if tgt is None and min_dead is None:
+        if full:
             # a full compaction: one fragment (none for an empty version), no dead row
             assert len(after) <= 1 and all(f[2] == 0 for f in after), after
-        if tgt is None or min_dead == 0.0:
+        if full or min_dead == 0.0:
             assert all(f[2] == 0 for f in after), after
         if info.fragments_merged == 0:
             assert info.fragments_written == 0 and after == before
