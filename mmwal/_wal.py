@@ -17,6 +17,7 @@ Protocol (docs/concepts.md has the full story and the crash table):
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
@@ -77,9 +78,12 @@ def read_segment_header(path: str) -> F.SegmentHeader:
     except OSError as exc:
         raise _io.io_error(exc, "open", path) from None
     try:
-        return F.decode_segment_header(io.pread(fd, F.SEGMENT_HEADER_SIZE, 0), path)
+        raw = io.pread(fd, F.SEGMENT_HEADER_SIZE, 0)
+    except OSError as exc:
+        raise _io.io_error(exc, "read", path) from None
     finally:
         io.close(fd)
+    return F.decode_segment_header(raw, path)
 
 
 # ====================================================================== reading
@@ -412,8 +416,14 @@ class LogCursor:
             return False, False
         try:
             h = read_segment_header(path)
-        except (CorruptionError, StorageIOError):
+        except CorruptionError:
             return True, False
+        except StorageIOError as exc:
+            if exc.errno == errno.ENOENT:
+                return False, False  # retired since the look above
+            # Not a fact about the log (EIO, EMFILE, EACCES...): said as it is,
+            # never as "does not continue the sequence", a corruption report.
+            raise
         return True, h.first_seq == self.next_seq
 
     def _next_segment_continues(self) -> bool:

@@ -277,3 +277,53 @@ def test_the_io_sweep_catches_a_store_that_ignores_a_failed_fsync(tmp_path, monk
                                 errnos=(errno.EIO,), per_category=4)
     assert not rep["ok"]
     assert "poison" in rep["violation_counts"]
+
+
+class _FailHeaderRead(_io.OSLayer):
+    """The real OS, except that reading the header of segment ``target`` fails with EIO."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        real_open, real_pread, real_close = self.open, self.pread, self.close
+        fds: set[int] = set()
+        self.failed = 0
+
+        def open_(path, flags, mode=0o777):
+            fd = real_open(path, flags, mode)
+            if os.path.basename(path) == target:
+                fds.add(fd)
+            return fd
+
+        def pread(fd, n, off):
+            if fd in fds and off == 0:
+                self.failed += 1
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_pread(fd, n, off)
+
+        def close(fd):
+            fds.discard(fd)
+            real_close(fd)
+
+        self.open, self.pread, self.close = open_, pread, close
+
+
+def test_an_io_error_on_the_next_segments_header_is_not_called_corruption(tmp_path):
+    # A reader at the end of segment 1 looks at segment 2's header to know whether
+    # it continues the log; an EIO there is a StorageIOError, not "the log has a gap".
+    with mmwal.Store(tmp_path, dim=DIM, durability="os",
+                     config=mmwal.Config(segment_bytes=4096, auto_checkpoint=False)) as s:
+        for k in range(200):
+            add(s, k)
+    segs = sorted(x for x in os.listdir(tmp_path / "wal") if x.endswith(".seg"))
+    assert len(segs) >= 3
+    lay = _FailHeaderRead(segs[1])
+    old = _io.set_layer(lay)
+    try:
+        with pytest.raises(StorageIOError) as exc:
+            with mmwal.Reader(tmp_path):
+                pass
+    finally:
+        _io.set_layer(old)
+    assert not isinstance(exc.value, mmwal.CorruptionError)
+    assert exc.value.errno == errno.EIO and lay.failed
+    expect_state(tmp_path, list(range(200)))  # nothing is wrong with the store
