@@ -104,6 +104,20 @@ def hash_id(b: bytes, key: bytes | None = None) -> int:
     return int.from_bytes(hashlib.blake2b(b, digest_size=4, key=key).digest(), "little")
 
 
+def row_norms(block: np.ndarray) -> np.ndarray:
+    """Euclidean norms of float32 rows.
+
+    Summed in float32 (what a checkpoint's norms are; within the writers'
+    norm limit, 2**62, a square cannot overflow), and again in float64 when
+    a row's sum did overflow (a vector written before that limit existed).
+    """
+    sq: np.ndarray = np.einsum("ij,ij->i", block, block)
+    if not np.isfinite(sq).all():
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+    out: np.ndarray = np.sqrt(sq).astype(np.float32, copy=False)
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     """The exact ``.npy`` v1.0 header numpy writes (data 64-byte aligned)."""
@@ -617,8 +631,7 @@ class _Builder:
                 v = np.ascontiguousarray(v, dtype="<f4")
                 crc = None
             emb.write(v, crc)
-            # Summed in float32, as the Reader's tail sums them (_snapshot._row_norms).
-            norms.append(np.sqrt(np.einsum("ij,ij->i", v, v)).astype("<f4", copy=False))
+            norms.append(row_norms(v))  # as the Reader's tail computes them
 
         for i, v in enumerate(blocks):
             if len(v) >= _BLOCK_ROWS:

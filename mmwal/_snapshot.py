@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _format as F
 from ._checkpoint import CheckpointView
+from ._checkpoint import row_norms as _row_norms
 from ._search import colfile
 from ._search import where as where_
 from ._types import Document, Hit
@@ -46,20 +47,6 @@ SEARCH_ROWS = 65536
 _ALIVE = np.iinfo(np.int64).max  # death position of a row that has not died
 #: Bytes of vectors added since the last flush at which the tail computes their norms.
 _FLUSH_BYTES = 16 << 20
-
-
-def _row_norms(block: np.ndarray) -> np.ndarray:
-    """Euclidean norms of float32 rows.
-
-    Summed in float32 (what a checkpoint's norms are; within the writers'
-    norm limit, 2**62, a square cannot overflow), and again in float64 when
-    a row's sum did overflow (a vector written before that limit existed).
-    """
-    sq: np.ndarray = np.einsum("ij,ij->i", block, block)
-    if not np.isfinite(sq).all():
-        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-    out: np.ndarray = np.sqrt(sq).astype(np.float32, copy=False)
-    return out
 
 
 class _TailDocs:

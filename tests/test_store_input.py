@@ -812,3 +812,24 @@ def test_bytes_paths_work(tmp_path):
     with mmwal.Reader(path) as r:
         assert "a" in r
     assert [op.id for op in mmwal.replay(path)] == ["a"] and mmwal.verify(path).ok
+
+
+@pytest.mark.parametrize("where", ["tail", "checkpoint"])
+def test_norms_of_vectors_from_before_the_norm_limit(store_path, monkeypatch, where):
+    # A log written before the norm limit existed can hold a vector whose squared
+    # norm overflows float32: the tail and a checkpoint both give its finite norm.
+    import mmwal._validate as V
+
+    monkeypatch.setattr(V, "_MAX_NORM_SQ", float("inf"))  # what an old writer did not check
+    old = np.full(DIM, 1e20, dtype=np.float32)
+    with mmwal.Store(store_path, dim=DIM, durability="os") as s:
+        s.add_many(["old", "v1"], np.stack([old, vec(1)]))
+        if where == "checkpoint":
+            s.checkpoint()
+    monkeypatch.undo()
+    with mmwal.Reader(store_path) as r:
+        snap = r.snapshot()
+        norms = snap._norms[: snap._n] if where == "tail" else r._state.ckpt.parts[0].view.norms
+        want = np.float32(np.linalg.norm(old.astype(np.float64)))
+        assert np.isfinite(np.asarray(norms)).all()
+        assert np.float32(np.asarray(norms)[0]) == want
