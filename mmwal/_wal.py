@@ -55,7 +55,6 @@ assert struct.calcsize("<QIIQQ") == F.FRAME_HEADER_SIZE
 _RUN_WORD = F.FRAME_MAGIC | F.KIND_ADD << 32  # kind 1, flags 0, reserved 0
 _MAX_PAYLOAD = F.MAX_PAYLOAD
 _crc32 = zlib.crc32
-_encode_tail = F.encode_tail
 
 
 def create_segment(paths: Paths, seg_id: int, first_seq: int) -> None:
@@ -756,6 +755,23 @@ class Appender:
         frame, n = _payload_frame(payload)
         return self.append_frame(kind, count, frame, n)
 
+    def _place(self, size: int) -> tuple[F.Tail, int, int]:
+        """Where ``size`` more bytes go: ``(tail record, segment, end)``, rolled if needed.
+
+        Caller holds the append lock.  The segment named by the tail record is
+        opened if it is not ours; a full one (holding a frame already) is
+        sealed and the next one started.
+        """
+        t = self._read_tail()
+        seg = t.segment
+        if seg != self._seg_id:
+            self._use_segment(seg)
+        end = t.end
+        if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
+            t = self._roll(t)
+            seg, end = t.segment, t.end
+        return t, seg, end
+
     def append_frame(self, kind: int, count: int, frame: memoryview,
                      n: int) -> tuple[int, int, int]:
         """Seal and write a frame built by ``_format.add_frame``/``payload_frame``.
@@ -774,14 +790,7 @@ class Appender:
         lock = self.lock
         lock.acquire_exclusive()
         try:
-            t = self._read_tail()
-            seg = t.segment
-            if seg != self._seg_id:
-                self._use_segment(seg)
-            end = t.end
-            if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
-                t = self._roll(t)
-                seg, end = t.segment, t.end
+            t, seg, end = self._place(size)
             first = t.last_seq + 1
             # seal_frame, inlined: the header in place, the CRC over the frame.
             _pack_prefix_into(frame, 0, _FRAME_MAGIC, kind, 0, 0, n, count, first)
@@ -799,11 +808,8 @@ class Appender:
                 # A short write (rare on regular files): continue it, or raise.
                 write_all(self._seg_fd, frame[w:], end + w, self.paths.segment(seg))
             end += size
-            nt = F.Tail(seg, end, first + count - 1, 0, t.synced_segment, t.synced_end)
-            raw = _encode_tail(self.boot, nt)
-            tail[:_AREA] = raw
-            self._raw = raw
-            self._cur = nt
+            self._publish(F.Tail(seg, end, first + count - 1, 0, t.synced_segment,
+                                 t.synced_end))
             return first, seg, end
         finally:
             lock.release()
@@ -847,14 +853,7 @@ class Appender:
         lock = self.lock
         lock.acquire_exclusive()
         try:
-            t = self._read_tail()
-            seg = t.segment
-            if seg != self._seg_id:
-                self._use_segment(seg)
-            end = t.end
-            if end + size > self.segment_bytes and end > F.SEGMENT_HEADER_SIZE:
-                t = self._roll(t)
-                seg, end = t.segment, t.end
+            t, seg, end = self._place(size)
             first = t.last_seq + 1
             seed = self._seed
             for i, (at, p) in enumerate(zip(starts, payloads)):
@@ -887,11 +886,7 @@ class Appender:
                             err=exc.errno, path=path, op="fsync") from None
             end += size
             synced = (seg, end) if ordered else (t.synced_segment, t.synced_end)
-            nt = F.Tail(seg, end, first + len(payloads) - 1, 0, *synced)
-            raw = _encode_tail(self.boot, nt)
-            tail[:_AREA] = raw
-            self._raw = raw
-            self._cur = nt
+            self._publish(F.Tail(seg, end, first + len(payloads) - 1, 0, *synced))
             return first, seg, end
         finally:
             lock.release()
