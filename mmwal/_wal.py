@@ -708,18 +708,7 @@ class Appender:
         # The sealed segment's frames must be durable before the next segment
         # exists: N+1 with a continuing first_seq declares N complete, and a
         # torn N followed by N+1 would look like a gap after power loss.
-        try:
-            self._io.fdatasync(self._seg_fd)
-        except OSError as exc:
-            # RULES.md 12: after a failed fsync the kernel may have dropped the
-            # dirty pages; a retry could "succeed" and the roll would then vouch
-            # for frames that are gone.  Poison this writer.
-            self.poisoned = _io.io_error(exc, "fsync", self.paths.segment(t.segment))
-            raise PoisonedError(
-                f"fsync of {self.paths.segment(t.segment)} failed while sealing it "
-                f"({os.strerror(exc.errno or 0)}): this Store refuses further writes; close "
-                "it and open a new one", err=exc.errno, path=self.paths.segment(t.segment),
-                op="fsync") from None
+        self._sync_or_poison(t.segment, "while sealing it")
         self._tail[_SET_PENDING] = _ONE
         nxt = t.segment + 1
         create_segment(self.paths, nxt, t.last_seq + 1)
@@ -754,6 +743,34 @@ class Appender:
         """Write one frame of ``payload``; return (first seq, segment id, end offset after it)."""
         frame, n = _payload_frame(payload)
         return self.append_frame(kind, count, frame, n)
+
+    def _write(self, data: memoryview, offset: int, seg: int) -> None:
+        """pwrite ``data`` at ``offset`` of our segment ``seg``: short writes continued,
+        errors raised as StorageIOError.  Caller holds the append lock."""
+        try:
+            w = self._pwrite(self._seg_fd, data, offset)
+        except OSError as exc:
+            raise _io.io_error(exc, "write", self.paths.segment(seg)) from None
+        if w != len(data):
+            # A short write (rare on regular files): continue it, or raise.
+            write_all(self._seg_fd, data[w:], offset + w, self.paths.segment(seg))
+
+    def _sync_or_poison(self, seg: int, what: str) -> None:
+        """fdatasync our segment ``seg``; a failure poisons this writer (PoisonedError).
+
+        RULES.md 12: after a failed fsync the kernel may have dropped the dirty
+        pages; a retry could "succeed" and vouch for frames that are gone.
+        ``what`` says what the failure means for the caller's frames.
+        """
+        try:
+            self._io.fdatasync(self._seg_fd)
+        except OSError as exc:
+            path = self.paths.segment(seg)
+            self.poisoned = _io.io_error(exc, "fsync", path)
+            raise PoisonedError(
+                f"fsync of {path} failed {what} ({os.strerror(exc.errno or 0)}): this Store "
+                "refuses further writes; close it and open a new one", err=exc.errno,
+                path=path, op="fsync") from None
 
     def _place(self, size: int) -> tuple[F.Tail, int, int]:
         """Where ``size`` more bytes go: ``(tail record, segment, end)``, rolled if needed.
@@ -800,13 +817,7 @@ class Appender:
             # Announce the write: a writer killed from here until the record
             # below is published leaves pending=1; the next writer rebuilds.
             tail[_SET_PENDING] = _ONE
-            try:
-                w = self._pwrite(self._seg_fd, frame, end)
-            except OSError as exc:
-                raise _io.io_error(exc, "write", self.paths.segment(seg)) from None
-            if w != size:
-                # A short write (rare on regular files): continue it, or raise.
-                write_all(self._seg_fd, frame[w:], end + w, self.paths.segment(seg))
+            self._write(frame, end, seg)
             end += size
             self._publish(F.Tail(seg, end, first + count - 1, 0, t.synced_segment,
                                  t.synced_end))
@@ -857,33 +868,16 @@ class Appender:
             first = t.last_seq + 1
             seed = self._seed
             for i, (at, p) in enumerate(zip(starts, payloads)):
-                n = len(p)
-                _pack_prefix_into(frame, at, _FRAME_MAGIC, kind, 0, 0, n, 1, first + i)
-                _pack_crc_into(frame, at + 24, _crc32(frame[at + 32 : at + 32 + n],
-                                                      _crc32(frame[at : at + 24], seed)), 0)
+                F.seal_frame(frame[at:], kind, first + i, 1, len(p), seed)
             tail = self._tail
             tail[_SET_PENDING] = _ONE  # as append_frame: a kill from here on is seen
-            path = self.paths.segment(seg)
             pieces = ([(a, b) for a, b in zip(starts, [*starts[1:], size])] if ordered
                       else [(0, size)])
             for a, b in pieces:
-                try:
-                    w = self._pwrite(self._seg_fd, frame[a:b], end + a)
-                except OSError as exc:
-                    raise _io.io_error(exc, "write", path) from None
-                if w != b - a:
-                    write_all(self._seg_fd, frame[a + w : b], end + a + w, path)
+                self._write(frame[a:b], end + a, seg)
                 if ordered:
-                    try:
-                        self._io.fdatasync(self._seg_fd)
-                    except OSError as exc:
-                        # RULES.md 12, as in _roll: a retry could falsely succeed.
-                        self.poisoned = _io.io_error(exc, "fsync", path)
-                        raise PoisonedError(
-                            f"fsync of {path} failed ({os.strerror(exc.errno or 0)}): the "
-                            "records written before it are durable, the rest may not be; "
-                            "this Store refuses further writes; close it and open a new one",
-                            err=exc.errno, path=path, op="fsync") from None
+                    self._sync_or_poison(seg, "mid-batch (the records written before "
+                                              "it are durable, the rest may not be)")
             end += size
             synced = (seg, end) if ordered else (t.synced_segment, t.synced_end)
             self._publish(F.Tail(seg, end, first + len(payloads) - 1, 0, *synced))
