@@ -1140,29 +1140,24 @@ def _fold(paths: Paths, dim: int, prev: VersionView | None, first_seq: int, last
             # Small records (and what is kept of large ones) go in batches.
             if big:
                 _check_metas(m, rec)
-            if pick is None:
+            rkeys, rhashes, crc = rec.keys, rec.hashes, rec.crc
+            if pick is not None:  # only the rows whose write is the id's last
+                rkeys = [rkeys[i] for i in pick]
+                rhashes = None if rhashes is None else rhashes[pick]
+                vecs, crc = vecs[pick], None
+                c = [c[i] for i in pick]
+                m = [m[i] for i in pick]
+            if rkeys:
                 columns.extend(m)
-                keys.extend(rec.keys)
-                if hashes is not None and rec.hashes is not None:
-                    hashes.append(rec.hashes)
+                keys.extend(rkeys)
+                if hashes is not None and rhashes is not None:
+                    hashes.append(rhashes)
                 else:
                     hashes = None
                 blocks.append(vecs)
-                crcs.append(rec.crc)
+                crcs.append(crc)
                 contents.extend(c)
                 metas.extend(m)
-            elif pick:
-                picked = [m[i] for i in pick]
-                columns.extend(picked)
-                keys.extend([rec.keys[i] for i in pick])
-                if hashes is not None and rec.hashes is not None:
-                    hashes.append(rec.hashes[pick])
-                else:
-                    hashes = None
-                blocks.append(vecs[pick])
-                crcs.append(None)
-                contents.extend([c[i] for i in pick])
-                metas.extend(picked)
             if len(keys) >= _FOLD_STEP:
                 hand_over()
         hand_over()
