@@ -18,6 +18,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from mmwal import _io  # noqa: E402
+from mmwal._faults import ErrorLayer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +34,12 @@ def _real_io_layer():
 def store_path(tmp_path):
     """A path where a store may be created (it does not exist yet)."""
     return str(tmp_path / "store")
+
+
+@pytest.fixture
+def layer():
+    """The real OS behind an ErrorLayer that only counts until armed (helpers.arm)."""
+    lay = ErrorLayer()
+    old = _io.set_layer(lay)
+    yield lay
+    _io.set_layer(old)

@@ -507,3 +507,11 @@ def remove_many_worker(path: str, start: int, rounds: int, queue: Any) -> None:
         queue.put(("ok", got))
     except BaseException as exc:  # reported to the test
         queue.put(("error", repr(exc)))
+
+
+def arm(lay: Any, category: str, err: int = errno.EIO, *, persistent: bool = False,
+        torn: bool = False, after: int = 0) -> None:
+    """Make the ErrorLayer ``lay`` fail the next (``after`` + 1)-th operation of ``category``."""
+    lay.category, lay.err, lay.persistent, lay.torn = category, err, persistent, torn
+    lay.nth = lay.counts[category] + 1 + after
+    lay.armed = True

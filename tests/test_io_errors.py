@@ -15,28 +15,14 @@ import os
 
 import numpy as np
 import pytest
+from helpers import arm
 
 import mmwal
 from mmwal import _faults, _io, _wal
-from mmwal._faults import ErrorLayer, doc_vec
+from mmwal._faults import doc_vec
 from mmwal.errors import PoisonedError, StorageIOError
 
 DIM = _faults.DIM
-
-
-@pytest.fixture
-def layer():
-    lay = ErrorLayer()  # counts only, until armed
-    old = _io.set_layer(lay)
-    yield lay
-    _io.set_layer(old)
-
-
-def arm(lay, category, err=errno.EIO, *, persistent=False, torn=False, after=0):
-    """Fail the next (``after`` + 1)-th operation of ``category`` from now on."""
-    lay.category, lay.err, lay.persistent, lay.torn = category, err, persistent, torn
-    lay.nth = lay.counts[category] + 1 + after
-    lay.armed = True
 
 
 def add(s, k):

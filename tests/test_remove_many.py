@@ -9,16 +9,15 @@ removal a whole record), never a damaged log.
 
 from __future__ import annotations
 
-import errno
 import multiprocessing as mp
 
 import numpy as np
 import pytest
-from helpers import remove_many_worker
+from helpers import arm, remove_many_worker
 
 import mmwal
-from mmwal import _faults, _io
-from mmwal._faults import ErrorLayer, doc_vec
+from mmwal import _faults
+from mmwal._faults import doc_vec
 from mmwal.errors import InvalidInputError, PoisonedError, StorageIOError
 
 DIM = _faults.DIM
@@ -94,22 +93,15 @@ def test_concurrent_processes_never_interleave_with_a_batch(tmp_path, method):
 
 
 @pytest.mark.parametrize("torn", [False, True])
-def test_a_failed_write_leaves_a_prefix_of_the_batch(tmp_path, torn):
+def test_a_failed_write_leaves_a_prefix_of_the_batch(tmp_path, layer, torn):
     _fill(tmp_path, 40)
     batch = [f"doc-{k}" for k in range(0, 40, 2)]
-    lay = ErrorLayer()
-    old = _io.set_layer(lay)
-    try:
-        s = mmwal.Store(tmp_path, durability="os")
-        lay.category, lay.err, lay.torn = "write", errno.EIO, torn
-        lay.nth = lay.counts["write"] + 1
-        lay.armed = True
-        with pytest.raises(StorageIOError):
-            s.remove_many(batch)
-        s.add("after", doc_vec(1))  # the next writer rebuilds and goes on
-        s.close()
-    finally:
-        _io.set_layer(old)
+    s = mmwal.Store(tmp_path, durability="os")
+    arm(layer, "write", torn=torn)
+    with pytest.raises(StorageIOError):
+        s.remove_many(batch)
+    s.add("after", doc_vec(1))  # the next writer rebuilds and goes on
+    s.close()
     gone = _removes(tmp_path)
     k = len(gone)
     assert [i for _, i in gone] == batch[:k]  # a prefix, each removal whole
@@ -121,66 +113,47 @@ def test_a_failed_write_leaves_a_prefix_of_the_batch(tmp_path, torn):
 
 
 @pytest.mark.parametrize("durability", ["fsync", "os"])
-def test_fsync_mode_makes_each_removal_durable_in_order(tmp_path, durability):
+def test_fsync_mode_makes_each_removal_durable_in_order(tmp_path, layer, durability):
     # One pwrite (and no fdatasync of its own) per batch, except under "fsync": a
     # pwrite and an fdatasync per record, so a power loss can only cut a suffix.
     _fill(tmp_path, 20)
-    lay = ErrorLayer()
-    old = _io.set_layer(lay)
-    try:
-        with mmwal.Store(tmp_path, durability=durability) as s:
-            w0, f0 = lay.counts["write"], lay.counts["fsync"]
-            seqs = s.remove_many([f"doc-{k}" for k in range(5)])
-            writes, syncs = lay.counts["write"] - w0, lay.counts["fsync"] - f0
-    finally:
-        _io.set_layer(old)
+    with mmwal.Store(tmp_path, durability=durability) as s:
+        w0, f0 = layer.counts["write"], layer.counts["fsync"]
+        seqs = s.remove_many([f"doc-{k}" for k in range(5)])
+        writes, syncs = layer.counts["write"] - w0, layer.counts["fsync"] - f0
     assert list(seqs) == [21, 22, 23, 24, 25]
     assert (writes, syncs) == ((5, 5) if durability == "fsync" else (1, 0))
     with mmwal.Reader(tmp_path) as r:
         assert len(r) == 15
 
 
-def test_fsync_mode_failed_write_mid_batch_leaves_the_records_before_it(tmp_path):
+def test_fsync_mode_failed_write_mid_batch_leaves_the_records_before_it(tmp_path, layer):
     _fill(tmp_path, 20)
     batch = [f"doc-{k}" for k in range(6)]
-    lay = ErrorLayer()
-    old = _io.set_layer(lay)
-    try:
-        s = mmwal.Store(tmp_path, durability="fsync")
-        lay.category, lay.err, lay.torn = "write", errno.EIO, True
-        lay.nth = lay.counts["write"] + 3  # the third record's pwrite tears
-        lay.armed = True
-        with pytest.raises(StorageIOError):
-            s.remove_many(batch)
-        lay.armed = False
-        s.add("after", doc_vec(1))
-        s.close()
-    finally:
-        _io.set_layer(old)
+    s = mmwal.Store(tmp_path, durability="fsync")
+    arm(layer, "write", torn=True, after=2)  # the third record's pwrite tears
+    with pytest.raises(StorageIOError):
+        s.remove_many(batch)
+    layer.armed = False
+    s.add("after", doc_vec(1))
+    s.close()
     assert [i for _, i in _removes(tmp_path)] == batch[:2]
     assert mmwal.verify(tmp_path).ok
 
 
-def test_fsync_mode_failed_fdatasync_mid_batch_poisons(tmp_path):
+def test_fsync_mode_failed_fdatasync_mid_batch_poisons(tmp_path, layer):
     _fill(tmp_path, 20)
     batch = [f"doc-{k}" for k in range(6)]
-    lay = ErrorLayer()
-    old = _io.set_layer(lay)
-    try:
-        s = mmwal.Store(tmp_path, durability="fsync")
-        lay.category, lay.err = "fsync", errno.EIO
-        lay.nth = lay.counts["fsync"] + 2  # the second record's fdatasync fails
-        lay.armed = True
-        with pytest.raises(PoisonedError):
-            s.remove_many(batch)
-        lay.armed = False
-        with pytest.raises(PoisonedError):
-            s.add("refused", doc_vec(1))
-        s.close()
-        with mmwal.Store(tmp_path, durability="fsync") as again:
-            again.add("after", doc_vec(2))
-    finally:
-        _io.set_layer(old)
+    s = mmwal.Store(tmp_path, durability="fsync")
+    arm(layer, "fsync", after=1)  # the second record's fdatasync fails
+    with pytest.raises(PoisonedError):
+        s.remove_many(batch)
+    layer.armed = False
+    with pytest.raises(PoisonedError):
+        s.add("refused", doc_vec(1))
+    s.close()
+    with mmwal.Store(tmp_path, durability="fsync") as again:
+        again.add("after", doc_vec(2))
     # The second record was written before its fdatasync failed: the next
     # writer adopts it (it is complete and continuing); nothing after it exists.
     assert [i for _, i in _removes(tmp_path)] == batch[:2]
