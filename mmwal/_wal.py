@@ -354,6 +354,8 @@ class LogCursor:
                     self.next_seq = e
                     off = o
                     self.offset = o
+                    if e == stop:
+                        continue  # a whole run: the next one starts here, not frame by frame
                 # The common case inlined (the same checks as F.check_frame, which
                 # runs below whenever anything is off, to say what and why).
                 if off + 32 <= limit:

@@ -164,6 +164,21 @@ def test_cursor_bulk_mode_yields_the_same_frames(tmp_path):
     assert [f[4] for f in plain][1:] == log.offsets
 
 
+def test_consecutive_runs_follow_each_other(tmp_path):
+    # A stretch of single-document frames longer than one run comes as whole
+    # runs back to back: the frame after a full run starts the next run
+    # instead of going through the per-frame path alone (which handed the
+    # Reader a one-record batch between every two runs).
+    offsets = _store_singles(tmp_path, 100)
+    paths = Paths(str(tmp_path))
+    items = list(_wal.LogCursor(paths, list_segments(paths)[0], 1).frames(16))
+    runs = [x for x in items if isinstance(x, _wal.RawRun)]
+    assert items[: len(runs)] == runs  # (the last 4 are fewer than BULK_MIN: frames)
+    assert [len(x.offsets) for x in runs] == [16] * 6
+    assert [x.first_seq for x in runs] == list(range(1, 97, 16))
+    assert [o for x in runs for o in x.offsets] + [x.offset for x in items[6:]] == offsets
+
+
 def test_store_written_log_over_a_checkpoint(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     with mmwal.Store(tmp_path, dim=DIM, durability="os") as s:
