@@ -588,22 +588,24 @@ class _Builder:
         self.hashes: list[np.ndarray] = []  # CRC-32 of the ids added, per add call
 
     def add(self, ids: list[bytes], vecs: np.ndarray, docs: list[list[Any]]) -> None:
-        """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs."""
+        """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs
+        (decoded: every metadata a dict or None)."""
         if not ids:
             return
         self._add_vectors([vecs])
         self._add_ids(ids)
-        self.columns.add(list(map(_second, docs)))
+        self.columns.add_plain(list(map(_second, docs)))
         self._add_docs(docs)
 
     def add_columns(self, metas: list[Any]) -> bool:
-        """The metadata columns of rows :meth:`add_blocks` adds (the same rows, in order).
+        """The metadata columns of rows :meth:`add_blocks` adds (the same rows, in order;
+        decoded: every metadata a dict or None).
 
         Returns True when the metadata turned out flat on the way (nil or maps
         of str keys without arrays or maps as values: nothing for
         ``F.metas_problem`` to refuse), False when that is not known.
         """
-        return self.columns.add(metas)
+        return self.columns.add_plain(metas)
 
     def add_blocks(self, ids: list[bytes], blocks: list[np.ndarray], contents: list[str],
                    metas: list[Any], crcs: list[int | None] | None = None,
