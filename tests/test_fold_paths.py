@@ -387,6 +387,34 @@ def test_files_being_built_get_writeback_hints(tmp_path, monkeypatch):
     assert report.ok, report.problems
 
 
+def test_unaligned_blocks_copied_or_not_write_the_same_bytes(tmp_path, monkeypatch):
+    # A large record's vector block is a view of the log at any offset; up to
+    # C._ALIGN_BYTES it is copied to aligned memory before its norms are
+    # summed.  Copied or not, the fragment is byte for byte the same.
+    a = str(tmp_path / "a")
+    with mmwal.Store(a, dim=DIM, durability="os", config=CFG) as s:
+        _batches_and_singles(s)
+        _add(s, list(range(1000, 1100)), version=3)
+    b = copy_store(a, str(tmp_path / "b"))
+    copied: list[int] = []
+    real = C._Builder._aligned
+
+    def counted(self: Any, v: np.ndarray) -> np.ndarray:
+        copied.append(len(v))
+        return real(self, v)
+
+    with monkeypatch.context() as m:
+        m.setattr(C._Builder, "_aligned", counted)
+        with mmwal.Store(a, durability="os", config=CFG) as s:
+            s.checkpoint()
+    assert copied, "no block was copied"
+    with monkeypatch.context() as m:
+        m.setattr(C, "_ALIGN_BYTES", 0)  # never copied
+        with mmwal.Store(b, durability="os", config=CFG) as s:
+            s.checkpoint()
+    assert _fragment_bytes(a) == _fragment_bytes(b)
+
+
 def test_a_writeback_hint_changes_no_byte(tmp_path):
     p = tmp_path / "f"
     data = os.urandom(1 << 16)
