@@ -985,10 +985,13 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     # segments it folds, so a salvage mode here would discard acknowledged
     # records for good, silently.  Salvage is `mmwal repair`, which reports.
     cur = LogCursor(paths, start_seg, first_seq, mode="strict", stop_segment=end_seg)
+    cur.split = 4 * dim  # (the vector blocks' CRC-32: _block_crc)
 
     def reread(seg_id: int, next_seq: int, offset: int) -> LogCursor:
-        return LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
-                         stop_segment=end_seg)
+        again = LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
+                          stop_segment=end_seg)
+        again.split = 4 * dim
+        return again
 
     try:
         return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
@@ -1223,7 +1226,9 @@ def _block_crc(cur: LogCursor, frame: Any, vectors: Any) -> int | None:
         return None
     payload = frame.payload
     nv = len(vectors)
-    pre = zlib.crc32(payload[: len(payload) - nv], got[0])
+    pre = cur.split_crc(frame, nv)  # (the cursor's check computed it: LogCursor.split)
+    if pre is None:
+        pre = zlib.crc32(payload[: len(payload) - nv], got[0])
     return F.crc32_combine(pre, 0, nv) ^ got[1]
 
 

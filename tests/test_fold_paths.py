@@ -360,6 +360,39 @@ def test_vector_blocks_are_recorded_with_their_crc(tmp_path):
         assert (len(data), zlib.crc32(data)) == (size, crc), name
 
 
+def test_the_cursor_keeps_the_crc_before_each_vector_block(tmp_path):
+    # With LogCursor.split set, the check of an add frame keeps the CRC-32 of
+    # what precedes its vector block, so the fold derives the block's CRC-32
+    # without reading the documents a second time; frames of other kinds, and
+    # a tail of another length, are not answered.
+    from mmwal._fsutil import Paths
+    from mmwal._wal import LogCursor
+
+    path = str(tmp_path / "s")
+    with mmwal.Store(path, dim=DIM, durability="os", config=CFG) as s:
+        _add(s, list(range(0, 70)))
+        s.remove_many(["d3"])
+        _add(s, [300])
+    cur = LogCursor(Paths(path), 1, 1, mode="strict")
+    cur.split = 4 * DIM
+    seen = []
+    try:
+        for frame in cur.frames():
+            nv = frame.count * 4 * DIM
+            got = cur.split_crc(frame, nv)
+            if frame.kind != F.KIND_ADD:
+                assert got is None
+                continue
+            head = cur.frame_crc(frame)
+            assert head is not None
+            assert got == zlib.crc32(frame.payload[: len(frame.payload) - nv], head[0])
+            assert cur.split_crc(frame, nv + 4) is None
+            seen.append(frame.count)
+    finally:
+        cur.close()
+    assert seen == [70, 1]
+
+
 # ------------------------------------------------------------------ writeback hints
 class _Hints(mmwal._io.OSLayer):
     def __init__(self) -> None:
