@@ -894,11 +894,7 @@ def _fill_index(st: _Stream, h: np.ndarray, cap: int, parts: int, budget: int) -
             table[home[alone]] = rows[alone]
             rest = ~alone
             if rest.any():
-                got = _place_in_order(rows[rest], home[rest], slots, budget)
-                assert got is not None  # (its probes were counted above)
-                tab, _ = got
-                held = tab != _EMPTY
-                table[held] = tab[held]
+                _place_groups(table, rows[rest], home[rest], carry, slots)
         st.write(table)
     return total
 
@@ -924,6 +920,48 @@ def _carry(home: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
     np.minimum(low, 0, out=low)
     w -= low
     return counts, w
+
+
+def _place_groups(table: np.ndarray, rows: np.ndarray, home: np.ndarray, carry: np.ndarray,
+                  slots: int) -> None:
+    """Place ``rows`` (ascending) in ``table`` as inserting them one by one in row order
+    with linear probing does, in a part with fewer rows than slots.
+
+    ``carry`` is :func:`_carry`'s for every row of the part; ``rows`` are the
+    ones not alone (:func:`_fill_index`), whose probes never enter the slot
+    of an alone row.  A row's probes stay within its group: the rows whose
+    homes run on, in home order, while probes pass from each home into the
+    next (``carry`` of the slot before it is not 0, around the part).  Rows
+    of different groups never meet, so each round places the next row, in
+    row order, of every group at once, its probe steps as array steps.
+    """
+    mask = slots - 1
+    n = len(rows)
+    by_home = np.argsort(home, kind="stable")
+    hs = home[by_home]
+    new = np.empty(n, dtype=np.bool_)  # a group starts here (in home order)
+    new[0] = True
+    np.logical_and(hs[1:] != hs[:-1], carry[hs[1:] - 1] == 0, out=new[1:])
+    group_sorted = np.cumsum(new) - 1
+    if carry[(hs[0] - 1) & mask] > 0:  # the first group goes on from the last (around)
+        group_sorted[group_sorted == 0] = group_sorted[-1]
+    group = np.empty(n, dtype=np.int64)
+    group[by_home] = group_sorted
+    order = np.argsort(group, kind="stable")  # by group, rows ascending within one
+    g = group[order]
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    sizes = np.diff(np.append(starts, n))
+    taken = np.zeros(slots, dtype=np.bool_)
+    for k in range(int(sizes.max())):
+        at = order[starts[sizes > k] + k]  # the k-th row of every group that has one
+        pos = home[at]
+        while len(at):
+            busy = taken[pos]
+            free = pos[~busy]
+            taken[free] = True
+            table[free] = rows[at[~busy]]
+            at = at[busy]
+            pos = (pos[busy] + 1) & mask
 
 
 def _place_in_order(rows: np.ndarray, home: np.ndarray, slots: int, budget: int,

@@ -306,6 +306,23 @@ def test_index_is_the_one_sequential_insertion_gives(kind, n, parts):
             assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", range(300))
+def test_dense_small_tables_are_the_ones_sequential_insertion_gives(seed):
+    # Up to one row fewer than slots, homes drawn from a few slots or from all,
+    # so that groups of rows run on, meet at a slot, and wrap around the part:
+    # the rows that are not alone are placed a round of groups at a time.
+    rng = random.Random(seed)
+    cap = rng.choice([8, 16, 32, 64])
+    n = rng.randrange(1, cap)
+    homes = rng.sample(range(cap), rng.randrange(1, cap + 1))
+    h = np.array([rng.choice(homes) | (rng.getrandbits(8) << 16) for _ in range(n)],
+                 dtype=np.uint32)
+    want, want_probes = _reference_table(h, cap, 1, 10**9)
+    got, probes = _table(h, cap, 1, 10**9)
+    assert probes == want_probes
+    assert np.array_equal(got, want)
+
+
 def test_index_of_a_full_or_overfull_part():
     # every row in part 0 of 2 (top bit clear): 8 slots there
     cap, parts = 16, 2
