@@ -686,22 +686,28 @@ class _Builder:
         if len(self.pending) >= c:
             pending = self.pending
             full = len(pending) - len(pending) % c
-            for i in range(0, full, c):
-                self._flush_chunk(pending[i : i + c])
+            self._flush_chunks([pending[i : i + c] for i in range(0, full, c)])
             del pending[:full]
 
-    def _flush_chunk(self, docs: list[Any]) -> None:
-        raw = F.pack(docs)
-        self.max_chunk = max(self.max_chunk, len(raw))
-        comp = lz4.frame.compress(raw, compression_level=self.level, content_checksum=True,
-                                  store_size=True)
+    def _flush_chunks(self, chunks: list[list[Any]]) -> None:
+        """Write full chunks of documents: each packed and compressed, all in one write
+        (and their end offsets in one)."""
+        comps = []
+        for docs in chunks:
+            raw = F.pack(docs)
+            self.max_chunk = max(self.max_chunk, len(raw))
+            comps.append(lz4.frame.compress(raw, compression_level=self.level,
+                                            content_checksum=True, store_size=True))
         s = self.streams
-        s["docs.lz4"].write(comp)
-        s["docs_offsets.npy"].write(np.array([s["docs.lz4"].size], dtype="<u8"))
+        lz = s["docs.lz4"]
+        ends = np.cumsum(np.fromiter(map(len, comps), dtype="<u8", count=len(comps)),
+                         dtype="<u8") + np.uint64(lz.size)
+        lz.write(comps[0] if len(comps) == 1 else b"".join(comps))
+        s["docs_offsets.npy"].write(ends)
 
     def finish(self, ckpt_id: int, seq: int) -> dict[str, Any]:
         if self.pending:
-            self._flush_chunk(self.pending)
+            self._flush_chunks([self.pending])
             self.pending = []
         if self.rows != self.n:
             raise AssertionError(f"checkpoint build wrote {self.rows} rows, planned {self.n}")
