@@ -91,7 +91,7 @@ def unlink_released(paths: list[str]) -> list[str]:
     try:
         for p in paths:
             fd = -1
-            if len(_releasing) + len(kept) < RELEASE_MAX:
+            if len(_releasing) < RELEASE_MAX:
                 try:
                     fd = io.open(p, os.O_RDONLY | _O_CLOEXEC)
                     if io.fstat(fd).st_size < RELEASE_BYTES:
@@ -101,20 +101,18 @@ def unlink_released(paths: list[str]) -> list[str]:
                     if fd >= 0:
                         io.close(fd)
                     fd = -1
+            if fd >= 0:
+                with _release_mu:  # (listed at once: a forked child closes its copy)
+                    _releasing[fd] = io
+                kept.append(fd)
             try:
                 io.unlink(p)
             except FileNotFoundError:
                 missing.append(p)
             except OSError as exc:
-                if fd >= 0:
-                    io.close(fd)
                 raise _io.io_error(exc, "unlink", p) from None
-            if fd >= 0:
-                kept.append(fd)
     finally:
         if kept:
-            with _release_mu:
-                _releasing.update(dict.fromkeys(kept, io))
             try:
                 threading.Thread(target=_release, args=(kept,), name="mmwal-release",
                                  daemon=True).start()
