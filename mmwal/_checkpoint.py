@@ -85,6 +85,9 @@ _second = operator.itemgetter(1)
 #: Vector blocks of at least this many rows are written as they are (one write
 #: each, straight from the mapped log); smaller ones are joined first.
 _BLOCK_ROWS = 64
+#: Unaligned vector blocks up to this size are copied to aligned memory before
+#: their norms are computed (faster than numpy's buffered pass over them).
+_ALIGN_BYTES = 4 << 20
 #: Documents a fold hands to the fragment builder at once.
 _FOLD_STEP = 4096
 #: Log segments whose add records a fold keeps as views of their mappings
@@ -586,24 +589,27 @@ class _Builder:
         self.pending: list[Any] = []
         self.max_chunk = 0
         self.hashes: list[np.ndarray] = []  # CRC-32 of the ids added, per add call
+        self._align_buf: np.ndarray | None = None  # (_aligned)
 
     def add(self, ids: list[bytes], vecs: np.ndarray, docs: list[list[Any]]) -> None:
-        """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs."""
+        """Append rows: UTF-8 ids, a (k, dim) float32 block, [content, metadata] pairs
+        (decoded: every metadata a dict or None)."""
         if not ids:
             return
         self._add_vectors([vecs])
         self._add_ids(ids)
-        self.columns.add(list(map(_second, docs)))
+        self.columns.add_plain(list(map(_second, docs)))
         self._add_docs(docs)
 
     def add_columns(self, metas: list[Any]) -> bool:
-        """The metadata columns of rows :meth:`add_blocks` adds (the same rows, in order).
+        """The metadata columns of rows :meth:`add_blocks` adds (the same rows, in order;
+        decoded: every metadata a dict or None).
 
         Returns True when the metadata turned out flat on the way (nil or maps
         of str keys without arrays or maps as values: nothing for
         ``F.metas_problem`` to refuse), False when that is not known.
         """
-        return self.columns.add(metas)
+        return self.columns.add_plain(metas)
 
     def add_blocks(self, ids: list[bytes], blocks: list[np.ndarray], contents: list[str],
                    metas: list[Any], crcs: list[int | None] | None = None,
@@ -630,6 +636,11 @@ class _Builder:
             if v.dtype != np.dtype("<f4") or not v.flags.c_contiguous:
                 v = np.ascontiguousarray(v, dtype="<f4")
                 crc = None
+            elif not v.flags.aligned and v.nbytes <= _ALIGN_BYTES:
+                # A view of the log at any offset: numpy sums an unaligned block
+                # through small buffered copies; one copy to aligned memory costs
+                # less (the same bytes, the same norms).
+                v = self._aligned(v)
             emb.write(v, crc)
             norms.append(row_norms(v))  # as the Reader's tail computes them
 
@@ -644,6 +655,15 @@ class _Builder:
         if small:
             put(small[0] if len(small) == 1 else np.concatenate(small))
         self.streams["norms.npy"].write(norms[0] if len(norms) == 1 else np.concatenate(norms))
+
+    def _aligned(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (C-contiguous float32, at most :data:`_ALIGN_BYTES`) copied to aligned
+        memory the builder reuses: valid until the next call."""
+        if self._align_buf is None:
+            self._align_buf = np.empty(_ALIGN_BYTES // 4, dtype="<f4")
+        out: np.ndarray = self._align_buf[: v.size].reshape(v.shape)
+        np.copyto(out, v)
+        return out
 
     def _add_ids(self, ids: list[bytes], hashes: list[np.ndarray] | None = None) -> None:
         k = len(ids)
@@ -666,22 +686,28 @@ class _Builder:
         if len(self.pending) >= c:
             pending = self.pending
             full = len(pending) - len(pending) % c
-            for i in range(0, full, c):
-                self._flush_chunk(pending[i : i + c])
+            self._flush_chunks([pending[i : i + c] for i in range(0, full, c)])
             del pending[:full]
 
-    def _flush_chunk(self, docs: list[Any]) -> None:
-        raw = F.pack(docs)
-        self.max_chunk = max(self.max_chunk, len(raw))
-        comp = lz4.frame.compress(raw, compression_level=self.level, content_checksum=True,
-                                  store_size=True)
+    def _flush_chunks(self, chunks: list[list[Any]]) -> None:
+        """Write full chunks of documents: each packed and compressed, all in one write
+        (and their end offsets in one)."""
+        comps = []
+        for docs in chunks:
+            raw = F.pack(docs)
+            self.max_chunk = max(self.max_chunk, len(raw))
+            comps.append(lz4.frame.compress(raw, compression_level=self.level,
+                                            content_checksum=True, store_size=True))
         s = self.streams
-        s["docs.lz4"].write(comp)
-        s["docs_offsets.npy"].write(np.array([s["docs.lz4"].size], dtype="<u8"))
+        lz = s["docs.lz4"]
+        ends = np.cumsum(np.fromiter(map(len, comps), dtype="<u8", count=len(comps)),
+                         dtype="<u8") + np.uint64(lz.size)
+        lz.write(comps[0] if len(comps) == 1 else b"".join(comps))
+        s["docs_offsets.npy"].write(ends)
 
     def finish(self, ckpt_id: int, seq: int) -> dict[str, Any]:
         if self.pending:
-            self._flush_chunk(self.pending)
+            self._flush_chunks([self.pending])
             self.pending = []
         if self.rows != self.n:
             raise AssertionError(f"checkpoint build wrote {self.rows} rows, planned {self.n}")
@@ -874,11 +900,7 @@ def _fill_index(st: _Stream, h: np.ndarray, cap: int, parts: int, budget: int) -
             table[home[alone]] = rows[alone]
             rest = ~alone
             if rest.any():
-                got = _place_in_order(rows[rest], home[rest], slots, budget)
-                assert got is not None  # (its probes were counted above)
-                tab, _ = got
-                held = tab != _EMPTY
-                table[held] = tab[held]
+                _place_groups(table, rows[rest], home[rest], carry, slots)
         st.write(table)
     return total
 
@@ -904,6 +926,48 @@ def _carry(home: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
     np.minimum(low, 0, out=low)
     w -= low
     return counts, w
+
+
+def _place_groups(table: np.ndarray, rows: np.ndarray, home: np.ndarray, carry: np.ndarray,
+                  slots: int) -> None:
+    """Place ``rows`` (ascending) in ``table`` as inserting them one by one in row order
+    with linear probing does, in a part with fewer rows than slots.
+
+    ``carry`` is :func:`_carry`'s for every row of the part; ``rows`` are the
+    ones not alone (:func:`_fill_index`), whose probes never enter the slot
+    of an alone row.  A row's probes stay within its group: the rows whose
+    homes run on, in home order, while probes pass from each home into the
+    next (``carry`` of the slot before it is not 0, around the part).  Rows
+    of different groups never meet, so each round places the next row, in
+    row order, of every group at once, its probe steps as array steps.
+    """
+    mask = slots - 1
+    n = len(rows)
+    by_home = np.argsort(home, kind="stable")
+    hs = home[by_home]
+    new = np.empty(n, dtype=np.bool_)  # a group starts here (in home order)
+    new[0] = True
+    np.logical_and(hs[1:] != hs[:-1], carry[hs[1:] - 1] == 0, out=new[1:])
+    group_sorted = np.cumsum(new) - 1
+    if carry[(hs[0] - 1) & mask] > 0:  # the first group goes on from the last (around)
+        group_sorted[group_sorted == 0] = group_sorted[-1]
+    group = np.empty(n, dtype=np.int64)
+    group[by_home] = group_sorted
+    order = np.argsort(group, kind="stable")  # by group, rows ascending within one
+    g = group[order]
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    sizes = np.diff(np.append(starts, n))
+    taken = np.zeros(slots, dtype=np.bool_)
+    for k in range(int(sizes.max())):
+        at = order[starts[sizes > k] + k]  # the k-th row of every group that has one
+        pos = home[at]
+        while len(at):
+            busy = taken[pos]
+            free = pos[~busy]
+            taken[free] = True
+            table[free] = rows[at[~busy]]
+            at = at[busy]
+            pos = (pos[busy] + 1) & mask
 
 
 def _place_in_order(rows: np.ndarray, home: np.ndarray, slots: int, budget: int,
@@ -965,10 +1029,13 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     # segments it folds, so a salvage mode here would discard acknowledged
     # records for good, silently.  Salvage is `mmwal repair`, which reports.
     cur = LogCursor(paths, start_seg, first_seq, mode="strict", stop_segment=end_seg)
+    cur.split = 4 * dim  # (the vector blocks' CRC-32: _block_crc)
 
     def reread(seg_id: int, next_seq: int, offset: int) -> LogCursor:
-        return LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
-                         stop_segment=end_seg)
+        again = LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
+                          stop_segment=end_seg)
+        again.split = 4 * dim
+        return again
 
     try:
         return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
@@ -1203,7 +1270,9 @@ def _block_crc(cur: LogCursor, frame: Any, vectors: Any) -> int | None:
         return None
     payload = frame.payload
     nv = len(vectors)
-    pre = zlib.crc32(payload[: len(payload) - nv], got[0])
+    pre = cur.split_crc(frame, nv)  # (the cursor's check computed it: LogCursor.split)
+    if pre is None:
+        pre = zlib.crc32(payload[: len(payload) - nv], got[0])
     return F.crc32_combine(pre, 0, nv) ^ got[1]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import threading
 from typing import Any
 
 from . import _io
@@ -18,6 +19,106 @@ from .errors import StorageIOError
 __all__ = ["Paths", "atomic_write", "boot_id", "read_file"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: Files at least this large are unlinked with a descriptor held
+#: (:func:`unlink_released`): the kernel frees a file's pages and blocks when
+#: its last reference goes, which for a 64 MiB log segment takes tens of ms.
+RELEASE_BYTES = 1 << 20
+#: At most this many descriptors of unlinked files wait to be closed at once.
+RELEASE_MAX = 16
+
+_release_mu = threading.Lock()
+_releasing: dict[int, Any] = {}  # descriptor of an unlinked file -> the layer to close it
+
+
+def _release(fds: list[int]) -> None:
+    """Close the descriptors ``unlink_released`` kept (a background thread)."""
+    for fd in fds:
+        with _release_mu:  # (a fork waits for the close under way: see _fork_*)
+            io = _releasing.pop(fd, None)
+            if io is not None:
+                try:
+                    io.close(fd)
+                except OSError:
+                    pass
+
+
+def release_pending() -> None:
+    """Close now every descriptor that :func:`unlink_released` left to a background thread."""
+    with _release_mu:
+        fds = list(_releasing)
+    _release(fds)
+
+
+def _fork_before() -> None:
+    _release_mu.acquire()
+
+
+def _fork_after_in_parent() -> None:
+    _release_mu.release()
+
+
+def _fork_after_in_child() -> None:
+    # The child's copies of the kept descriptors: closing them frees nothing
+    # (the parent still holds them), and the child never holds deleted files.
+    for fd, io in _releasing.items():
+        try:
+            io.close(fd)
+        except OSError:
+            pass
+    _releasing.clear()
+    _release_mu.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_fork_before, after_in_parent=_fork_after_in_parent,
+                        after_in_child=_fork_after_in_child)
+
+
+def unlink_released(paths: list[str]) -> list[str]:
+    """Unlink ``paths``; those missing already are returned (the others' errors raise).
+
+    The directory entries are gone when this returns; the pages and blocks of
+    a large file (:data:`RELEASE_BYTES`) are freed by a background thread:
+    its descriptor is held across the unlink and closed there, so the last
+    reference, and the freeing, goes off the caller's path.  When no
+    descriptor can be held (any error, or :data:`RELEASE_MAX` already wait)
+    the file is unlinked as it is, freed in place.
+    """
+    io = _io.layer
+    missing: list[str] = []
+    kept: list[int] = []
+    try:
+        for p in paths:
+            fd = -1
+            if len(_releasing) < RELEASE_MAX:
+                try:
+                    fd = io.open(p, os.O_RDONLY | _O_CLOEXEC)
+                    if io.fstat(fd).st_size < RELEASE_BYTES:
+                        io.close(fd)
+                        fd = -1
+                except OSError:
+                    if fd >= 0:
+                        io.close(fd)
+                    fd = -1
+            if fd >= 0:
+                with _release_mu:  # (listed at once: a forked child closes its copy)
+                    _releasing[fd] = io
+                kept.append(fd)
+            try:
+                io.unlink(p)
+            except FileNotFoundError:
+                missing.append(p)
+            except OSError as exc:
+                raise _io.io_error(exc, "unlink", p) from None
+    finally:
+        if kept:
+            try:
+                threading.Thread(target=_release, args=(kept,), name="mmwal-release",
+                                 daemon=True).start()
+            except RuntimeError:  # no new thread (interpreter shutdown): close here
+                _release(kept)
+    return missing
 
 
 def store_root(path: Any) -> str:

@@ -20,6 +20,7 @@ sequence of rows (dead rows included: ``dead`` masks them).
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -32,7 +33,7 @@ import numpy as np
 from . import _format as F
 from . import _io
 from ._checkpoint import CheckpointView, list_checkpoints, remove_entry
-from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file
+from ._fsutil import Paths, atomic_write, fsync_dir, list_segments, read_file, unlink_released
 from .errors import CorruptionError, FormatVersionError, MmwalError, StoreNotFoundError
 
 __all__ = ["Entry", "Version", "VersionView", "clean_orphans", "folded_past", "open_manifest",
@@ -345,17 +346,11 @@ def retire(paths: Paths, manifest: dict[str, Any], keep: int | None, *,
     """
     io = _io.layer
     replay_from = manifest["replay_segment"] if segments else 0
-    removed = False
-    for s in list_segments(paths):  # ascending: what is left stays contiguous
-        if s >= replay_from:
-            break
-        try:
-            io.unlink(paths.segment(s))
-            removed = True
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _io.io_error(exc, "unlink", paths.segment(s)) from None
+    # Ascending: what is left stays contiguous.  Their blocks are freed off
+    # this path (unlink_released): gone from the directory all the same.
+    old = [paths.segment(s) for s in itertools.takewhile(replay_from.__gt__,
+                                                          list_segments(paths))]
+    removed = len(unlink_released(old)) < len(old)
     # wal/.tmp-* are left alone here: a writer may be rolling right now (under
     # the append lock, which we do not hold); writers remove them on rebuild.
     if removed:

@@ -235,6 +235,10 @@ class LogCursor:
         self.problems: list[tuple[str, int, str]] = []
         self._map: _Mapped | None = None
         self.done = False  # point-in-time stopped for good
+        # Bytes per document ending an add frame's payload (its vector block,
+        # 4 * dim) whose CRC-32 a caller derives (:meth:`split_crc`); 0: none.
+        self.split = 0
+        self._split_at: tuple[str, int, int, int] | None = None  # path, offset, tail, CRC
         # Segments from stop_segment on are not read (a checkpoint folds only
         # sealed segments and must not look at the active one, which writers
         # are appending to while it holds no lock).
@@ -248,6 +252,29 @@ class LogCursor:
         if self._map is not None:
             self._map.close()
             self._map = None
+
+    def _check_split(self, mv: memoryview, off: int, end: int, tail: int, seed: int,
+                     crc: int, path: str) -> bool:
+        """The CRC check of the frame at ``off``, in two parts: the payload's last ``tail``
+        bytes apart; the CRC-32 before them is kept for :meth:`split_crc`."""
+        pre = _crc32(mv[off + 32 : end - tail], _crc32(mv[off : off + 24], seed))
+        if _crc32(mv[end - tail : end], pre) != crc:
+            return False
+        self._split_at = (path, off, tail, pre)
+        return True
+
+    def split_crc(self, frame: RawFrame, tail: int) -> int | None:
+        """The CRC-32 over the seed, the covered header and the payload but its last
+        ``tail`` bytes, of the add frame this cursor yielded last (None: not known).
+
+        Known when :attr:`split` times the frame's count is ``tail``: the check
+        of the frame computed it on its way.  With :meth:`frame_crc`, the
+        CRC-32 of those last bytes follows without reading them again.
+        """
+        at = self._split_at
+        if at is None or at[0] != frame.path or at[1] != frame.offset or at[2] != tail:
+            return None
+        return at[3]
 
     def frame_crc(self, frame: RawFrame) -> tuple[int, int] | None:
         """``(CRC-32 over the seed and the frame's 24 covered header bytes, its CRC field)``.
@@ -318,6 +345,7 @@ class LogCursor:
             seed = m.seed
             path = m.path
             expect = self.next_seq
+            split = self.split
             while True:
                 if bulk:
                     # Single-document add frames, scanned in a loop that only
@@ -365,8 +393,10 @@ class LogCursor:
                             and n <= _MAX_PAYLOAD and not (flags or res or res2)
                             and (kind == 1 or (count == 1 and kind in (2, 3)))
                             and 1 <= count <= max(n, 1)
-                            and _crc32(mv[off + 32 : end], _crc32(mv[off : off + 24], seed))
-                            == crc):
+                            and (_crc32(mv[off + 32 : end], _crc32(mv[off : off + 24], seed))
+                                 == crc if not split or kind != 1 or count * split > n
+                                 else self._check_split(mv, off, end, count * split, seed, crc,
+                                                        path))):
                         yield RawFrame(kind, first, count, mv[off + 32 : end], path, off)
                         expect = first + count
                         self.next_seq = expect

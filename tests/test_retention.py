@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -25,3 +26,66 @@ def test_keep_checkpoints_counts(tmp_path, keep):
             assert sorted(int(n) for n in names if n.isdigit()) == list(range(1, i + 2))
     with mmwal.Reader(tmp_path / "s") as r:
         assert len(r) == 6
+
+
+def _deleted_segments_held() -> dict[int, str]:
+    """This process's descriptors of deleted log segments, and their targets."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(".seg (deleted)"):
+            out[int(fd)] = target
+    return out
+
+
+def _store_over_segments(path: str) -> None:
+    cfg = mmwal.Config(auto_compact=False, auto_checkpoint=False, segment_bytes=8192)
+    with mmwal.Store(path, dim=8, durability="os", config=cfg) as s:
+        for i in range(60):
+            s.add(f"d{i}", np.full(8, i, dtype=np.float32), content="x" * 1000)
+    assert len(os.listdir(os.path.join(path, "wal"))) >= 3
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptor listing: Linux")
+def test_retired_segments_go_at_once_and_their_descriptors_after(tmp_path, monkeypatch):
+    # A checkpoint unlinks the segments it folded before it returns; the blocks
+    # of a large one are freed by a background close of a descriptor held
+    # across the unlink, which never outlives release_pending().
+    from mmwal import _fsutil
+
+    path = str(tmp_path / "s")
+    _store_over_segments(path)
+    gate = threading.Event()
+    real = _fsutil._release
+    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)  # every segment counts as large
+    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
+    try:
+        with mmwal.Store(path, durability="os") as s:
+            s.checkpoint()
+            segs = [n for n in os.listdir(os.path.join(path, "wal")) if n.endswith(".seg")]
+            assert len(segs) == 1  # (the segment the roll opened)
+            held = set(_fsutil._releasing)
+            assert 0 < len(held) <= _fsutil.RELEASE_MAX
+            assert held <= set(_deleted_segments_held())
+            if hasattr(os, "fork"):
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the child holds none of them
+                    os.write(w, str(len(held & set(_deleted_segments_held()))).encode())
+                    os._exit(0)
+                os.close(w)
+                got = os.read(r, 32)
+                os.close(r)
+                os.waitpid(pid, 0)
+                assert got == b"0"
+                assert held <= set(_deleted_segments_held())  # (the parent's stay)
+    finally:
+        gate.set()
+        _fsutil.release_pending()
+    assert not _fsutil._releasing
+    assert not held & set(_deleted_segments_held())
+    with mmwal.Reader(path) as rd:
+        assert len(rd) == 60

@@ -155,6 +155,42 @@ def _assert_columns_equal(got, want):
                     np.testing.assert_array_equal(g, w)
 
 
+# Rows of one shape (the same keys, in any order), now and then a row with a key
+# more or less, or None: the shapes a batch of documents usually has.
+shaped_metadatas = st.tuples(
+    st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True),
+    st.lists(st.tuples(st.lists(meta_values, min_size=3, max_size=3), st.booleans(),
+                       st.integers(0, 9)), max_size=12),
+).map(lambda shape_rows: [
+    None if odd == 0 else
+    dict(zip(shape[::-1] if flip else shape, vals)) if odd > 2 else
+    dict(zip([*shape, "extra"], vals)) if odd == 1 else
+    dict(zip(shape[1:], vals))
+    for vals, flip, odd in shape_rows[1]
+    for shape in [shape_rows[0]]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(shaped_metadatas, metadatas), st.lists(st.integers(0, 12), max_size=3))
+def test_add_plain_equals_the_row_by_row_path(metas, cuts):
+    """add_plain (array steps per key) builds what the row-by-row path builds, keys in
+    first-seen order, and says flat exactly when no key is a container."""
+    import types
+
+    plain, by_row = W.ColumnBuilder(), W.ColumnBuilder()
+    start = 0
+    flat = True
+    for cut in [*sorted(cuts), len(metas)]:
+        part = metas[start:cut]
+        flat = plain.add_plain(part) and flat
+        by_row.add([types.MappingProxyType(m) if m is not None else None for m in part])
+        start = max(start, cut)
+    got, want = plain.finish(), by_row.finish()
+    assert list(got) == list(want)  # (the order columns.bin lists the keys in)
+    _assert_columns_equal(got, want)
+    assert flat == all(type(v) not in (list, dict) for m in metas if m for v in m.values())
+
+
 @settings(max_examples=150, deadline=None)
 @given(metadatas)
 def test_column_layout_invariants(metas):

@@ -606,7 +606,7 @@ class _KeyBuilder:
         self.bool_rows = array("q")
         self.bool_vals = array("b")
         self.str_rows = array("q")
-        self.str_codes = array("i")  # provisional codes, in order of first appearance
+        self.str_codes = array("i")  # provisional codes (str_ids), ranked by finish()
         self.str_ids: dict[str, int] = {}
         self.other_rows = array("q")
 
@@ -626,13 +626,13 @@ _OTHER_TYPES = frozenset((list, dict, type(None), bytes))
 
 def _append_kind(kb: _KeyBuilder, t: type, rows: np.ndarray, vals: list[Any]) -> bool:
     """Append ``vals`` (all of exact type ``t``) at ``rows``; False if ``t`` needs the slow way."""
-    r = array("q", rows.astype(np.int64).tobytes())
+    r = rows.astype(np.int64, copy=False).tobytes()
     if t is str:
         ids = kb.str_ids
-        for v in dict.fromkeys(vals):  # each distinct string once
-            if v not in ids:
-                ids[v] = len(ids)
-        kb.str_rows.extend(r)
+        new = set(vals).difference(ids)  # each string not seen before, once
+        if new:  # (provisional codes: finish() ranks the strings)
+            ids.update(zip(new, itertools.count(len(ids))))
+        kb.str_rows.frombytes(r)
         kb.str_codes.extend(array("i", map(ids.__getitem__, vals)))
         return True
     if t is int:
@@ -640,19 +640,19 @@ def _append_kind(kb: _KeyBuilder, t: type, rows: np.ndarray, vals: list[Any]) ->
             got = array("q", vals)  # OverflowError beyond int64: those are "other"
         except OverflowError:
             return False
-        kb.int_rows.extend(r)
+        kb.int_rows.frombytes(r)
         kb.int_vals.extend(got)
         return True
     if t is float:
-        kb.float_rows.extend(r)
+        kb.float_rows.frombytes(r)
         kb.float_vals.extend(array("d", vals))
         return True
     if t is bool:
-        kb.bool_rows.extend(r)
+        kb.bool_rows.frombytes(r)
         kb.bool_vals.extend(array("b", vals))
         return True
     if t in _OTHER_TYPES:
-        kb.other_rows.extend(r)
+        kb.other_rows.frombytes(r)
         return True
     return False
 
@@ -675,6 +675,35 @@ def _append_one(kb: _KeyBuilder, row: int, v: Any) -> None:
         kb.bool_vals.append(v)
     else:
         kb.other_rows.append(row)
+
+
+def _values_of(key: str, rows_of: list[dict[str, Any]]) -> tuple[list[Any], bool]:
+    """The values of ``key`` in every row (:data:`_ABSENT` where a row lacks it), and
+    whether some row lacks it."""
+    try:  # every row holds the key (the common case): no marker to look for
+        return list(map(operator.itemgetter(key), rows_of)), False
+    except KeyError:
+        return list(map(operator.methodcaller("get", key, _ABSENT), rows_of)), True
+
+
+def _same_keys(rows_of: list[dict[str, Any]]) -> list[tuple[Any, list[Any], bool]] | None:
+    """``(key, values, False)`` per key when every row holds the keys of the first row
+    and no other (the common case: rows of one shape), in that order; else None.
+
+    Every row holding the first row's ``k`` keys and ``k`` keys in all has
+    exactly those keys, so they are the keys in first-seen order.
+    """
+    first = rows_of[0] if rows_of else _NO_KEYS
+    k = len(first)
+    if not k:
+        return None
+    try:
+        out = [(key, list(map(operator.itemgetter(key), rows_of)), False) for key in first]
+    except KeyError:
+        return None
+    if sum(map(len, rows_of)) != k * len(rows_of):
+        return None
+    return out
 
 
 class ColumnBuilder:
@@ -745,6 +774,14 @@ class ColumnBuilder:
         self.n = row
         return False
 
+    def add_plain(self, metas: list[dict[str, Any] | None]) -> bool:
+        """:meth:`add` of a list whose entries are all dicts or None (checked already).
+
+        For a caller that checked the types on its way (a decoder): the same
+        rows and return value as :meth:`add`, without checking them again.
+        """
+        return self._add_plain(metas)
+
     def _add_plain(self, metas: list[dict[str, Any] | None]) -> bool:
         """:meth:`add` for plain dicts (what a checkpoint feeds): a few C-level passes per key.
 
@@ -756,18 +793,16 @@ class ColumnBuilder:
         """
         n0, n = self.n, len(metas)
         rows_of = [m or _NO_KEYS for m in metas]
-        keys = dict.fromkeys(itertools.chain.from_iterable(rows_of))  # first-seen order
-        flat = _STR_ONLY.issuperset(map(type, keys))
-        for key in keys:
+        columns = _same_keys(rows_of)
+        if columns is None:
+            keys = dict.fromkeys(itertools.chain.from_iterable(rows_of))  # first-seen order
+            columns = [(key, *_values_of(key, rows_of)) for key in keys]
+        flat = _STR_ONLY.issuperset(type(c[0]) for c in columns)
+        every_row: np.ndarray | None = None
+        for key, vals, some_absent in columns:
             kb = self._keys.get(key)
             if kb is None:
                 kb = self._keys[key] = _KeyBuilder()
-            try:  # every row holds the key (the common case): no marker to look for
-                vals = list(map(operator.itemgetter(key), rows_of))
-                some_absent = False
-            except KeyError:
-                vals = list(map(operator.methodcaller("get", key, _ABSENT), rows_of))
-                some_absent = True
             kinds = set(map(type, vals))
             kinds.discard(_Absent)
             if flat and not kinds.isdisjoint(_CONTAINERS):
@@ -779,7 +814,9 @@ class ColumnBuilder:
                     rows = np.flatnonzero(np.array(mask, dtype=np.bool_)) + n0
                     held = list(itertools.compress(vals, mask))
                 else:
-                    rows = np.arange(n0, n0 + n, dtype=np.int64)
+                    if every_row is None:
+                        every_row = np.arange(n0, n0 + n, dtype=np.int64)
+                    rows = every_row
                     held = vals
                 if _append_kind(kb, t, rows, held):
                     continue
@@ -807,7 +844,7 @@ class ColumnBuilder:
                     kc[kind] = (values, present)  # type: ignore[literal-required]
             if kb.str_rows:
                 dictionary = sorted(kb.str_ids)
-                # provisional code (first appearance) -> rank in the sorted dictionary
+                # provisional code -> rank in the sorted dictionary
                 remap = np.empty(len(dictionary), dtype=np.int32)
                 remap[np.fromiter(kb.str_ids.values(), dtype=np.int64, count=len(kb.str_ids))] \
                     = np.fromiter((bisect.bisect_left(dictionary, s) for s in kb.str_ids),
