@@ -47,6 +47,8 @@ SEARCH_ROWS = 65536
 _ALIVE = np.iinfo(np.int64).max  # death position of a row that has not died
 #: Bytes of vectors added since the last flush at which the tail computes their norms.
 _FLUSH_BYTES = 16 << 20
+#: Ids looked up in the version at once by a flush (_Tail._look_up).
+_LOOKUP_IDS = 16384
 
 
 class _TailDocs:
@@ -133,6 +135,10 @@ class _Tail:
         # computed per flush (one pass over the new rows), not per record.
         self.flushed = 0  # rows whose norms are in ``norms``
         self.presized = False  # sized for the log once (Reader._apply_frames)
+        # Ids new to the tail whose version rows (if any) die, not looked up
+        # yet: looked up together at the next flush, before any snapshot.
+        self.unlooked: list[str] = []
+        self.unlooked_in: VersionView | None = None
 
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` more rows (a hint: appends grow the arrays anyway)."""
@@ -165,11 +171,34 @@ class _Tail:
         return self.vecs[self.n : self.n + count]
 
     def flush(self) -> None:
-        """Compute the norms of the rows added since the last flush (before a snapshot)."""
+        """Bring the columns up to date (before a snapshot): the norms of the rows added
+        since the last flush, and the version rows that new ids of the tail kill."""
         a, b = self.flushed, self.n
         if a < b:
             self.norms[a:b] = _row_norms(self.vecs[a:b])
             self.flushed = b
+        if self.unlooked:
+            self._look_up()
+
+    def _look_up(self) -> None:
+        """Record the version rows that the ids in :attr:`unlooked` replace, in their order.
+
+        The lookups of many add records are made at once (one
+        :meth:`VersionView.lookup_many` per :data:`_LOOKUP_IDS` ids): a row's
+        place among the version rows that die matters only to snapshots,
+        and none is taken before this runs.
+        """
+        keys, ckpt = self.unlooked, self.unlooked_in
+        self.unlooked, self.unlooked_in = [], None
+        if ckpt is None or self.cleared:
+            return
+        ckpt_death, ckpt_deaths = self.ckpt_death, self.ckpt_deaths
+        for lo in range(0, len(keys), _LOOKUP_IDS):
+            found = ckpt.lookup_many([k.encode("utf-8") for k in keys[lo : lo + _LOOKUP_IDS]])
+            for crow in found[found >= 0].tolist():
+                if crow not in ckpt_death:
+                    ckpt_death[crow] = len(ckpt_deaths)
+                    ckpt_deaths.append(crow)
 
     def _kill_tail_row(self, row: int) -> None:
         if self.death[row] == _ALIVE:
@@ -220,14 +249,14 @@ class _Tail:
         rows = dict(zip(ids, range(n0, n0 + count)))
         if len(rows) == count and newest.keys().isdisjoint(rows):
             # Only new ids: no tail row dies.  The version rows they replace
-            # die in the order of the ids (looked up all at once).
+            # die in the order of the ids, looked up with those of the next
+            # runs at the next flush (_look_up).
             if ckpt is not None and not self.cleared:
-                found = ckpt.lookup_many([k.encode("utf-8") for k in ids])
-                ckpt_death, ckpt_deaths = self.ckpt_death, self.ckpt_deaths
-                for crow in found[found >= 0].tolist():
-                    if crow not in ckpt_death:
-                        ckpt_death[crow] = len(ckpt_deaths)
-                        ckpt_deaths.append(crow)
+                if self.unlooked_in is not ckpt:
+                    if self.unlooked:
+                        self._look_up()
+                    self.unlooked_in = ckpt
+                self.unlooked.extend(ids)
             prev.extend(itertools.repeat(-1, count))  # before newest: see Snapshot._tail_row
             newest.update(rows)
         else:
@@ -275,6 +304,7 @@ class _Tail:
         t = copy.copy(self)
         t.ckpt_deaths = []
         t.ckpt_death = {}
+        t.unlooked = []  # (empty after the flush; not shared with this tail)
         for row in self.ckpt_deaths:
             nr = new.lookup(old.id_at(row).encode("utf-8"))
             if nr < 0 or nr in t.ckpt_death:

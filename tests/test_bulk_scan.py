@@ -378,3 +378,32 @@ def test_replay_bulk_scan_over_a_damaged_frame(tmp_path, monkeypatch, recovery):
     got = _replayed(tmp_path, monkeypatch, 1024, recovery=recovery)
     assert got == _replayed(tmp_path, monkeypatch, 0, recovery=recovery)
     assert ("a30" in [op[2] for op in got]) is False
+
+
+def test_version_rows_replaced_by_the_tail_in_many_runs(tmp_path, monkeypatch):
+    # The version rows that new ids of the tail replace are looked up in
+    # batches that span runs (and split by _LOOKUP_IDS), yet every snapshot
+    # counts each of them dead once it holds the record that replaced it.
+    from mmwal import _snapshot
+
+    monkeypatch.setattr(_reader, "_BULK", 32)
+    monkeypatch.setattr(_snapshot, "_LOOKUP_IDS", 50)
+    with mmwal.Store(tmp_path, dim=DIM, durability="os") as s:
+        s.add_many([f"k{i}" for i in range(300)], np.zeros((300, DIM)))
+        s.checkpoint()
+        for i in range(0, 300, 2):  # 150 single-document replacements
+            s.add(f"k{i}", np.full(DIM, i))
+        with mmwal.Reader(tmp_path) as r:
+            assert len(r) == 300 and r.get("k2").embedding.tolist() == [2.0] * DIM
+            snap = r.snapshot()
+            for i in range(1, 81, 2):
+                s.add(f"k{i}", np.full(DIM, i))
+            s.add("new", np.ones(DIM))
+            r.refresh()
+            assert len(snap) == 300 and len(r) == 301
+            assert sorted(r.ids) == sorted([f"k{i}" for i in range(300)] + ["new"])
+            assert r.get("k3").embedding.tolist() == [3.0] * DIM
+            assert snap.get("k3").embedding.tolist() == [0.0] * DIM
+            assert r.embeddings.shape == (301, DIM) and snap.embeddings.shape == (300, DIM)
+            got = r.search(np.full(DIM, 3.0), k=301, metric="l2")
+            assert len(got) == 301 and len({h.id for h in got}) == 301
