@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fragments", type=int, default=8, help="fragments of the multi-fragment "
                     "stores (default 8 = Config.max_fragments)")
     ap.add_argument("--repeats", type=int, help="measured runs per case (default 3 for ckpt "
-                    "and fold, 5 for open, refresh and tail; --quick 1)")
+                    "and fold, 5 for refresh and tail, 15 for open; --quick 1)")
     ap.add_argument("--queries", type=int, help="single queries (default 30; --quick 5)")
     ap.add_argument("--batch", type=int, default=16, help="queries per batch (default 16)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -110,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.queries = a.queries or (5 if q else 30)
     a.rep_heavy = a.repeats or (1 if q else 3)
     a.rep_light = a.repeats or (1 if q else 5)
+    # An open takes about a millisecond: one scheduler hiccup doubles a run,
+    # so the open case takes more runs.
+    a.rep_open = a.repeats or (1 if q else 15)
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     bad = set(a.sections) - set(SECTIONS)
     if bad:
@@ -705,8 +708,8 @@ def case_open(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
              (f"{W.fmt_n(big)}, {a.fragments} fragments", st.frag(big))]
     res: dict[str, Any] = {}
     for label, path in cases:
-        log(f"open: {label}, 1 + {a.rep_light} fresh processes")
-        res[label] = _opens(a, path, "doc-1", a.rep_light)
+        log(f"open: {label}, 1 + {a.rep_open} fresh processes")
+        res[label] = _opens(a, path, "doc-1", a.rep_open)
     base = res[cases[0][0]]["open_s"]["median"]
     rows = []
     for label, _ in cases:
@@ -725,7 +728,7 @@ def case_open(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
                     "then get(id)", "then first search (1 query)", "then `r.embeddings`"],
                    rows),
         "",
-        f"Fresh process per run (1 unmeasured + {a.rep_light} measured, median), page cache "
+        f"Fresh process per run (1 unmeasured + {a.rep_open} measured, median), page cache "
         "warm; timed: `mmwal.Reader(path)` + `len(r)`. The next columns are timed after it, "
         "in the same process: `get`, one exact top-10 search, and `r.embeddings` (a copy "
         "of the live rows when the version has more than one fragment). Target: "
