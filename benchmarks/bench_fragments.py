@@ -500,10 +500,22 @@ def case_ckpt(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
         "remove_largest_vs_smallest": ratio_rm, "remove_met": ratio_rm <= 1.5,
     }
     if a.lance:
+        def total(n: int, name: str) -> float:
+            return S[n][name]["write_s"]["median"] + c(n, name)
+
         tg["lance_over_mmwal_add_largest"] = c(big, "lance-add") / c(big, "mmwal-add")
         tg["lance_over_mmwal_remove_largest"] = c(big, "lance-delete") / c(big, "mmwal-remove")
-        tg["vs_lance_met"] = (tg["lance_over_mmwal_add_largest"] >= 1
-                              and tg["lance_over_mmwal_remove_largest"] >= 1)
+        # Like for like: the two split the same work differently between the
+        # write and the step (LanceDB's delete looks the ids up and writes
+        # its deletion files, leaving optimize() nothing; its add writes the
+        # data file), so the verdict compares write + step.
+        tg["lance_over_mmwal_add_total"] = total(big, "lance-add") / total(big, "mmwal-add")
+        tg["lance_over_mmwal_remove_total"] = (total(big, "lance-delete")
+                                               / total(big, "mmwal-remove"))
+        tg["step_alone_met"] = (tg["lance_over_mmwal_add_largest"] >= 1
+                                and tg["lance_over_mmwal_remove_largest"] >= 1)
+        tg["vs_lance_met"] = (tg["lance_over_mmwal_add_total"] >= 1
+                              and tg["lance_over_mmwal_remove_total"] >= 1)
     tg["met"] = tg["add_met"] and tg["remove_met"] and tg.get("vs_lance_met", True)
     res["target"] = tg
 
@@ -540,10 +552,15 @@ def case_ckpt(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
         f"Targets: mmwal at {W.fmt_n(big)} ≤ 1.5× mmwal at {W.fmt_n(small)} → adds "
         f"**{ratio_add:.2f}×, {v(tg['add_met'])}**, removes **{ratio_rm:.2f}×, "
         f"{v(tg['remove_met'])}**" + (
-            f"; mmwal ≤ LanceDB at {W.fmt_n(big)} → LanceDB/mmwal "
-            f"**{tg['lance_over_mmwal_add_largest']:.2f}×** (adds), "
-            f"**{tg['lance_over_mmwal_remove_largest']:.2f}×** (removes), "
-            f"**{v(tg['vs_lance_met'])}**." if a.lance else "."),
+            f"; mmwal ≤ LanceDB at {W.fmt_n(big)}, like for like (write + step: LanceDB's "
+            "`delete` does the lookups and writes the deletion files that mmwal's checkpoint "
+            "writes, its `add` the data file) → LanceDB/mmwal "
+            f"**{tg['lance_over_mmwal_add_total']:.2f}×** (adds), "
+            f"**{tg['lance_over_mmwal_remove_total']:.2f}×** (removes), "
+            f"**{v(tg['vs_lance_met'])}**; the step alone (checkpoint against `optimize()`): "
+            f"{tg['lance_over_mmwal_add_largest']:.2f}× (adds), "
+            f"{tg['lance_over_mmwal_remove_largest']:.2f}× (removes), "
+            f"{v(tg['step_alone_met'])}." if a.lance else "."),
     ]
     return res, "\n".join(md)
 
