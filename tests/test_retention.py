@@ -89,3 +89,34 @@ def test_retired_segments_go_at_once_and_their_descriptors_after(tmp_path, monke
     assert not held & set(_deleted_segments_held())
     with mmwal.Reader(path) as rd:
         assert len(rd) == 60
+
+
+def test_unlink_released_closes_once_when_close_reports_an_error(tmp_path):
+    # close(2) frees the descriptor even when it reports an error (EINTR, EIO):
+    # closing the number again could close a file another thread opened since.
+    import errno
+
+    from mmwal import _fsutil, _io
+
+    closes: list[int] = []
+
+    class CloseFails(_io.OSLayer):
+        def __init__(self) -> None:
+            super().__init__()
+
+            def close(fd: int) -> None:
+                closes.append(fd)
+                os.close(fd)
+                raise OSError(errno.EIO, "close reported an error")
+
+            self.close = close
+
+    p = tmp_path / "small.seg"
+    p.write_bytes(b"x" * 10)
+    old = _io.set_layer(CloseFails())
+    try:
+        assert _fsutil.unlink_released([str(p)]) == []
+    finally:
+        _io.set_layer(old)
+    assert not p.exists()
+    assert len(closes) == len(set(closes)) == 1
