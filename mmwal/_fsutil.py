@@ -75,6 +75,38 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_fork_after_in_child)
 
 
+def _hold_if_large(io: _io.OSLayer, path: str) -> int:
+    """A descriptor of ``path`` if it is at least :data:`RELEASE_BYTES` long, else -1.
+
+    Every other outcome closes what it opened exactly once: close(2) frees
+    the number even when it reports an error, and a second close could hit a
+    file another thread has opened under that number since.
+    """
+    try:
+        fd = io.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        large = io.fstat(fd).st_size >= RELEASE_BYTES
+    except OSError:
+        large = False
+    except BaseException:
+        _close_quietly(io, fd)
+        raise
+    if not large:
+        _close_quietly(io, fd)
+        return -1
+    return fd
+
+
+def _close_quietly(io: _io.OSLayer, fd: int) -> None:
+    """Close ``fd`` once; an error reported by close is ignored (the number is freed)."""
+    try:
+        io.close(fd)
+    except OSError:
+        pass
+
+
 def unlink_released(paths: list[str]) -> list[str]:
     """Unlink ``paths``; those missing already are returned (the others' errors raise).
 
@@ -90,17 +122,7 @@ def unlink_released(paths: list[str]) -> list[str]:
     kept: list[int] = []
     try:
         for p in paths:
-            fd = -1
-            if len(_releasing) < RELEASE_MAX:
-                try:
-                    fd = io.open(p, os.O_RDONLY | _O_CLOEXEC)
-                    if io.fstat(fd).st_size < RELEASE_BYTES:
-                        io.close(fd)
-                        fd = -1
-                except OSError:
-                    if fd >= 0:
-                        io.close(fd)
-                    fd = -1
+            fd = _hold_if_large(io, p) if len(_releasing) < RELEASE_MAX else -1
             if fd >= 0:
                 with _release_mu:  # (listed at once: a forked child closes its copy)
                     _releasing[fd] = io
