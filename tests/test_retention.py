@@ -120,3 +120,58 @@ def test_unlink_released_closes_once_when_close_reports_an_error(tmp_path):
         _io.set_layer(old)
     assert not p.exists()
     assert len(closes) == len(set(closes)) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_drops_kept_descriptors_without_the_layer(tmp_path, monkeypatch):
+    # The child drops its copies of the kept descriptors at fork, before any
+    # of its code runs: through the I/O layer that would take whatever lock
+    # the layer holds, possibly held by a parent thread that does not exist
+    # in the child (a layer's lock, held here by the forking thread itself).
+    import signal
+    import time
+
+    from mmwal import _fsutil, _io
+
+    class Locking(_io.OSLayer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu = threading.Lock()
+            real_close = self.close
+
+            def close(fd: int) -> None:
+                with self.mu:
+                    real_close(fd)
+
+            self.close = close
+
+    gate = threading.Event()
+    real = _fsutil._release
+    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)
+    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
+    p = tmp_path / "big.seg"
+    p.write_bytes(b"x" * 100)
+    layer = Locking()
+    old = _io.set_layer(layer)
+    try:
+        assert _fsutil.unlink_released([str(p)]) == []
+        assert _fsutil._releasing
+        with layer.mu:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if not _fsutil._releasing else 1)
+        for _ in range(2000):  # (a guard against a hung child, not a timing check)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the at-fork hook")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        _io.set_layer(old)
+        gate.set()
+        _fsutil.release_pending()
+    assert not _fsutil._releasing
