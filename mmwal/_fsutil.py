@@ -61,9 +61,11 @@ def _fork_after_in_parent() -> None:
 def _fork_after_in_child() -> None:
     # The child's copies of the kept descriptors: closing them frees nothing
     # (the parent still holds them), and the child never holds deleted files.
-    for fd, io in _releasing.items():
+    # Closed as the OS's, not through the I/O layer they were opened with: a
+    # layer may take a lock that a parent thread, absent here, held at the fork.
+    for fd in _releasing:
         try:
-            io.close(fd)
+            os.close(fd)
         except OSError:
             pass
     _releasing.clear()
