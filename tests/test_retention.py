@@ -175,3 +175,74 @@ def test_a_forked_child_drops_kept_descriptors_without_the_layer(tmp_path, monke
         gate.set()
         _fsutil.release_pending()
     assert not _fsutil._releasing
+
+
+def _link(path: str) -> str:
+    """The target of a symbolic link, or "" when there is none (any error)."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/fd"),
+                    reason="fork, descriptor listing: Linux")
+def test_a_fork_between_the_open_and_the_listing_leaves_the_child_nothing(tmp_path,
+                                                                          monkeypatch):
+    # Another thread forks while unlink_released holds a descriptor it has not
+    # listed yet: the child must not keep its copy (it would hold the deleted
+    # file, and its blocks, for as long as it lives).  The fork waits for the
+    # listing; the fstat below gives up waiting for the fork after a while.
+    from mmwal import _fsutil, _io
+
+    gate = threading.Event()
+    real = _fsutil._release
+    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)
+    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
+    p = tmp_path / "big.seg"
+    p.write_bytes(b"x" * 100)
+    in_window, forked = threading.Event(), threading.Event()
+
+    class Pausing(_io.OSLayer):
+        def __init__(self) -> None:
+            super().__init__()
+            real_fstat = self.fstat
+
+            def fstat(fd: int) -> os.stat_result:
+                in_window.set()
+                forked.wait(2)
+                return real_fstat(fd)
+
+            self.fstat = fstat
+
+    got: list[bytes] = []
+
+    def fork_in_window() -> None:
+        in_window.wait(10)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                held = [fd for fd in os.listdir("/proc/self/fd")
+                        if _link(f"/proc/self/fd/{fd}").startswith(str(p))]
+                os.write(w, str(len(held)).encode())
+            finally:
+                os._exit(0)
+        forked.set()
+        os.close(w)
+        got.append(os.read(r, 32))
+        os.close(r)
+        os.waitpid(pid, 0)
+
+    t = threading.Thread(target=fork_in_window)
+    old = _io.set_layer(Pausing())
+    try:
+        t.start()
+        assert _fsutil.unlink_released([str(p)]) == []
+        t.join(30)
+    finally:
+        _io.set_layer(old)
+        forked.set()
+        gate.set()
+        _fsutil.release_pending()
+    assert got == [b"0"]
