@@ -124,11 +124,13 @@ def unlink_released(paths: list[str]) -> list[str]:
     kept: list[int] = []
     try:
         for p in paths:
-            fd = _hold_if_large(io, p) if len(_releasing) < RELEASE_MAX else -1
-            if fd >= 0:
-                with _release_mu:  # (listed at once: a forked child closes its copy)
+            # Opened and listed under the lock: a fork waits for both, and the
+            # child closes its copy of every descriptor held (_fork_after_in_child).
+            with _release_mu:
+                fd = _hold_if_large(io, p) if len(_releasing) < RELEASE_MAX else -1
+                if fd >= 0:
                     _releasing[fd] = io
-                kept.append(fd)
+                    kept.append(fd)
             try:
                 io.unlink(p)
             except FileNotFoundError:
