@@ -636,10 +636,13 @@ class _Builder:
             if v.dtype != np.dtype("<f4") or not v.flags.c_contiguous:
                 v = np.ascontiguousarray(v, dtype="<f4")
                 crc = None
-            elif not v.flags.aligned and v.nbytes <= _ALIGN_BYTES:
+            elif (not v.flags.aligned and v.nbytes <= _ALIGN_BYTES
+                  and v.shape[-1] <= np.getbufsize()):
                 # A view of the log at any offset: numpy sums an unaligned block
                 # through small buffered copies; one copy to aligned memory costs
-                # less (the same bytes, the same norms).
+                # less (the same bytes, the same norms).  Not for rows wider than
+                # numpy's buffer: summed in pieces unaligned, their norms may
+                # differ in the last bit from the aligned ones.
                 v = self._aligned(v)
             emb.write(v, crc)
             norms.append(row_norms(v))  # as the Reader's tail computes them
