@@ -20,6 +20,8 @@ ckpt     a store of N checkpointed docs (one fragment; N = 10k, 100k, 1M) gets +
          Targets: mmwal at 1M <= 1.5x mmwal at 10k, and <= LanceDB at the same size.
 fold     ``checkpoint()`` of a log of add_many records of 1000 docs (no previous version)
          into one fragment, docs/s; beside it, a log of single-doc records.  Target >= 300k/s.
+         Beside it, the disk's floor: as many bytes as the fold wrote, written to one new
+         file in 8 MiB pwrites and fsynced, nothing else (alternating with the fold runs).
 open     Reader open (``mmwal.Reader(path)`` + ``len``) in a fresh process: 1M docs in 8
          fragments against 10k docs in one fragment.  Target <= 3x.
 search   exact cosine top-10 over 8 fragments against 1 fragment of the same rows
@@ -566,6 +568,24 @@ def case_ckpt(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
 
 
 # ============================================================================ fold (b)
+def _disk_floor(data: str, nbytes: int) -> float:
+    """Seconds to write ``nbytes`` to a new file in ``data`` in 8 MiB pwrites, then fsync."""
+    chunk = np.random.default_rng(3).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    path = os.path.join(data, f"floor-{os.getpid()}.bin")
+    os.sync()
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        off = 0
+        while off < nbytes:
+            off += os.pwrite(fd, memoryview(chunk)[:min(len(chunk), nbytes - off)], off)
+        os.fsync(fd)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def case_fold(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
     import mmwal
 
@@ -586,27 +606,37 @@ def case_fold(a: argparse.Namespace, st: Stores) -> tuple[dict[str, Any], str]:
                                  "rows": info.rows_copied, "bytes": info.bytes_written})
                 finally:
                     s.close()
+            runs[-1]["floor_s"] = _disk_floor(a.data, info.bytes_written)
         sec = W.summarize([r["seconds"] for r in runs])
+        floor = W.summarize([r["floor_s"] for r in runs])
         res[name] = {"docs": docs, "seconds": sec, "docs_per_s": docs / sec["median"],
-                     "runs": runs}
+                     "floor_s": floor, "docs_per_s_at_floor": docs / floor["median"],
+                     "vs_floor": sec["median"] / floor["median"], "runs": runs}
     rate = res["batched"]["docs_per_s"]
-    res["target"] = {"docs_per_s": rate, "met": rate >= 300_000}
-    rows = [
-        [f"{res['batched']['docs'] // 1000:,} add_many records of 1000 (no previous version)",
-         fmt_s(res["batched"]["seconds"]["median"]),
-         W.fmt_rate(res["batched"]["docs_per_s"]) + "/s"],
-        [f"{W.fmt_n(a.tail)} single-doc add records (on a {W.fmt_n(a.tail_base)}-doc version)",
-         fmt_s(res["single"]["seconds"]["median"]),
-         W.fmt_rate(res["single"]["docs_per_s"]) + "/s"],
-    ]
+    res["target"] = {"docs_per_s": rate, "met": rate >= 300_000,
+                     "floor_docs_per_s": res["batched"]["docs_per_s_at_floor"]}
+    labels = {
+        "batched": f"{res['batched']['docs'] // 1000:,} add_many records of 1000 "
+                   "(no previous version)",
+        "single": f"{W.fmt_n(a.tail)} single-doc add records "
+                  f"(on a {W.fmt_n(a.tail_base)}-doc version)"}
+    rows = [[labels[k], fmt_s(res[k]["seconds"]["median"]),
+             W.fmt_rate(res[k]["docs_per_s"]) + "/s",
+             f"{fmt_s(res[k]['floor_s']['median'])} "
+             f"({W.fmt_rate(res[k]['docs_per_s_at_floor'])}/s)",
+             f"{res[k]['vs_floor']:.2f}×"] for k in ("batched", "single")]
     md = [
         "### b. Fold throughput: the log into one new fragment",
         "",
-        W.md_table(["log", "checkpoint() median", "docs/s"], rows),
+        W.md_table(["log", "checkpoint() median", "docs/s", "disk floor (docs/s at it)",
+                    "fold / floor"], rows),
         "",
         f"Median of {a.rep_heavy} runs, each on a fresh copy, `os.sync()` first; timed: "
-        "`checkpoint()` with its fsyncs. Target ≥ 300k docs/s (batched) → "
-        f"**{W.fmt_rate(rate)}/s, {'met' if rate >= 300_000 else 'MISSED'}**.",
+        "`checkpoint()` with its fsyncs. The disk floor, after each run: as many bytes as "
+        "the fold wrote, in 8 MiB `pwrite`s to one new file, then `fsync`; no reading, "
+        "no encoding (no fold on this disk can beat it). Target ≥ 300k docs/s (batched) → "
+        f"**{W.fmt_rate(rate)}/s, {'met' if rate >= 300_000 else 'MISSED'}** "
+        f"(the floor: {W.fmt_rate(res['target']['floor_docs_per_s'])}/s).",
     ]
     return res, "\n".join(md)
 
