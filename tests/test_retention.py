@@ -122,6 +122,21 @@ def test_unlink_released_closes_once_when_close_reports_an_error(tmp_path):
     assert len(closes) == len(set(closes)) == 1
 
 
+def _held_release(tmp_path, monkeypatch):
+    """Every file counts as large and the background close waits for the returned
+    event: the descriptors unlink_released keeps stay listed.  Returns the event
+    and a small file to unlink."""
+    from mmwal import _fsutil
+
+    gate = threading.Event()
+    real = _fsutil._release
+    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)
+    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
+    p = tmp_path / "big.seg"
+    p.write_bytes(b"x" * 100)
+    return gate, p
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_drops_kept_descriptors_without_the_layer(tmp_path, monkeypatch):
     # The child drops its copies of the kept descriptors at fork, before any
@@ -145,12 +160,7 @@ def test_a_forked_child_drops_kept_descriptors_without_the_layer(tmp_path, monke
 
             self.close = close
 
-    gate = threading.Event()
-    real = _fsutil._release
-    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)
-    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
-    p = tmp_path / "big.seg"
-    p.write_bytes(b"x" * 100)
+    gate, p = _held_release(tmp_path, monkeypatch)
     layer = Locking()
     old = _io.set_layer(layer)
     try:
@@ -195,12 +205,7 @@ def test_a_fork_between_the_open_and_the_listing_leaves_the_child_nothing(tmp_pa
     # listing; the fstat below gives up waiting for the fork after a while.
     from mmwal import _fsutil, _io
 
-    gate = threading.Event()
-    real = _fsutil._release
-    monkeypatch.setattr(_fsutil, "RELEASE_BYTES", 0)
-    monkeypatch.setattr(_fsutil, "_release", lambda fds: (gate.wait(10), real(fds)))
-    p = tmp_path / "big.seg"
-    p.write_bytes(b"x" * 100)
+    gate, p = _held_release(tmp_path, monkeypatch)
     in_window, forked = threading.Event(), threading.Event()
 
     class Pausing(_io.OSLayer):
