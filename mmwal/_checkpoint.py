@@ -1031,18 +1031,16 @@ def fold(paths: Paths, dim: int, prev: VersionView | None, start_seg: int, end_s
     # Always strict, whatever Config.recovery says: a checkpoint retires the
     # segments it folds, so a salvage mode here would discard acknowledged
     # records for good, silently.  Salvage is `mmwal repair`, which reports.
-    cur = LogCursor(paths, start_seg, first_seq, mode="strict", stop_segment=end_seg)
-    cur.split = 4 * dim  # (the vector blocks' CRC-32: _block_crc)
+    def cursor(seg_id: int, next_seq: int, offset: int | None = None) -> LogCursor:
+        c = LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
+                      stop_segment=end_seg)
+        c.split = 4 * dim  # (the vector blocks' CRC-32: _block_crc)
+        return c
 
-    def reread(seg_id: int, next_seq: int, offset: int) -> LogCursor:
-        again = LogCursor(paths, seg_id, next_seq, mode="strict", offset=offset,
-                          stop_segment=end_seg)
-        again.split = 4 * dim
-        return again
-
+    cur = cursor(start_seg, first_seq)
     try:
         return _fold(paths, dim, prev, first_seq, last_seq, tmpdir, frag_id, config,
-                     cur.frames(), cur, False, seq, reread)
+                     cur.frames(), cur, False, seq, cursor)
     finally:
         cur.close()
 
