@@ -37,10 +37,7 @@ def _release(fds: list[int]) -> None:
         with _release_mu:  # (a fork waits for the close under way: see _fork_*)
             io = _releasing.pop(fd, None)
             if io is not None:
-                try:
-                    io.close(fd)
-                except OSError:
-                    pass
+                _close_quietly(io, fd)
 
 
 def release_pending() -> None:
