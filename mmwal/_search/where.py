@@ -740,7 +740,7 @@ class ColumnBuilder:
         """
         metas = metadatas if type(metadatas) is list else list(metadatas)
         if _DICT_OR_NONE.issuperset(map(type, metas)):
-            return self._add_plain(metas)  # type: ignore[arg-type]
+            return self.add_plain(metas)  # type: ignore[arg-type]
         keys = self._keys
         row = self.n
         for m in metas:
@@ -778,18 +778,13 @@ class ColumnBuilder:
         """:meth:`add` of a list whose entries are all dicts or None (checked already).
 
         For a caller that checked the types on its way (a decoder): the same
-        rows and return value as :meth:`add`, without checking them again.
-        """
-        return self._add_plain(metas)
-
-    def _add_plain(self, metas: list[dict[str, Any] | None]) -> bool:
-        """:meth:`add` for plain dicts (what a checkpoint feeds): a few C-level passes per key.
-
-        Per key, its values are gathered in row order; a key whose values all
-        have one kind (str, int in int64, float, bool; or only containers,
-        bytes and nil, kind "other") is appended as arrays in one step, any
-        other key value by value as :meth:`add` does.  Returns whether every
-        key is a str and no value an array or a map (see :meth:`add`).
+        rows and return value as :meth:`add`, without checking them again, in
+        a few C-level passes per key (what a checkpoint feeds).  Per key, its
+        values are gathered in row order; a key whose values all have one kind
+        (str, int in int64, float, bool; or only containers, bytes and nil,
+        kind "other") is appended as arrays in one step, any other key value
+        by value as :meth:`add` does.  Returns whether every key is a str and
+        no value an array or a map (see :meth:`add`).
         """
         n0, n = self.n, len(metas)
         rows_of = [m or _NO_KEYS for m in metas]
